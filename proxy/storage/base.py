@@ -1,0 +1,77 @@
+"""The storage contract: ``open(key)`` gives an object's metadata and a body that streams ranges.
+
+Backends do not inherit from these Protocols; ``tests/storage/test_contract.py`` checks them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from proxy.http.ranges import ByteRange
+
+DEFAULT_MEDIA_TYPE = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """What the HTTP layer needs to know about a stored object (RFC 9110 §8 names)."""
+
+    key: str
+    size: int
+    media_type: str = DEFAULT_MEDIA_TYPE
+    etag: str | None = None  # wire form, quoted: '"abc"' (strong) or 'W/"abc"' (weak)
+    last_modified: datetime | None = None  # UTC, whole seconds
+
+
+class Body(Protocol):
+    """An opened object. ``close()`` is always called exactly once by the response."""
+
+    @property
+    def meta(self) -> ObjectMeta: ...
+
+    def iter_range(self, byte_range: ByteRange, chunk_size: int) -> Iterator[bytes]:
+        """Yield the bytes of ``byte_range`` in chunks of at most ``chunk_size`` bytes.
+
+        Raises ``BodyTruncated`` when the object ends before ``byte_range.stop``.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+class AsyncBody(Protocol):
+    """The async twin of ``Body``."""
+
+    @property
+    def meta(self) -> ObjectMeta: ...
+
+    def aiter_range(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Storage(Protocol):
+    """A blocking backend, served from ``def`` path operations (FastAPI's threadpool)."""
+
+    def open(self, key: str) -> Body:
+        """Open ``key`` (already checked by ``proxy.storage.keys.check_key``).
+
+        Raises a ``StorageError`` subclass: ``ObjectNotFound`` for a missing key or a
+        directory, ``InvalidKey``, ``AccessDenied``, ``BackendUnavailable``, ``BackendTimeout``.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the backend's resources at shutdown."""
+        ...
+
+
+class AsyncStorage(Protocol):
+    """The async twin of ``Storage``, served from ``async def`` path operations."""
+
+    async def open(self, key: str) -> AsyncBody: ...
+
+    async def aclose(self) -> None: ...

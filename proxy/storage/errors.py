@@ -1,0 +1,49 @@
+"""Storage errors: every backend raises these, and only ``app.py`` turns them into statuses.
+
+    StorageError
+    ├── ObjectNotFound(FileNotFoundError)   -> 404
+    ├── AccessDenied(PermissionError)        -> 403
+    ├── InvalidKey(ValueError)               -> 400
+    ├── BackendUnavailable(ConnectionError)  -> 503
+    ├── BackendTimeout(TimeoutError)         -> 504
+    └── BodyTruncated                        -> raised mid-stream: the connection is aborted
+
+Messages are safe to show to clients: they never hold paths, hostnames or credentials.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of all storage failures."""
+
+    message = "storage error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.message)
+
+
+class ObjectNotFound(StorageError, FileNotFoundError):
+    message = "no object at this key"
+
+
+class AccessDenied(StorageError, PermissionError):
+    message = "access to this object is denied"
+
+
+class InvalidKey(StorageError, ValueError):
+    message = "invalid object key"
+
+
+class BackendUnavailable(StorageError, ConnectionError):
+    message = "the storage backend is unavailable"
+
+
+class BackendTimeout(StorageError, TimeoutError):
+    message = "the storage backend timed out"
+
+
+class BodyTruncated(StorageError):
+    """The body ended before the bytes its metadata promised (the object changed or shrank)."""
+
+    message = "the object body ended early"
