@@ -1,0 +1,41 @@
+"""Object key policy: which URL paths may name an object, whatever the backend."""
+
+from __future__ import annotations
+
+import re
+
+from proxy.storage.errors import InvalidKey
+
+MAX_KEY_BYTES = 1024  # S3's limit, applied to every backend so keys stay portable
+
+# C0 controls, DEL and C1 controls: never part of a name a client can mean.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` unchanged if it may name an object, else raise ``InvalidKey``.
+
+    This is backend-independent policy, applied before any backend sees the key. Keys are
+    URL paths the server has already percent-decoded (``%2e%2e`` arrives as ``..``), so a
+    key that is relative, clean and free of controls is the same for disk and for S3: no
+    empty, ``.`` or ``..`` segment, no leading ``/``, no backslash, at most 1024 UTF-8 bytes.
+    """
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey("the key is not valid UTF-8") from None  # a lone surrogate
+    if not encoded:
+        raise InvalidKey("the key is empty")
+    if len(encoded) > MAX_KEY_BYTES:
+        raise InvalidKey(f"the key is longer than {MAX_KEY_BYTES} bytes")
+    if _CONTROL.search(key):
+        raise InvalidKey("the key contains a control character")
+    if "\\" in key:
+        # A separator on Windows, and a common traversal disguise elsewhere.
+        raise InvalidKey("the key contains a backslash")
+    if key.startswith("/"):
+        raise InvalidKey("the key is absolute")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidKey("the key has an empty, '.' or '..' segment")
+    return key

@@ -1,0 +1,204 @@
+"""Local-disk backend: keys map to files under one root; metadata comes from the open file.
+
+``LocalStorage`` and ``AsyncLocalStorage`` are twins; the async one runs each blocking call in
+a worker thread. Both are built on the module-level helpers below.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import anyio.to_thread
+
+from proxy.http.ranges import ByteRange
+from proxy.storage.base import ObjectMeta
+from proxy.storage.errors import AccessDenied, BackendUnavailable, BodyTruncated, ObjectNotFound
+from proxy.storage.keys import check_key
+from proxy.storage.mediatypes import media_type_for
+
+# O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer appears; it is
+# rejected after fstat, and regular files ignore the flag. O_NOFOLLOW: realpath has resolved
+# every link, so a link in the last component now means it was swapped in since.
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+
+# Errors that say "there is no file at this key" rather than "the disk is broken".
+# ENXIO: opening a socket or a device with no driver; EISDIR for completeness.
+_NOT_FOUND_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENXIO, errno.EISDIR})
+
+
+@contextmanager
+def map_os_errors() -> Iterator[None]:
+    """Translate ``OSError`` into the ``StorageError`` tree, most specific match first.
+
+    Messages never repeat ``str(exc)``: it holds the filesystem path, and messages reach clients.
+    """
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise ObjectNotFound() from exc
+    except PermissionError as exc:
+        raise AccessDenied() from exc
+    except OSError as exc:
+        if exc.errno in _NOT_FOUND_ERRNOS:
+            raise ObjectNotFound() from exc
+        raise BackendUnavailable(f"{BackendUnavailable.message} ({exc.strerror})") from exc
+
+
+def _resolve_root(root: str | os.PathLike[str]) -> str:
+    resolved = os.path.realpath(root)
+    if not os.path.isdir(resolved):
+        # A configuration mistake, raised at startup: not a StorageError, so never a 404.
+        raise ValueError(f"storage root is not an existing directory: {os.fspath(root)!r}")
+    return resolved
+
+
+def _resolve(root: str, key: str) -> str:
+    """The real path of ``key``, which must stay under ``root`` once links are resolved."""
+    path = os.path.realpath(os.path.join(root, check_key(key)))
+    if os.path.commonpath([root, path]) != root:
+        raise ObjectNotFound()  # a link escaping the root: as if there were nothing there
+    return path
+
+
+def _meta(key: str, st: os.stat_result) -> ObjectMeta:
+    return ObjectMeta(
+        key=key,
+        size=st.st_size,
+        media_type=media_type_for(key),
+        # Size, mtime and inode: changes on rewrite and on replace. Not 32 hex digits, so no
+        # client takes it for an MD5 of the content.
+        etag=f'"{st.st_size:x}-{st.st_mtime_ns:x}-{st.st_ino:x}"',
+        last_modified=datetime.fromtimestamp(int(st.st_mtime), UTC),
+    )
+
+
+def _open_object(root: str, key: str) -> tuple[int, ObjectMeta]:
+    """Open ``key`` under ``root`` and describe it from the open descriptor (no second lookup)."""
+    with map_os_errors():
+        fd = os.open(_resolve(root, key), _OPEN_FLAGS)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ObjectNotFound()  # a directory, FIFO or device is not an object
+    return fd, _meta(key, st)
+
+
+def _read_step(fd: int, offset: int, stop: int, chunk_size: int) -> bytes:
+    """Read the next chunk of ``[offset, stop)``: at most ``chunk_size`` bytes, never past stop."""
+    if fd < 0:
+        raise ValueError("read from a closed body")
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    with map_os_errors():
+        chunk = os.pread(fd, min(chunk_size, stop - offset), offset)
+    if not chunk:
+        # The file shrank since open: abort the response rather than send it short.
+        raise BodyTruncated()
+    return chunk
+
+
+def _close_fd(fd: int) -> int:
+    if fd >= 0:
+        os.close(fd)
+    return -1
+
+
+class _FileBody:
+    """What both body flavours hold: a descriptor read with ``pread`` (no seek state) and meta."""
+
+    __slots__ = ("_fd", "_meta")
+
+    def __init__(self, fd: int, meta: ObjectMeta) -> None:
+        self._fd = fd
+        self._meta = meta
+
+    @property
+    def meta(self) -> ObjectMeta:
+        return self._meta
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+
+class LocalBody(_FileBody):
+    """An open file."""
+
+    __slots__ = ()
+
+    def iter_range(self, byte_range: ByteRange, chunk_size: int) -> Iterator[bytes]:
+        offset = byte_range.start
+        while offset < byte_range.stop:
+            chunk = _read_step(self._fd, offset, byte_range.stop, chunk_size)
+            offset += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self._fd = _close_fd(self._fd)
+
+
+class AsyncLocalBody(_FileBody):
+    """The async twin of ``LocalBody``: each ``pread`` runs in a worker thread."""
+
+    __slots__ = ()
+
+    async def aiter_range(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
+        offset = byte_range.start
+        while offset < byte_range.stop:
+            chunk = await anyio.to_thread.run_sync(
+                _read_step, self._fd, offset, byte_range.stop, chunk_size
+            )
+            offset += len(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        # Inline, not in a thread: aclose runs in `finally` blocks of cancelled tasks, where an
+        # await would raise before the descriptor is released.
+        self._fd = _close_fd(self._fd)
+
+
+class _Root:
+    """What both storage flavours hold: the root directory, resolved once."""
+
+    __slots__ = ("_root",)
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self._root = _resolve_root(root)
+
+    @property
+    def root(self) -> str:
+        return self._root
+
+
+class LocalStorage(_Root):
+    """Files under ``root``."""
+
+    __slots__ = ()
+
+    def open(self, key: str) -> LocalBody:
+        return LocalBody(*_open_object(self._root, key))
+
+    def close(self) -> None:
+        pass  # nothing is held between requests
+
+
+class AsyncLocalStorage(_Root):
+    """The async twin of ``LocalStorage``."""
+
+    __slots__ = ()
+
+    async def open(self, key: str) -> AsyncLocalBody:
+        # Not abandoned on cancel (anyio's default), so the thread's descriptor is never lost.
+        return AsyncLocalBody(*await anyio.to_thread.run_sync(_open_object, self._root, key))
+
+    async def aclose(self) -> None:
+        pass  # nothing is held between requests

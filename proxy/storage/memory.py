@@ -1,0 +1,136 @@
+"""In-memory backend: the in-process test double for HTTP-logic tests (like httpx MockTransport).
+
+``MemoryStorage`` and ``AsyncMemoryStorage`` are twins over the same dict logic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import anyio.lowlevel
+
+from proxy.http.ranges import ByteRange
+from proxy.storage.base import ObjectMeta
+from proxy.storage.errors import BodyTruncated, ObjectNotFound
+from proxy.storage.keys import check_key
+from proxy.storage.mediatypes import media_type_for
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    data: bytes
+    meta: ObjectMeta
+
+
+def _stored(key: str, data: bytes, media_type: str | None) -> _Stored:
+    data = bytes(data)
+    meta = ObjectMeta(
+        key=check_key(key),
+        size=len(data),
+        media_type=media_type or media_type_for(key),
+        # "m-" plus 16 hex digits: strong and content-derived, but not shaped like an MD5.
+        etag=f'"m-{hashlib.sha256(data).hexdigest()[:16]}"',
+        last_modified=datetime.now(UTC).replace(microsecond=0),
+    )
+    return _Stored(data, meta)
+
+
+class _Objects:
+    """What both storage flavours hold: key -> (data, meta), set at ``put`` time."""
+
+    __slots__ = ("_objects",)
+
+    def __init__(self, objects: Mapping[str, bytes | tuple[bytes, str]] | None = None) -> None:
+        self._objects: dict[str, _Stored] = {}
+        for key, value in (objects or {}).items():
+            data, media_type = value if isinstance(value, tuple) else (value, None)
+            self.put(key, data, media_type)
+
+    def put(self, key: str, data: bytes, media_type: str | None = None) -> ObjectMeta:
+        """Store ``data`` at ``key``; bodies opened before keep the old bytes, like S3 GETs."""
+        stored = self._objects[key] = _stored(key, data, media_type)
+        return stored.meta
+
+    def _lookup(self, key: str) -> _Stored:
+        stored = self._objects.get(check_key(key))
+        if stored is None:
+            raise ObjectNotFound()
+        return stored
+
+
+class _Buffer:
+    """What both body flavours hold: the bytes, their meta and whether ``close`` was called."""
+
+    __slots__ = ("_stored", "closed")
+
+    def __init__(self, stored: _Stored) -> None:
+        self._stored = stored
+        self.closed = False
+
+    @property
+    def meta(self) -> ObjectMeta:
+        return self._stored.meta
+
+    def _chunks(self, byte_range: ByteRange, chunk_size: int) -> Iterator[bytes]:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        view = memoryview(self._stored.data)  # slices of a view copy only once, in bytes()
+        offset = byte_range.start
+        while offset < byte_range.stop:
+            if self.closed:
+                raise ValueError("read from a closed body")
+            chunk = bytes(view[offset : offset + min(chunk_size, byte_range.stop - offset)])
+            if not chunk:
+                raise BodyTruncated()  # a range past the end, as the disk backend reports it
+            offset += len(chunk)
+            yield chunk
+
+
+class MemoryBody(_Buffer):
+    __slots__ = ()
+
+    def iter_range(self, byte_range: ByteRange, chunk_size: int) -> Iterator[bytes]:
+        yield from self._chunks(byte_range, chunk_size)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class AsyncMemoryBody(_Buffer):
+    __slots__ = ()
+
+    async def aiter_range(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
+        for chunk in self._chunks(byte_range, chunk_size):
+            # A generator that never awaits blocks the loop and never sees cancellation.
+            await anyio.lowlevel.checkpoint()
+            yield chunk
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class MemoryStorage(_Objects):
+    """Objects in a dict: ``MemoryStorage({"a.mp4": b"...", "b": (b"...", "text/plain")})``."""
+
+    __slots__ = ()
+
+    def open(self, key: str) -> MemoryBody:
+        return MemoryBody(self._lookup(key))
+
+    def close(self) -> None:
+        pass
+
+
+class AsyncMemoryStorage(_Objects):
+    """The async twin of ``MemoryStorage``."""
+
+    __slots__ = ()
+
+    async def open(self, key: str) -> AsyncMemoryBody:
+        return AsyncMemoryBody(self._lookup(key))
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,303 @@
+"""One contract suite for every backend, under both flavours: meta, ranged reads, errors, close."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import random
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from proxy.http.ranges import ByteRange
+from proxy.storage.base import AsyncBody, AsyncStorage, Body, ObjectMeta, Storage
+from proxy.storage.errors import BodyTruncated, InvalidKey, ObjectNotFound
+from proxy.storage.local import AsyncLocalStorage, LocalStorage
+from proxy.storage.memory import AsyncMemoryStorage, MemoryStorage
+
+pytestmark = pytest.mark.anyio
+
+CLIP = random.Random(20240601).randbytes(100_003)
+NOTES = bytes(range(256)) * 16 + b"end"  # 4099 bytes
+SOURCE = {"media/clip.mp4": CLIP, "notes.txt": NOTES, "empty.bin": b""}
+CLIP_SHA256 = hashlib.sha256(CLIP).hexdigest()
+
+
+def sha256(chunks: list[bytes]) -> str:
+    return hashlib.sha256(b"".join(chunks)).hexdigest()
+
+
+class ClosableBody(Body, Protocol):
+    @property
+    def closed(self) -> bool: ...
+
+
+class AsyncClosableBody(AsyncBody, Protocol):
+    @property
+    def closed(self) -> bool: ...
+
+
+class Handle:
+    """A body of either flavour, driven from async tests."""
+
+    def __init__(self, body: ClosableBody | AsyncClosableBody) -> None:
+        self._body = body
+
+    @property
+    def meta(self) -> ObjectMeta:
+        return self._body.meta
+
+    @property
+    def closed(self) -> bool:
+        return self._body.closed
+
+    async def read(self, byte_range: ByteRange, chunk_size: int) -> list[bytes]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class SyncHandle(Handle):
+    def __init__(self, body: ClosableBody) -> None:
+        super().__init__(body)
+        self.body = body
+
+    async def read(self, byte_range: ByteRange, chunk_size: int) -> list[bytes]:
+        return list(self.body.iter_range(byte_range, chunk_size))
+
+    async def close(self) -> None:
+        self.body.close()
+
+
+class AsyncHandle(Handle):
+    def __init__(self, body: AsyncClosableBody) -> None:
+        super().__init__(body)
+        self.body = body
+
+    async def read(self, byte_range: ByteRange, chunk_size: int) -> list[bytes]:
+        return [chunk async for chunk in self.body.aiter_range(byte_range, chunk_size)]
+
+    async def close(self) -> None:
+        await self.body.aclose()
+
+
+class Opener(Protocol):
+    async def __call__(self, key: str) -> Handle: ...
+
+
+def make_sync(backend: str, root: Path) -> MemoryStorage | LocalStorage:
+    return MemoryStorage(SOURCE) if backend == "memory" else LocalStorage(root)
+
+
+def make_async(backend: str, root: Path) -> AsyncMemoryStorage | AsyncLocalStorage:
+    return AsyncMemoryStorage(SOURCE) if backend == "memory" else AsyncLocalStorage(root)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    for key, data in SOURCE.items():
+        path = tmp_path / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return tmp_path
+
+
+@pytest.fixture(
+    params=[("memory", "sync"), ("memory", "async"), ("local", "sync"), ("local", "async")],
+    ids=lambda p: "-".join(p),
+)
+async def open_handle(request: pytest.FixtureRequest, root: Path) -> AsyncIterator[Opener]:
+    """Opens keys of ``SOURCE``; every handle it gives out is closed at teardown."""
+    backend, flavour = request.param
+    handles: list[Handle] = []
+    sync_storage = make_sync(backend, root)
+    async_storage = make_async(backend, root)
+
+    async def open_key(key: str) -> Handle:
+        handle: Handle
+        if flavour == "sync":
+            handle = SyncHandle(sync_storage.open(key))
+        else:
+            handle = AsyncHandle(await async_storage.open(key))
+        handles.append(handle)
+        return handle
+
+    yield open_key
+    for handle in handles:
+        await handle.close()
+
+
+async def test_meta(open_handle: Opener) -> None:
+    handle = await open_handle("media/clip.mp4")
+    meta = handle.meta
+    assert meta.key == "media/clip.mp4"
+    assert meta.size == 100_003
+    assert meta.media_type == "video/mp4"
+    assert meta.etag is not None
+    assert re.fullmatch(r'"[\x21\x23-\x7e]+"', meta.etag)  # strong, quoted (RFC 9110 §8.8.3)
+    assert not re.fullmatch(r'"[0-9a-f]{32}"', meta.etag)  # never shaped like an MD5
+    assert meta.last_modified is not None
+    assert meta.last_modified.tzinfo is UTC
+    assert meta.last_modified.microsecond == 0
+    await handle.close()
+
+
+async def test_meta_of_text_and_empty_objects(open_handle: Opener) -> None:
+    notes = await open_handle("notes.txt")
+    empty = await open_handle("empty.bin")
+    assert (notes.meta.size, notes.meta.media_type) == (4099, "text/plain; charset=utf-8")
+    assert (empty.meta.size, empty.meta.media_type) == (0, "application/octet-stream")
+    assert notes.meta.etag != empty.meta.etag
+    assert await empty.read(ByteRange(0, 0), 65536) == []
+    await notes.close()
+    await empty.close()
+
+
+@pytest.mark.parametrize(
+    ("key", "chunk_size"),
+    [("notes.txt", 1), ("notes.txt", 7), ("notes.txt", 65536), ("media/clip.mp4", 4093)]
+    + [("media/clip.mp4", 65536), ("media/clip.mp4", 100_003), ("media/clip.mp4", 1 << 20)],
+)
+async def test_full_read(open_handle: Opener, key: str, chunk_size: int) -> None:
+    handle = await open_handle(key)
+    chunks = await handle.read(ByteRange(0, handle.meta.size), chunk_size)
+    assert sha256(chunks) == hashlib.sha256(SOURCE[key]).hexdigest()
+    assert all(0 < len(chunk) <= chunk_size for chunk in chunks)
+    await handle.close()
+
+
+def test_source_digest_is_pinned() -> None:
+    # Guards the fixture itself: a change to the generator would silently change every case.
+    assert CLIP_SHA256 == hashlib.sha256(CLIP).hexdigest()
+    assert len(CLIP) == 100_003
+    assert CLIP[:4] == random.Random(20240601).randbytes(4)
+
+
+SHORT_RANGES = [(0, 1), (1, 2), (100_002, 100_003), (65_535, 65_537), (4_095, 4_200)]
+LONG_RANGES = [(0, 100_003), (12_345, 78_901), (1, 100_002)]
+
+
+@pytest.mark.parametrize(
+    ("start", "stop", "chunk_size"),
+    [(*r, size) for r in SHORT_RANGES for size in (1, 7, 65536)]
+    + [(*r, size) for r in LONG_RANGES for size in (4093, 65536, 1 << 20)],
+)
+async def test_ranged_read(open_handle: Opener, start: int, stop: int, chunk_size: int) -> None:
+    handle = await open_handle("media/clip.mp4")
+    chunks = await handle.read(ByteRange(start, stop), chunk_size)
+    assert sha256(chunks) == hashlib.sha256(CLIP[start:stop]).hexdigest()
+    assert sum(map(len, chunks)) == stop - start
+    assert all(0 < len(chunk) <= chunk_size for chunk in chunks)
+    await handle.close()
+
+
+async def test_small_range_bytes(open_handle: Opener) -> None:
+    handle = await open_handle("notes.txt")
+    assert await handle.read(ByteRange(4096, 4099), 2) == [b"en", b"d"]
+    assert await handle.read(ByteRange(255, 258), 65536) == [b"\xff\x00\x01"]
+    await handle.close()
+
+
+async def test_ranges_reread_independently(open_handle: Opener) -> None:
+    # pread-style reads: no hidden file position carried from one range to the next.
+    handle = await open_handle("notes.txt")
+    assert await handle.read(ByteRange(10, 13), 65536) == [b"\x0a\x0b\x0c"]
+    assert await handle.read(ByteRange(0, 2), 65536) == [b"\x00\x01"]
+    await handle.close()
+
+
+async def test_range_past_the_end_is_truncated(open_handle: Opener) -> None:
+    handle = await open_handle("notes.txt")
+    with pytest.raises(BodyTruncated):
+        await handle.read(ByteRange(4000, 4100), 65536)
+    await handle.close()
+
+
+async def test_missing_key(open_handle: Opener) -> None:
+    with pytest.raises(ObjectNotFound, match="^no object at this key$"):
+        await open_handle("media/missing.mp4")
+
+
+@pytest.mark.parametrize("key", ["../notes.txt", "media/../notes.txt", "/notes.txt", ""])
+async def test_invalid_key(open_handle: Opener, key: str) -> None:
+    with pytest.raises(InvalidKey):
+        await open_handle(key)
+
+
+async def test_close_is_idempotent(open_handle: Opener) -> None:
+    handle = await open_handle("notes.txt")
+    assert handle.closed is False
+    await handle.close()
+    assert handle.closed is True
+    await handle.close()
+    assert handle.closed is True
+    with pytest.raises(ValueError, match="closed body"):
+        await handle.read(ByteRange(0, 1), 1)
+
+
+async def test_storage_close(root: Path) -> None:
+    for storage in (MemoryStorage(), LocalStorage(root)):
+        storage.close()
+        storage.close()
+    for astorage in (AsyncMemoryStorage(), AsyncLocalStorage(root)):
+        await astorage.aclose()
+        await astorage.aclose()
+
+
+async def test_protocol_conformance(root: Path) -> None:
+    # The annotations make mypy check the classes against the Protocols structurally.
+    storages: list[Storage] = [MemoryStorage(SOURCE), LocalStorage(root)]
+    async_storages: list[AsyncStorage] = [AsyncMemoryStorage(SOURCE), AsyncLocalStorage(root)]
+    for storage in storages:
+        assert callable(storage.open) and callable(storage.close)
+        body: Body = storage.open("notes.txt")
+        assert isinstance(body.meta, ObjectMeta)
+        assert inspect.isgeneratorfunction(type(body).iter_range)
+        body.close()
+    for astorage in async_storages:
+        assert inspect.iscoroutinefunction(astorage.open)
+        assert inspect.iscoroutinefunction(astorage.aclose)
+        abody: AsyncBody = await astorage.open("notes.txt")
+        assert isinstance(abody.meta, ObjectMeta)
+        assert inspect.isasyncgenfunction(type(abody).aiter_range)
+        assert inspect.iscoroutinefunction(abody.aclose)
+        iterator: AsyncIterator[bytes] = abody.aiter_range(ByteRange(0, 3), 2)
+        assert [chunk async for chunk in iterator] == [b"\x00\x01", b"\x02"]
+        await abody.aclose()
+
+
+# The memory double's own promises, relied on by the HTTP-logic tests.
+
+
+def test_memory_explicit_media_type_and_put() -> None:
+    storage = MemoryStorage({"a.bin": (b"abc", "video/mp4"), "b.txt": b"x"})
+    old, text = storage.open("a.bin"), storage.open("b.txt")
+    assert old.meta.media_type == "video/mp4"
+    assert text.meta.media_type == "text/plain; charset=utf-8"
+    meta = storage.put("a.bin", b"abcd")
+    assert (meta.size, meta.media_type) == (4, "application/octet-stream")
+    new = storage.open("a.bin")
+    # A body opened before a put keeps the bytes it was opened with, like an S3 GET.
+    assert list(old.iter_range(ByteRange(0, 3), 2)) == [b"ab", b"c"]
+    assert list(new.iter_range(ByteRange(0, 4), 4)) == [b"abcd"]
+    for body in (old, text, new):
+        body.close()
+
+
+def test_memory_etag_derives_from_content() -> None:
+    storage = AsyncMemoryStorage()
+    first = storage.put("a", b"same")
+    second = storage.put("b", b"same")
+    third = storage.put("a", b"other")
+    assert first.etag == second.etag == '"m-0967115f2813a354"'
+    assert third.etag != first.etag
+
+
+def test_memory_rejects_invalid_keys_at_put() -> None:
+    with pytest.raises(InvalidKey):
+        MemoryStorage({"../x": b""})
