@@ -1,0 +1,102 @@
+"""``create_app``: settings, the storage client's lifespan, ONE object router, JSON errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+from proxy.config import Settings
+from proxy.routes import async_router, sync_router
+from proxy.storage import errors
+from proxy.storage.local import AsyncLocalStorage, LocalStorage
+from proxy.version import __version__
+
+logger = logging.getLogger("proxy")
+
+# Most specific first: the first isinstance match wins.
+STATUS_BY_ERROR: tuple[tuple[type[errors.StorageError], int, str], ...] = (
+    (errors.ObjectNotFound, 404, "not_found"),
+    (errors.AccessDenied, 403, "forbidden"),
+    (errors.InvalidKey, 400, "invalid_key"),
+    (errors.BackendUnavailable, 503, "backend_unavailable"),
+    (errors.BackendTimeout, 504, "backend_timeout"),
+    (errors.StorageError, 502, "bad_gateway"),
+)
+RETRY_AFTER_SECONDS = "1"
+
+
+def error_response(
+    status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The one JSON error shape: ``{"error": code, "detail": text}``."""
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+async def storage_error(request: Request, exc: Exception) -> JSONResponse:
+    for kind, status, code in STATUS_BY_ERROR:
+        if isinstance(exc, kind):
+            headers = {"retry-after": RETRY_AFTER_SECONDS} if status == 503 else None
+            return error_response(status, code, str(exc), headers)
+    raise exc  # unreachable: registered for StorageError only
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+    return error_response(exc.status_code, code, detail, exc.headers)
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(400, "invalid_request", "the request's parameters are invalid")
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette's ServerErrorMiddleware logs the traceback server-side and re-raises.
+    return error_response(500, "internal_error", "internal server error")
+
+
+def _open_storage(settings: Settings) -> LocalStorage | AsyncLocalStorage:
+    if settings.flavor == "sync":
+        return LocalStorage(settings.local_root)
+    return AsyncLocalStorage(settings.local_root)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; settings come from the environment unless given."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # def endpoints and sync bodies' chunks run in this pool: size it for slow clients.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threadpool_size
+        async with AsyncExitStack() as stack:
+            storage = _open_storage(settings)
+            if isinstance(storage, LocalStorage):
+                stack.callback(storage.close)
+            else:
+                stack.push_async_callback(storage.aclose)
+            app.state.storage = storage
+            yield
+
+    app = FastAPI(title="media object proxy", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.add_exception_handler(errors.StorageError, storage_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, internal_error)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    app.include_router(sync_router if settings.flavor == "sync" else async_router)
+    return app

@@ -1,0 +1,137 @@
+"""``ObjectResponse`` sends a ``Plan`` and the object's chunks, and always closes the body.
+
+Also ``iter_plan``/``aiter_plan``: the twins that turn a plan's parts into one chunk stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+
+import anyio
+from starlette.concurrency import iterate_in_threadpool
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from proxy.http.plan import Plan
+from proxy.storage.base import AsyncBody, Body
+from proxy.storage.errors import StorageError
+
+Chunks = Iterable[bytes] | AsyncIterable[bytes]
+
+
+def iter_plan(body: Body, plan: Plan, chunk_size: int) -> Iterator[bytes]:
+    """The plan's bytes. A single range is the body's own iterator, started here (eagerly)."""
+    if len(plan.parts) == 1 and not plan.parts[0].head and not plan.tail:
+        return body.iter_range(plan.parts[0].byte_range, chunk_size)
+    return _iter_parts(body, plan, chunk_size)
+
+
+def _iter_parts(body: Body, plan: Plan, chunk_size: int) -> Iterator[bytes]:
+    for part in plan.parts:
+        if part.head:
+            yield part.head
+        yield from body.iter_range(part.byte_range, chunk_size)
+    if plan.tail:
+        yield plan.tail
+
+
+def aiter_plan(body: AsyncBody, plan: Plan, chunk_size: int) -> AsyncIterator[bytes]:
+    """The async twin of ``iter_plan``."""
+    if len(plan.parts) == 1 and not plan.parts[0].head and not plan.tail:
+        return body.aiter_range(plan.parts[0].byte_range, chunk_size)
+    return _aiter_parts(body, plan, chunk_size)
+
+
+async def _aiter_parts(body: AsyncBody, plan: Plan, chunk_size: int) -> AsyncIterator[bytes]:
+    for part in plan.parts:
+        if part.head:
+            yield part.head
+        async for chunk in body.aiter_range(part.byte_range, chunk_size):
+            yield chunk
+    if plan.tail:
+        yield plan.tail
+
+
+async def _nothing() -> None:
+    return None
+
+
+class ObjectResponse(Response):
+    """Streams a planned response; stops reading when the client goes away.
+
+    The body is released in ``__call__``'s ``finally`` (not a BackgroundTask, which Starlette
+    skips on disconnect). A failure after the headers are sent propagates to the server, which
+    then aborts the connection: the client sees a truncated transfer, never a short body
+    presented as complete (Content-Length is always exact).
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        chunks: Chunks = (),
+        close: Callable[[], Awaitable[None]] = _nothing,
+    ) -> None:
+        self.status_code = plan.status
+        self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
+        self.background = None
+        self.plan = plan
+        self._chunks = chunks
+        self._close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        chunks: AsyncIterator[bytes] | None = None
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            if scope["method"] == "HEAD" or not (self.plan.parts or self.plan.tail):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            source = self._chunks
+            if isinstance(source, AsyncIterable):
+                chunks = aiter(source)
+            else:
+                # One worker-thread hop per chunk: the reads of a sync body block.
+                chunks = iterate_in_threadpool(source)
+            await self._stream_until_disconnect(receive, send, chunks)
+        except OSError as exc:
+            # ASGI spec >= 2.4 servers raise OSError from send() once the client is gone; a
+            # storage failure (some are OSErrors too) must still reach the server to abort.
+            if isinstance(exc, StorageError):
+                raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                aclose = getattr(chunks, "aclose", None)
+                try:
+                    if aclose is not None:
+                        await aclose()
+                finally:
+                    await self._close()
+
+    async def _stream_until_disconnect(
+        self, receive: Receive, send: Send, chunks: AsyncIterator[bytes]
+    ) -> None:
+        # uvicorn's send() returns silently after a disconnect, so a loop that only sends would
+        # read the whole object for a departed client: watch receive() and cancel instead.
+        error: Exception | None = None
+        async with anyio.create_task_group() as group:
+
+            async def watch_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                group.cancel_scope.cancel()
+
+            group.start_soon(watch_disconnect)
+            try:
+                async for chunk in chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except Exception as exc:  # re-raised below, unwrapped from the task group
+                error = exc
+            group.cancel_scope.cancel()
+        if error is not None:
+            raise error

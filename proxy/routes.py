@@ -1,0 +1,117 @@
+"""The object endpoints, side by side: ``def`` (sync storage) and ``async def`` (async storage).
+
+Both build the same ``Plan`` with ``plan_object`` and differ only in their I/O calls.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from proxy.config import Settings
+from proxy.http.disposition import content_disposition, download_filename
+from proxy.http.plan import Plan, plan_response
+from proxy.responses import ObjectResponse, aiter_plan, iter_plan
+from proxy.storage.base import AsyncStorage, ObjectMeta, Storage
+from proxy.storage.keys import check_key
+
+OBJECT_PATH = "/objects/{key:path}"
+METHODS = ["GET", "HEAD"]  # FastAPI's APIRoute does not add HEAD by itself
+
+
+# async dependencies run on the event loop; a plain `def` would cost a thread hop per request.
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_storage(request: Request) -> Storage:
+    storage: Storage = request.app.state.storage
+    return storage
+
+
+async def get_async_storage(request: Request) -> AsyncStorage:
+    storage: AsyncStorage = request.app.state.storage
+    return storage
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+AsyncStorageDep = Annotated[AsyncStorage, Depends(get_async_storage)]
+Download = Annotated[
+    str | None,
+    Query(description="Present: send Content-Disposition: attachment (optionally with this name)"),
+]
+
+OBJECT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The whole object", "content": {"application/octet-stream": {}}},
+    206: {"description": "One range, or multipart/byteranges"},
+    304: {"description": "Not modified"},
+    400: {"description": "Invalid key"},
+    404: {"description": "No such object"},
+    412: {"description": "A precondition failed"},
+    416: {"description": "Range not satisfiable"},
+}
+
+
+def plan_object(
+    request: Request, meta: ObjectMeta, settings: Settings, download: str | None
+) -> Plan:
+    """The HTTP decisions for one request: conditionals, ranges, headers."""
+    extra: tuple[tuple[str, str], ...] = ()
+    if download is not None:
+        name = download_filename(meta.key, download)
+        extra = (("content-disposition", content_disposition(name)),)
+    return plan_response(
+        request.method,
+        request.headers,
+        meta,
+        cache_control=settings.cache_control,
+        max_ranges=settings.max_ranges,
+        extra_headers=extra,
+    )
+
+
+sync_router = APIRouter(tags=["objects"])
+async_router = APIRouter(tags=["objects"])
+
+
+@sync_router.api_route(OBJECT_PATH, methods=METHODS, responses=OBJECT_RESPONSES)
+def get_object(
+    key: str,
+    request: Request,
+    storage: StorageDep,
+    settings: SettingsDep,
+    download: Download = None,
+) -> ObjectResponse:
+    """Stream an object (blocking storage, run in FastAPI's threadpool)."""
+    body = storage.open(check_key(key))
+    try:
+        plan = plan_object(request, body.meta, settings, download)
+        chunks = iter_plan(body, plan, settings.chunk_size)
+    except BaseException:
+        body.close()
+        raise
+    return ObjectResponse(plan, chunks, close=partial(run_in_threadpool, body.close))
+
+
+@async_router.api_route(OBJECT_PATH, methods=METHODS, responses=OBJECT_RESPONSES)
+async def aget_object(
+    key: str,
+    request: Request,
+    storage: AsyncStorageDep,
+    settings: SettingsDep,
+    download: Download = None,
+) -> ObjectResponse:
+    """Stream an object (async storage, on the event loop)."""
+    body = await storage.open(check_key(key))
+    try:
+        plan = plan_object(request, body.meta, settings, download)
+        chunks = aiter_plan(body, plan, settings.chunk_size)
+    except BaseException:
+        await body.aclose()
+        raise
+    return ObjectResponse(plan, chunks, close=body.aclose)

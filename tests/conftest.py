@@ -1,0 +1,140 @@
+"""Shared fixtures: a generated media tree and real uvicorn servers on 127.0.0.1, per flavour."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from proxy.app import create_app
+from proxy.config import Settings
+
+FLAVORS = ["sync", "async"]
+CHUNK_SIZE = 64 * 1024
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class MediaTree:
+    root: Path
+    outside: Path  # a directory beside the root holding a secret
+
+    def data(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+
+def make_media_tree(base: Path) -> MediaTree:
+    root = base / "root"
+    outside = base / "outside"
+    (root / "video").mkdir(parents=True)
+    (root / "dir").mkdir()
+    outside.mkdir()
+    rng = random.Random(1234)
+    (root / "video" / "clip.mp4").write_bytes(rng.randbytes(3 * 1024 * 1024 + 123))
+    (root / "dir" / "inner.mp3").write_bytes(rng.randbytes(10_000))
+    (root / "empty.bin").write_bytes(b"")
+    (root / "hello.txt").write_bytes(b"hello world\n")
+    (root / "name with spaces & (parens) \u00fc.webm").write_bytes(rng.randbytes(5000))
+    (root / "page.svg").write_bytes(b"<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (outside / "secret.txt").write_bytes(b"TOP SECRET\n")
+    os.symlink(outside / "secret.txt", root / "escape.txt")
+    os.symlink(outside, root / "escape-dir")
+    os.symlink(root / "hello.txt", root / "linked.txt")
+    return MediaTree(root=root, outside=outside)
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> MediaTree:
+    return make_media_tree(tmp_path_factory.mktemp("media"))
+
+
+@dataclass
+class RunningServer:
+    url: str
+    port: int
+    settings: Settings
+    app: FastAPI
+
+
+StartServer = Callable[[Settings], "RunningServer"]
+
+
+@pytest.fixture(scope="session")
+def serve() -> Iterator[StartServer]:
+    """Start uvicorn servers in threads; all of them stop at the end of the session."""
+    started: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(settings: Settings) -> RunningServer:
+        app = create_app(settings)
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        started.append((server, thread))
+        return RunningServer(f"http://127.0.0.1:{port}", port, settings, app)
+
+    yield start
+    for server, _ in started:
+        server.should_exit = True
+    for _, thread in started:
+        thread.join(timeout=10)
+
+
+def settings_for(media: MediaTree, flavor: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "local_root": media.root,
+        "flavor": flavor,
+        "chunk_size": CHUNK_SIZE,
+        "cache_control": "public, max-age=60",
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture(scope="session", params=FLAVORS)
+def server(request: pytest.FixtureRequest, media: MediaTree, serve: StartServer) -> RunningServer:
+    return serve(settings_for(media, request.param))
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        yield c
+
+
+def raw_request(port: int, target: str, method: str = "GET", headers: str = "") -> bytes:
+    """Send a request line exactly as written (no client-side normalisation of the path)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = (
+            f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n"
+        )
+        sock.sendall(head.encode("latin-1"))
+        received = bytearray()
+        while chunk := sock.recv(65536):
+            received += chunk
+    return bytes(received)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

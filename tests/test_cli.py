@@ -1,0 +1,111 @@
+"""`python -m proxy` and the `media-proxy` script, as a newcomer runs them: real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the server exited"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the server did not become healthy")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_python_m_proxy_serves_a_generated_sample(tmp_path: Path, workers: str) -> None:
+    port = free_port()
+    env = clean_env(PROXY_PORT=str(port), PROXY_WORKERS=workers, PROXY_LOG_LEVEL="warning")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy"], cwd=tmp_path, env=env, stdout=subprocess.PIPE
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, process)
+        tone = tmp_path / "media" / "audio" / "tone.wav"
+        response = httpx.get(f"{url}/objects/audio/tone.wav", timeout=5)
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "audio/wav"
+        assert response.content[:4] == b"RIFF"
+        assert (
+            hashlib.sha256(response.content).digest() == hashlib.sha256(tone.read_bytes()).digest()
+        )
+        ranged = httpx.get(f"{url}/objects/random.bin", headers={"Range": "bytes=-16"}, timeout=5)
+        assert ranged.content == (tmp_path / "media" / "random.bin").read_bytes()[-16:]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+    assert process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    assert f"http://127.0.0.1:{port}/objects/audio/tone.wav" in out.decode()
+
+
+def test_an_explicit_missing_root_is_an_error(tmp_path: Path) -> None:
+    env = clean_env(PROXY_LOCAL_ROOT=str(tmp_path / "nope"), PROXY_PORT=str(free_port()))
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy"], cwd=tmp_path, env=env, capture_output=True, timeout=20
+    )
+    assert result.returncode != 0
+    assert b"does not exist" in result.stderr
+    assert not (tmp_path / "nope").exists()
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "media-proxy"
+    result = subprocess.run([str(script), "--help"], capture_output=True, timeout=20)
+    assert result.returncode == 0
+    assert b"media-proxy" in result.stdout
+
+
+def test_settings_come_from_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROXY_CHUNK_SIZE", "1048576")
+    monkeypatch.setenv("PROXY_CACHE_CONTROL", "public, max-age=5")
+    monkeypatch.setenv("PROXY_FLAVOR", "sync")
+    monkeypatch.setenv("PROXY_MAX_RANGES", "3")
+    settings = Settings()
+    assert (settings.chunk_size, settings.cache_control) == (1048576, "public, max-age=5")
+    assert (settings.flavor, settings.max_ranges) == ("sync", 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("cache_control", "no-cache\r\nSet-Cookie: x=1"),
+        ("chunk_size", "0"),
+        ("flavor", "threads"),
+        ("max_ranges", "0"),
+    ],
+)
+def test_invalid_settings_are_refused(name: str, value: str) -> None:
+    with pytest.raises(ValueError):
+        Settings.model_validate({name: value})

@@ -1,0 +1,159 @@
+"""ObjectResponse on raw ASGI messages: chunking, HEAD, disconnects and mid-stream failures."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+from starlette.types import Message
+
+from proxy.http.plan import Part, Plan
+from proxy.http.ranges import ByteRange
+from proxy.responses import ObjectResponse
+from proxy.storage.errors import BodyTruncated
+
+
+def plan_for(size: int) -> Plan:
+    return Plan(
+        status=200,
+        headers=(("content-length", str(size)), ("content-type", "video/mp4")),
+        parts=(Part(b"", ByteRange(0, size)),),
+    )
+
+
+class Tracker:
+    def __init__(self) -> None:
+        self.closed = 0
+        self.produced = 0
+
+    async def close(self) -> None:
+        self.closed += 1
+
+    def sync_chunks(self, count: int, size: int = 4) -> Iterator[bytes]:
+        for _ in range(count):
+            self.produced += 1
+            yield b"x" * size
+
+    async def async_chunks(self, count: int, size: int = 4) -> AsyncIterator[bytes]:
+        for _ in range(count):
+            self.produced += 1
+            await anyio.sleep(0)
+            yield b"x" * size
+
+
+async def run(
+    response: ObjectResponse, method: str = "GET", disconnect_after: int | None = None
+) -> list[Message]:
+    sent: list[Message] = []
+    gone = anyio.Event()
+
+    async def receive() -> Message:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if disconnect_after is not None and len(sent) >= disconnect_after:
+            gone.set()
+        await anyio.sleep(0)
+
+    with anyio.fail_after(10):
+        await response({"type": "http", "method": method}, receive, send)
+    return sent
+
+
+@pytest.fixture(params=["sync", "async"])
+def flavor(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
+def chunks_for(tracker: Tracker, flavor: str, count: int) -> Any:
+    return tracker.sync_chunks(count) if flavor == "sync" else tracker.async_chunks(count)
+
+
+@pytest.mark.anyio
+async def test_streams_every_chunk_then_closes(flavor: str) -> None:
+    tracker = Tracker()
+    response = ObjectResponse(plan_for(12), chunks_for(tracker, flavor, 3), close=tracker.close)
+    sent = await run(response)
+    assert sent[0] == {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-length", b"12"), (b"content-type", b"video/mp4")],
+    }
+    assert [m["body"] for m in sent[1:]] == [b"xxxx", b"xxxx", b"xxxx", b""]
+    assert [m["more_body"] for m in sent[1:]] == [True, True, True, False]
+    assert tracker.closed == 1
+
+
+@pytest.mark.anyio
+async def test_head_sends_headers_only_and_never_reads(flavor: str) -> None:
+    tracker = Tracker()
+    response = ObjectResponse(plan_for(12), chunks_for(tracker, flavor, 3), close=tracker.close)
+    sent = await run(response, method="HEAD")
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert (tracker.produced, tracker.closed) == (0, 1)
+
+
+@pytest.mark.anyio
+async def test_disconnect_stops_reading_and_closes(flavor: str) -> None:
+    tracker = Tracker()
+    response = ObjectResponse(
+        plan_for(4 * 100_000), chunks_for(tracker, flavor, 100_000), close=tracker.close
+    )
+    sent = await run(response, disconnect_after=3)
+    assert tracker.closed == 1
+    assert tracker.produced < 100  # stopped soon after the disconnect, not at the end
+    assert sent[-1].get("more_body", True) is True  # the response was never completed
+
+
+@pytest.mark.anyio
+async def test_failure_mid_stream_propagates_after_close(flavor: str) -> None:
+    tracker = Tracker()
+
+    def failing() -> Iterator[bytes]:
+        yield b"abcd"
+        raise BodyTruncated()
+
+    async def afailing() -> AsyncIterator[bytes]:
+        yield b"abcd"
+        raise BodyTruncated()
+
+    chunks = failing() if flavor == "sync" else afailing()
+    response = ObjectResponse(plan_for(8), chunks, close=tracker.close)
+    with pytest.raises(BodyTruncated):
+        await run(response)
+    assert tracker.closed == 1
+
+
+@pytest.mark.anyio
+async def test_no_body_plan_sends_an_empty_body() -> None:
+    tracker = Tracker()
+    plan = Plan(status=304, headers=(("etag", '"a"'),))
+    sent = await run(ObjectResponse(plan, close=tracker.close))
+    assert sent == [
+        {"type": "http.response.start", "status": 304, "headers": [(b"etag", b'"a"')]},
+        {"type": "http.response.body", "body": b"", "more_body": False},
+    ]
+    assert tracker.closed == 1
+
+
+@pytest.mark.anyio
+async def test_closes_even_when_the_start_fails() -> None:
+    tracker = Tracker()
+
+    async def send(message: Message) -> None:
+        raise RuntimeError("boom")
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    with pytest.raises(RuntimeError):
+        await ObjectResponse(plan_for(4), [b"abcd"], close=tracker.close)(
+            {"type": "http", "method": "GET"}, receive, send
+        )
+    assert tracker.closed == 1
