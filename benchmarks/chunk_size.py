@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import signal
 import socket
 import statistics
@@ -101,7 +100,9 @@ def main() -> None:
     size = args.size_mib * 1024 * 1024
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "big.bin").write_bytes(random.Random(0).randbytes(size))
+        with open(root / "big.bin", "wb") as f:
+            for _ in range(size // (16 * 1024 * 1024)):
+                f.write(os.urandom(16 * 1024 * 1024))
         print(
             f"{'flavor':6} {'chunk':>6} {'MB/s (median)':>14} {'idle RSS MiB':>13} "
             f"{'RSS@' + str(args.slow) + ' slow MiB':>16} {'served':>7}"
