@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Measured with benchmarks/chunk_size.py: see the README's "Chunk size" section.
@@ -19,16 +19,31 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PROXY_", extra="ignore")
 
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "s3"] = "local"
     flavor: Literal["sync", "async"] = Field(
         default="async",
-        description="sync: def endpoints in FastAPI's threadpool; async: async def endpoints",
+        description="local backend: sync = def endpoints (threadpool), async = async def",
     )
     local_root: Path = DEFAULT_LOCAL_ROOT
+
+    # S3: credentials come only from the standard AWS chain (env, profile, container/instance role).
+    s3_client: Literal["aiobotocore", "boto3"] = "aiobotocore"
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_profile: str | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_pool_size: int = Field(default=128, ge=1, le=4096)
+    s3_connect_timeout: float = Field(default=5.0, gt=0)
+    s3_read_timeout: float = Field(default=30.0, gt=0)
+    s3_max_attempts: int = Field(default=3, ge=1, le=20)
+
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1024, le=16 * 1024 * 1024)
     cache_control: str = "no-cache"
     max_ranges: int = Field(default=16, ge=1, le=1000)
-    threadpool_size: int = Field(default=40, ge=1, le=1000)
+    threadpool_size: int = Field(default=64, ge=1, le=1000)
+    readiness_cache_seconds: float = Field(default=5.0, ge=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
@@ -41,3 +56,16 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"[\x20-\x7e]*", value):
             raise ValueError("cache_control must be visible ASCII")
         return value.strip()
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.backend == "s3" and not self.s3_bucket:
+            raise ValueError("PROXY_S3_BUCKET is required with PROXY_BACKEND=s3")
+        return self
+
+    @property
+    def sync(self) -> bool:
+        """Whether the blocking flavour serves requests (``def`` endpoints, threadpool)."""
+        if self.backend == "s3":
+            return self.s3_client == "boto3"
+        return self.flavor == "sync"

@@ -20,36 +20,51 @@ Chunks = Iterable[bytes] | AsyncIterable[bytes]
 
 
 def iter_plan(body: Body, plan: Plan, chunk_size: int) -> Iterator[bytes]:
-    """The plan's bytes. A single range is the body's own iterator, started here (eagerly)."""
+    """The plan's bytes. The first part's read starts here, so its failures come before the
+    response does; a single range is the body's own iterator, with no wrapper around it."""
+    if not plan.parts:
+        return iter((plan.tail,) if plan.tail else ())
+    first = body.iter_range(plan.parts[0].byte_range, chunk_size)
     if len(plan.parts) == 1 and not plan.parts[0].head and not plan.tail:
-        return body.iter_range(plan.parts[0].byte_range, chunk_size)
-    return _iter_parts(body, plan, chunk_size)
+        return first
+    return _iter_parts(body, plan, first, chunk_size)
 
 
-def _iter_parts(body: Body, plan: Plan, chunk_size: int) -> Iterator[bytes]:
-    for part in plan.parts:
+def _iter_parts(body: Body, plan: Plan, first: Iterator[bytes], chunk_size: int) -> Iterator[bytes]:
+    for index, part in enumerate(plan.parts):
         if part.head:
             yield part.head
-        yield from body.iter_range(part.byte_range, chunk_size)
+        yield from first if index == 0 else body.iter_range(part.byte_range, chunk_size)
     if plan.tail:
         yield plan.tail
 
 
-def aiter_plan(body: AsyncBody, plan: Plan, chunk_size: int) -> AsyncIterator[bytes]:
+async def aiter_plan(body: AsyncBody, plan: Plan, chunk_size: int) -> AsyncIterator[bytes]:
     """The async twin of ``iter_plan``."""
+    if not plan.parts:
+        return _aiter_literal(plan.tail)
+    first = await body.aiter_range(plan.parts[0].byte_range, chunk_size)
     if len(plan.parts) == 1 and not plan.parts[0].head and not plan.tail:
-        return body.aiter_range(plan.parts[0].byte_range, chunk_size)
-    return _aiter_parts(body, plan, chunk_size)
+        return first
+    return _aiter_parts(body, plan, first, chunk_size)
 
 
-async def _aiter_parts(body: AsyncBody, plan: Plan, chunk_size: int) -> AsyncIterator[bytes]:
-    for part in plan.parts:
+async def _aiter_parts(
+    body: AsyncBody, plan: Plan, first: AsyncIterator[bytes], chunk_size: int
+) -> AsyncIterator[bytes]:
+    for index, part in enumerate(plan.parts):
         if part.head:
             yield part.head
-        async for chunk in body.aiter_range(part.byte_range, chunk_size):
+        chunks = first if index == 0 else await body.aiter_range(part.byte_range, chunk_size)
+        async for chunk in chunks:
             yield chunk
     if plan.tail:
         yield plan.tail
+
+
+async def _aiter_literal(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data
 
 
 async def _nothing() -> None:

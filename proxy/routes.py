@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from proxy.config import Settings
 from proxy.http.disposition import content_disposition, download_filename
+from proxy.http.hint import read_hint
 from proxy.http.plan import Plan, plan_response
 from proxy.responses import ObjectResponse, aiter_plan, iter_plan
 from proxy.storage.base import AsyncStorage, ObjectMeta, Storage
@@ -88,7 +89,9 @@ def get_object(
     download: Download = None,
 ) -> ObjectResponse:
     """Stream an object (blocking storage, run in FastAPI's threadpool)."""
-    body = storage.open(check_key(key))
+    body = storage.open(
+        check_key(key), read_hint(request.method, request.headers, settings.max_ranges)
+    )
     try:
         plan = plan_object(request, body.meta, settings, download)
         chunks = iter_plan(body, plan, settings.chunk_size)
@@ -107,10 +110,11 @@ async def aget_object(
     download: Download = None,
 ) -> ObjectResponse:
     """Stream an object (async storage, on the event loop)."""
-    body = await storage.open(check_key(key))
+    hint = read_hint(request.method, request.headers, settings.max_ranges)
+    body = await storage.open(check_key(key), hint)
     try:
         plan = plan_object(request, body.meta, settings, download)
-        chunks = aiter_plan(body, plan, settings.chunk_size)
+        chunks = await aiter_plan(body, plan, settings.chunk_size)
     except BaseException:
         await body.aclose()
         raise

@@ -14,6 +14,7 @@ import pytest
 
 from proxy.app import create_app
 from proxy.config import Settings
+from proxy.http.hint import ReadHint
 from proxy.storage import errors
 from proxy.storage.base import Body
 from tests.conftest import FLAVORS, MediaTree, StartServer, settings_for
@@ -94,7 +95,10 @@ class FailingStorage:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def open(self, key: str) -> Body:
+    def open(self, key: str, hint: ReadHint | None = None) -> Body:
+        raise self.error
+
+    def check(self) -> None:
         raise self.error
 
     def close(self) -> None:

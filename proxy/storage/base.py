@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from proxy.http.hint import ReadHint
 from proxy.http.ranges import ByteRange
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
@@ -33,9 +34,11 @@ class Body(Protocol):
     def meta(self) -> ObjectMeta: ...
 
     def iter_range(self, byte_range: ByteRange, chunk_size: int) -> Iterator[bytes]:
-        """Yield the bytes of ``byte_range`` in chunks of at most ``chunk_size`` bytes.
+        """The bytes of ``byte_range`` in chunks of at most ``chunk_size`` bytes.
 
-        Raises ``BodyTruncated`` when the object ends before ``byte_range.stop``.
+        A backend that must call out to start the read (S3's ranged GET) does so in this call,
+        so its failures come before the response starts; the iterator raises ``BodyTruncated``
+        when the object ends before ``byte_range.stop``.
         """
         ...
 
@@ -48,7 +51,9 @@ class AsyncBody(Protocol):
     @property
     def meta(self) -> ObjectMeta: ...
 
-    def aiter_range(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]: ...
+    async def aiter_range(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
+        """Start the read (awaited: failures come before the response starts), then stream."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -56,12 +61,18 @@ class AsyncBody(Protocol):
 class Storage(Protocol):
     """A blocking backend, served from ``def`` path operations (FastAPI's threadpool)."""
 
-    def open(self, key: str) -> Body:
+    def open(self, key: str, hint: ReadHint | None = None) -> Body:
         """Open ``key`` (already checked by ``proxy.storage.keys.check_key``).
 
-        Raises a ``StorageError`` subclass: ``ObjectNotFound`` for a missing key or a
-        directory, ``InvalidKey``, ``AccessDenied``, ``BackendUnavailable``, ``BackendTimeout``.
+        ``hint`` says what the response will most likely read, so that a remote backend can
+        fetch it along with the metadata (one round trip); None means metadata only. Raises a
+        ``StorageError`` subclass: ``ObjectNotFound`` for a missing key or a directory,
+        ``InvalidKey``, ``AccessDenied``, ``BackendUnavailable``, ``BackendTimeout``.
         """
+        ...
+
+    def check(self) -> None:
+        """Raise a ``StorageError`` unless the backend is reachable (readiness, cheap)."""
         ...
 
     def close(self) -> None:
@@ -72,6 +83,8 @@ class Storage(Protocol):
 class AsyncStorage(Protocol):
     """The async twin of ``Storage``, served from ``async def`` path operations."""
 
-    async def open(self, key: str) -> AsyncBody: ...
+    async def open(self, key: str, hint: ReadHint | None = None) -> AsyncBody: ...
+
+    async def acheck(self) -> None: ...
 
     async def aclose(self) -> None: ...

@@ -6,6 +6,7 @@
     ├── InvalidKey(ValueError)               -> 400
     ├── BackendUnavailable(ConnectionError)  -> 503
     ├── BackendTimeout(TimeoutError)         -> 504
+    ├── ObjectChanged                        -> 503: replaced between two calls of one response
     └── BodyTruncated                        -> raised mid-stream: the connection is aborted
 
 Messages are safe to show to clients: they never hold paths, hostnames or credentials.
@@ -41,6 +42,12 @@ class BackendUnavailable(StorageError, ConnectionError):
 
 class BackendTimeout(StorageError, TimeoutError):
     message = "the storage backend timed out"
+
+
+class ObjectChanged(StorageError):
+    """A later call of one response found another version (its ETag pin failed)."""
+
+    message = "the object changed while it was being read; retry"
 
 
 class BodyTruncated(StorageError):

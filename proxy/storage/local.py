@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import anyio.to_thread
 
+from proxy.http.hint import ReadHint
 from proxy.http.ranges import ByteRange
 from proxy.storage.base import ObjectMeta
 from proxy.storage.errors import AccessDenied, BackendUnavailable, BodyTruncated, ObjectNotFound
@@ -55,6 +56,12 @@ def _resolve_root(root: str | os.PathLike[str]) -> str:
         # A configuration mistake, raised at startup: not a StorageError, so never a 404.
         raise ValueError(f"storage root is not an existing directory: {os.fspath(root)!r}")
     return resolved
+
+
+def _check_root(root: str) -> None:
+    """Readiness: the root is still a directory we can list."""
+    with map_os_errors():
+        os.scandir(root).close()
 
 
 def _resolve(root: str, key: str) -> str:
@@ -152,6 +159,9 @@ class AsyncLocalBody(_FileBody):
     __slots__ = ()
 
     async def aiter_range(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
+        return self._achunks(byte_range, chunk_size)
+
+    async def _achunks(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
         offset = byte_range.start
         while offset < byte_range.stop:
             chunk = await anyio.to_thread.run_sync(
@@ -184,8 +194,11 @@ class LocalStorage(_Root):
 
     __slots__ = ()
 
-    def open(self, key: str) -> LocalBody:
+    def open(self, key: str, hint: ReadHint | None = None) -> LocalBody:
         return LocalBody(*_open_object(self._root, key))
+
+    def check(self) -> None:
+        _check_root(self._root)
 
     def close(self) -> None:
         pass  # nothing is held between requests
@@ -196,9 +209,12 @@ class AsyncLocalStorage(_Root):
 
     __slots__ = ()
 
-    async def open(self, key: str) -> AsyncLocalBody:
+    async def open(self, key: str, hint: ReadHint | None = None) -> AsyncLocalBody:
         # Not abandoned on cancel (anyio's default), so the thread's descriptor is never lost.
         return AsyncLocalBody(*await anyio.to_thread.run_sync(_open_object, self._root, key))
+
+    async def acheck(self) -> None:
+        await anyio.to_thread.run_sync(_check_root, self._root)
 
     async def aclose(self) -> None:
         pass  # nothing is held between requests

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import anyio.lowlevel
 
+from proxy.http.hint import ReadHint
 from proxy.http.ranges import ByteRange
 from proxy.storage.base import ObjectMeta
 from proxy.storage.errors import BodyTruncated, ObjectNotFound
@@ -103,6 +104,9 @@ class AsyncMemoryBody(_Buffer):
     __slots__ = ()
 
     async def aiter_range(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
+        return self._achunks(byte_range, chunk_size)
+
+    async def _achunks(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
         for chunk in self._chunks(byte_range, chunk_size):
             # A generator that never awaits blocks the loop and never sees cancellation.
             await anyio.lowlevel.checkpoint()
@@ -117,8 +121,11 @@ class MemoryStorage(_Objects):
 
     __slots__ = ()
 
-    def open(self, key: str) -> MemoryBody:
+    def open(self, key: str, hint: ReadHint | None = None) -> MemoryBody:
         return MemoryBody(self._lookup(key))
+
+    def check(self) -> None:
+        pass  # always reachable
 
     def close(self) -> None:
         pass
@@ -129,8 +136,11 @@ class AsyncMemoryStorage(_Objects):
 
     __slots__ = ()
 
-    async def open(self, key: str) -> AsyncMemoryBody:
+    async def open(self, key: str, hint: ReadHint | None = None) -> AsyncMemoryBody:
         return AsyncMemoryBody(self._lookup(key))
+
+    async def acheck(self) -> None:
+        pass  # always reachable
 
     async def aclose(self) -> None:
         pass

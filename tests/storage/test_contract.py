@@ -80,7 +80,7 @@ class AsyncHandle(Handle):
         self.body = body
 
     async def read(self, byte_range: ByteRange, chunk_size: int) -> list[bytes]:
-        return [chunk async for chunk in self.body.aiter_range(byte_range, chunk_size)]
+        return [chunk async for chunk in await self.body.aiter_range(byte_range, chunk_size)]
 
     async def close(self) -> None:
         await self.body.aclose()
@@ -255,6 +255,7 @@ async def test_protocol_conformance(root: Path) -> None:
     async_storages: list[AsyncStorage] = [AsyncMemoryStorage(SOURCE), AsyncLocalStorage(root)]
     for storage in storages:
         assert callable(storage.open) and callable(storage.close)
+        storage.check()
         body: Body = storage.open("notes.txt")
         assert isinstance(body.meta, ObjectMeta)
         assert inspect.isgeneratorfunction(type(body).iter_range)
@@ -262,11 +263,13 @@ async def test_protocol_conformance(root: Path) -> None:
     for astorage in async_storages:
         assert inspect.iscoroutinefunction(astorage.open)
         assert inspect.iscoroutinefunction(astorage.aclose)
+        await astorage.acheck()
         abody: AsyncBody = await astorage.open("notes.txt")
         assert isinstance(abody.meta, ObjectMeta)
-        assert inspect.isasyncgenfunction(type(abody).aiter_range)
+        # A coroutine that starts the read and returns the chunk iterator.
+        assert inspect.iscoroutinefunction(type(abody).aiter_range)
         assert inspect.iscoroutinefunction(abody.aclose)
-        iterator: AsyncIterator[bytes] = abody.aiter_range(ByteRange(0, 3), 2)
+        iterator: AsyncIterator[bytes] = await abody.aiter_range(ByteRange(0, 3), 2)
         assert [chunk async for chunk in iterator] == [b"\x00\x01", b"\x02"]
         await abody.aclose()
 

@@ -196,7 +196,7 @@ async def test_async_truncated_while_reading(root: Path) -> None:
     assert body.meta.size == 10240  # metadata stays what was true at open
     received = []
     with pytest.raises(BodyTruncated):
-        async for chunk in body.aiter_range(ByteRange(0, 10240), 64):
+        async for chunk in await body.aiter_range(ByteRange(0, 10240), 64):
             received.append(chunk)
     assert b"".join(received) == DATA[:100]
     await body.aclose()
@@ -286,3 +286,17 @@ def test_percent_names_are_plain_file_names(storage: LocalStorage, root: Path) -
     body = storage.open("%2e%2e")
     assert read_all(body) == b"weird"
     body.close()
+
+
+@pytest.mark.anyio
+async def test_readiness_fails_when_the_root_disappears(tmp_path: Path) -> None:
+    root = tmp_path / "gone"
+    root.mkdir()
+    storage, astorage = LocalStorage(root), AsyncLocalStorage(root)
+    storage.check()
+    await astorage.acheck()
+    root.rmdir()
+    with pytest.raises(StorageError):
+        storage.check()
+    with pytest.raises(StorageError):
+        await astorage.acheck()
