@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+from typing import cast
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from proxy.config import Settings
 from proxy.routes import async_router, sync_router
 from proxy.storage import errors
+from proxy.storage.base import AsyncStorage, Storage
 from proxy.storage.local import AsyncLocalStorage, LocalStorage
 from proxy.version import __version__
 
@@ -27,6 +32,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.StorageError], int, str], ...] = (
     (errors.InvalidKey, 400, "invalid_key"),
     (errors.BackendUnavailable, 503, "backend_unavailable"),
     (errors.BackendTimeout, 504, "backend_timeout"),
+    (errors.ObjectChanged, 503, "object_changed"),
     (errors.StorageError, 502, "bad_gateway"),
 )
 RETRY_AFTER_SECONDS = "1"
@@ -63,10 +69,50 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal server error")
 
 
-def _open_storage(settings: Settings) -> LocalStorage | AsyncLocalStorage:
-    if settings.flavor == "sync":
-        return LocalStorage(settings.local_root)
-    return AsyncLocalStorage(settings.local_root)
+async def _open_storage(settings: Settings, stack: AsyncExitStack) -> Storage | AsyncStorage:
+    """The storage client for this worker process, released when ``stack`` closes."""
+    if settings.backend == "s3":
+        from proxy.storage import s3  # boto3 and aiobotocore load only when they are used
+
+        if settings.sync:
+            storage = s3.open_s3(settings)
+            stack.callback(storage.close)
+            return storage
+        return await s3.aopen_s3(settings, stack)
+    if settings.sync:
+        local = LocalStorage(settings.local_root)
+        stack.callback(local.close)
+        return local
+    alocal = AsyncLocalStorage(settings.local_root)
+    stack.push_async_callback(alocal.aclose)
+    return alocal
+
+
+class Readiness:
+    """The backend's reachability, checked at most once per ``ttl`` seconds (cheap probes)."""
+
+    def __init__(self, check: Callable[[], Awaitable[None]], ttl: float) -> None:
+        self._check = check
+        self._ttl = ttl
+        self._expires = 0.0
+        self._error: errors.StorageError | None = None
+
+    async def __call__(self) -> errors.StorageError | None:
+        now = time.monotonic()
+        if now >= self._expires:
+            try:
+                await self._check()
+                self._error = None
+            except errors.StorageError as exc:
+                self._error = exc
+            self._expires = now + self._ttl
+        return self._error
+
+
+def _readiness(storage: Storage | AsyncStorage, sync: bool, ttl: float) -> Readiness:
+    if sync:
+        return Readiness(partial(run_in_threadpool, cast(Storage, storage).check), ttl)
+    return Readiness(cast(AsyncStorage, storage).acheck, ttl)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -78,12 +124,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # def endpoints and sync bodies' chunks run in this pool: size it for slow clients.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threadpool_size
         async with AsyncExitStack() as stack:
-            storage = _open_storage(settings)
-            if isinstance(storage, LocalStorage):
-                stack.callback(storage.close)
-            else:
-                stack.push_async_callback(storage.aclose)
+            storage = await _open_storage(settings, stack)
             app.state.storage = storage
+            app.state.readiness = _readiness(
+                storage, settings.sync, settings.readiness_cache_seconds
+            )
             yield
 
     app = FastAPI(title="media object proxy", version=__version__, lifespan=lifespan)
@@ -98,5 +143,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The process is alive."""
         return {"status": "ok"}
 
-    app.include_router(sync_router if settings.flavor == "sync" else async_router)
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> JSONResponse:
+        """The storage backend is reachable (checked at most every few seconds)."""
+        error = await request.app.state.readiness()
+        if error is None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse(
+            {"status": "unavailable", "error": type(error).__name__},
+            status_code=503,
+            headers={"retry-after": RETRY_AFTER_SECONDS},
+        )
+
+    app.include_router(sync_router if settings.sync else async_router)
     return app

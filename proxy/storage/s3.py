@@ -1,0 +1,379 @@
+"""S3 backends: ``S3Storage`` (boto3, blocking) and ``AsyncS3Storage`` (aiobotocore), twins.
+
+A GET with one range or none is ONE GetObject whose response carries the metadata; HEAD,
+revalidations and multipart use HeadObject, then ranged GETs pinned to its ETag (IfMatch).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import AsyncExitStack, contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import aiobotocore.session
+import aiohttp
+import boto3.session
+from aiobotocore.config import AioConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+
+from proxy.config import Settings
+from proxy.http.hint import ReadHint
+from proxy.http.ranges import ByteRange
+from proxy.storage.base import ObjectMeta
+from proxy.storage.errors import (
+    AccessDenied,
+    BackendTimeout,
+    BackendUnavailable,
+    BodyTruncated,
+    ObjectChanged,
+    ObjectNotFound,
+    StorageError,
+)
+from proxy.storage.mediatypes import media_type_for
+
+logger = logging.getLogger("proxy.s3")
+
+# What S3 stores when an upload names no type: no information, so the key's extension decides.
+_GENERIC_TYPES = frozenset({"", "binary/octet-stream", "application/octet-stream"})
+
+_NOT_FOUND = frozenset({"NoSuchKey", "NotFound", "404"})
+_DENIED = frozenset({"AccessDenied", "Forbidden", "403", "AllAccessDisabled"})
+_CHANGED = frozenset({"PreconditionFailed", "412"})
+_UNSATISFIABLE = frozenset({"InvalidRange", "416"})
+_TIMEOUT = frozenset({"RequestTimeout", "RequestTimeoutException"})
+_THROTTLED = frozenset(
+    {"SlowDown", "ServiceUnavailable", "503", "Throttling", "ThrottlingException"}
+    | {"RequestLimitExceeded", "TooManyRequests", "InternalError", "500"}
+)
+
+
+class RangeNotSatisfiable(StorageError):
+    """S3's InvalidRange: the metadata must come from HeadObject so the plan can answer 416."""
+
+
+@contextmanager
+def map_client_errors() -> Iterator[None]:
+    """Translate botocore and aiohttp errors into the ``StorageError`` tree (most specific first).
+
+    Messages are the tree's defaults: botocore's text names endpoints, buckets and keys.
+    """
+    try:
+        yield
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _NOT_FOUND:
+            raise ObjectNotFound() from exc
+        if code in _DENIED:
+            raise AccessDenied() from exc
+        if code in _CHANGED:
+            raise ObjectChanged() from exc
+        if code in _UNSATISFIABLE:
+            raise RangeNotSatisfiable() from exc
+        if code in _TIMEOUT:
+            raise BackendTimeout() from exc
+        if code not in _THROTTLED:  # NoSuchBucket, InvalidAccessKeyId: the operator's to fix
+            logger.warning("S3 error %s", code)
+        raise BackendUnavailable() from exc
+    except (TimeoutError, ConnectTimeoutError, ReadTimeoutError) as exc:
+        raise BackendTimeout() from exc
+    except (IncompleteReadError, ResponseStreamingError, aiohttp.ClientPayloadError) as exc:
+        raise BodyTruncated() from exc
+    except (BotoCoreError, aiohttp.ClientError) as exc:  # unreachable endpoint, no credentials
+        logger.warning("S3 unavailable: %s", type(exc).__name__)
+        raise BackendUnavailable() from exc
+
+
+def _media_type(stored: str | None, key: str) -> str:
+    """The stored ContentType wins; a missing or generic one falls back to the extension."""
+    if stored and stored.split(";", 1)[0].strip().lower() not in _GENERIC_TYPES:
+        return stored
+    return media_type_for(key)
+
+
+def _etag(value: str | None) -> str | None:
+    if not value:
+        return None
+    return value if value.startswith(('"', 'W/"')) else f'"{value}"'
+
+
+def _meta_from(key: str, response: Mapping[str, Any]) -> ObjectMeta:
+    """ObjectMeta from a GetObject or HeadObject response (a ranged one included)."""
+    content_range = response.get("ContentRange")
+    size = int(content_range.rsplit("/", 1)[1]) if content_range else response["ContentLength"]
+    modified = response.get("LastModified")
+    last_modified = modified.astimezone(UTC).replace(microsecond=0) if modified else None
+    return ObjectMeta(
+        key=key,
+        size=size,
+        media_type=_media_type(response.get("ContentType"), key),
+        etag=_etag(response.get("ETag")),
+        last_modified=last_modified if isinstance(last_modified, datetime) else None,
+    )
+
+
+def _range_of(response: Mapping[str, Any], size: int) -> ByteRange:
+    """The bytes a GetObject response carries: its Content-Range, or the whole object."""
+    content_range = response.get("ContentRange")
+    if not content_range:
+        return ByteRange(0, size)
+    first, last = content_range.split(" ", 1)[1].split("/", 1)[0].split("-")
+    return ByteRange(int(first), int(last) + 1)
+
+
+def _get_args(
+    bucket: str, s3_key: str, range_value: str | None, etag: str | None = None
+) -> dict[str, str]:
+    args = {"Bucket": bucket, "Key": s3_key}
+    if range_value:
+        args["Range"] = range_value
+    if etag:
+        args["IfMatch"] = etag  # later calls of one response must read the same version
+    return args
+
+
+def _wire_range(byte_range: ByteRange) -> str:
+    return f"bytes={byte_range.start}-{byte_range.stop - 1}"
+
+
+def _release(stream: Any) -> None:
+    """Close a boto3 StreamingBody and hand its connection back to urllib3's pool.
+
+    Closing drops a connection that still has unread bytes; ``release_conn`` returns the
+    (now closed) slot, so the pool keeps its size. A fully read body released itself already.
+    """
+    stream.close()
+    raw = getattr(stream, "_raw_stream", None)
+    if raw is not None and hasattr(raw, "release_conn"):
+        raw.release_conn()
+
+
+class _Prefetch:
+    """What ``open`` fetched along with the metadata: a stream of ``byte_range``, or nothing."""
+
+    __slots__ = ("byte_range", "stream")
+
+    def __init__(self, byte_range: ByteRange | None = None, stream: Any = None) -> None:
+        self.byte_range = byte_range
+        self.stream = stream
+
+    def take(self, byte_range: ByteRange) -> Any:
+        """The prefetched stream if it holds exactly ``byte_range`` (once), else None."""
+        if self.stream is None or self.byte_range != byte_range:
+            return None
+        stream, self.stream = self.stream, None
+        return stream
+
+
+class _S3Object:
+    """What both body flavours hold: the client, the object's address, its meta, its streams."""
+
+    __slots__ = ("_bucket", "_client", "_meta", "_prefetch", "_s3_key", "_streams")
+
+    def __init__(
+        self, client: Any, bucket: str, s3_key: str, meta: ObjectMeta, prefetch: _Prefetch
+    ) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._s3_key = s3_key
+        self._meta = meta
+        self._prefetch = prefetch
+        self._streams: list[Any] = [] if prefetch.stream is None else [prefetch.stream]
+
+    @property
+    def meta(self) -> ObjectMeta:
+        return self._meta
+
+    def _ranged_get_args(self, byte_range: ByteRange) -> dict[str, str]:
+        return _get_args(self._bucket, self._s3_key, _wire_range(byte_range), self._meta.etag)
+
+
+class S3Body(_S3Object):
+    """An object on S3 read with boto3 (blocking: called from FastAPI's threadpool)."""
+
+    __slots__ = ()
+
+    def iter_range(self, byte_range: ByteRange, chunk_size: int) -> Iterator[bytes]:
+        stream = self._prefetch.take(byte_range)
+        if stream is None:
+            with map_client_errors():
+                stream = self._client.get_object(**self._ranged_get_args(byte_range))["Body"]
+            self._streams.append(stream)
+        return _chunks(stream, byte_range.length, chunk_size)
+
+    def close(self) -> None:
+        streams, self._streams = self._streams, []
+        for stream in streams:
+            _release(stream)
+
+
+class AsyncS3Body(_S3Object):
+    """The async twin of ``S3Body`` (aiobotocore; the body streams from aiohttp)."""
+
+    __slots__ = ()
+
+    async def aiter_range(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
+        stream = self._prefetch.take(byte_range)
+        if stream is None:
+            with map_client_errors():
+                response = await self._client.get_object(**self._ranged_get_args(byte_range))
+            stream = response["Body"]
+            self._streams.append(stream)
+        return _achunks(stream, byte_range.length, chunk_size)
+
+    async def aclose(self) -> None:
+        # aiohttp's close() is synchronous: it releases the connector's slot at once.
+        streams, self._streams = self._streams, []
+        for stream in streams:
+            stream.close()
+
+
+def _chunks(stream: Any, length: int, chunk_size: int) -> Iterator[bytes]:
+    """Exactly ``length`` bytes in chunks of at most ``chunk_size``; never reads past them."""
+    remaining = length
+    while remaining > 0:
+        with map_client_errors():
+            chunk = stream.read(min(chunk_size, remaining))
+        if not chunk:
+            raise BodyTruncated()
+        remaining -= len(chunk)
+        yield chunk
+
+
+async def _achunks(stream: Any, length: int, chunk_size: int) -> AsyncIterator[bytes]:
+    remaining = length
+    while remaining > 0:
+        with map_client_errors():
+            chunk = await stream.read(min(chunk_size, remaining))
+        if not chunk:
+            raise BodyTruncated()
+        remaining -= len(chunk)
+        yield chunk
+
+
+class _Bucket:
+    """What both storage flavours hold: one long-lived client, the bucket and the key prefix."""
+
+    __slots__ = ("_bucket", "_client", "_prefix")
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+        self._client = client
+        self._bucket = bucket
+        prefix = prefix.strip("/")
+        self._prefix = f"{prefix}/" if prefix else ""
+
+    def _s3_key(self, key: str) -> str:
+        return self._prefix + key
+
+
+class S3Storage(_Bucket):
+    """A bucket read with a boto3 client (thread-safe; one per worker process)."""
+
+    __slots__ = ()
+
+    def open(self, key: str, hint: ReadHint | None = None) -> S3Body:
+        s3_key = self._s3_key(key)
+        if hint is not None and hint.body:
+            try:
+                with map_client_errors():
+                    response = self._client.get_object(
+                        **_get_args(self._bucket, s3_key, hint.s3_range())
+                    )
+            except RangeNotSatisfiable:
+                pass  # the plan answers 416 (or an empty 200) from HeadObject's metadata
+            else:
+                meta = _meta_from(key, response)
+                prefetch = _Prefetch(_range_of(response, meta.size), response["Body"])
+                return S3Body(self._client, self._bucket, s3_key, meta, prefetch)
+        with map_client_errors():
+            response = self._client.head_object(Bucket=self._bucket, Key=s3_key)
+        return S3Body(self._client, self._bucket, s3_key, _meta_from(key, response), _Prefetch())
+
+    def check(self) -> None:
+        with map_client_errors():
+            self._client.head_bucket(Bucket=self._bucket)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class AsyncS3Storage(_Bucket):
+    """The async twin of ``S3Storage`` (an aiobotocore client entered in the app's lifespan)."""
+
+    __slots__ = ()
+
+    async def open(self, key: str, hint: ReadHint | None = None) -> AsyncS3Body:
+        s3_key = self._s3_key(key)
+        if hint is not None and hint.body:
+            try:
+                with map_client_errors():
+                    response = await self._client.get_object(
+                        **_get_args(self._bucket, s3_key, hint.s3_range())
+                    )
+            except RangeNotSatisfiable:
+                pass  # the plan answers 416 (or an empty 200) from HeadObject's metadata
+            else:
+                meta = _meta_from(key, response)
+                prefetch = _Prefetch(_range_of(response, meta.size), response["Body"])
+                return AsyncS3Body(self._client, self._bucket, s3_key, meta, prefetch)
+        with map_client_errors():
+            response = await self._client.head_object(Bucket=self._bucket, Key=s3_key)
+        meta = _meta_from(key, response)
+        return AsyncS3Body(self._client, self._bucket, s3_key, meta, _Prefetch())
+
+    async def acheck(self) -> None:
+        with map_client_errors():
+            await self._client.head_bucket(Bucket=self._bucket)
+
+    async def aclose(self) -> None:
+        pass  # the client is closed by the lifespan's exit stack
+
+
+def _config_options(settings: Settings) -> dict[str, Any]:
+    """botocore Config options, shared by both clients."""
+    return {
+        "max_pool_connections": settings.s3_pool_size,
+        "connect_timeout": settings.s3_connect_timeout,
+        "read_timeout": settings.s3_read_timeout,
+        "retries": {"max_attempts": settings.s3_max_attempts, "mode": "standard"},
+        "s3": {"addressing_style": settings.s3_addressing_style},
+        # boto3 >= 1.36 checksums by default, which several S3-compatible stores reject, and a
+        # streaming proxy cannot validate a whole-object checksum before sending anyway.
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+    }
+
+
+def open_s3(settings: Settings) -> S3Storage:
+    """The boto3 flavour: one client per worker process, closed by ``S3Storage.close``."""
+    session = boto3.session.Session(profile_name=settings.s3_profile)
+    client = session.client(
+        "s3",
+        region_name=settings.s3_region,
+        endpoint_url=settings.s3_endpoint_url,
+        config=Config(**_config_options(settings)),
+    )
+    return S3Storage(client, settings.s3_bucket, settings.s3_prefix)
+
+
+async def aopen_s3(settings: Settings, stack: AsyncExitStack) -> AsyncS3Storage:
+    """The aiobotocore flavour: the client lives as long as ``stack`` (the app's lifespan)."""
+    session = aiobotocore.session.AioSession(profile=settings.s3_profile)
+    client = await stack.enter_async_context(
+        session.create_client(
+            "s3",
+            region_name=settings.s3_region,
+            endpoint_url=settings.s3_endpoint_url,
+            config=AioConfig(**_config_options(settings)),
+        )
+    )
+    return AsyncS3Storage(client, settings.s3_bucket, settings.s3_prefix)

@@ -1,0 +1,107 @@
+"""S3 backend units: error mapping, stored metadata, content ranges (no server needed)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    IncompleteReadError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+
+from proxy.http.ranges import ByteRange
+from proxy.storage import errors
+from proxy.storage.s3 import RangeNotSatisfiable, _meta_from, _range_of, map_client_errors
+
+HOST = "http://secret-host.internal"
+
+
+def client_error(code: str, status: int) -> ClientError:
+    response: Any = {
+        "Error": {"Code": code, "Message": "secret-host.internal bucket=private"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, "GetObject")
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (client_error("NoSuchKey", 404), errors.ObjectNotFound),
+        (client_error("404", 404), errors.ObjectNotFound),  # HeadObject has no body, no code
+        (client_error("AccessDenied", 403), errors.AccessDenied),
+        (client_error("403", 403), errors.AccessDenied),
+        (client_error("PreconditionFailed", 412), errors.ObjectChanged),
+        (client_error("InvalidRange", 416), RangeNotSatisfiable),
+        (client_error("SlowDown", 503), errors.BackendUnavailable),
+        (client_error("ServiceUnavailable", 503), errors.BackendUnavailable),
+        (client_error("InternalError", 500), errors.BackendUnavailable),
+        (client_error("NoSuchBucket", 404), errors.BackendUnavailable),
+        (client_error("InvalidAccessKeyId", 403), errors.BackendUnavailable),
+        (client_error("RequestTimeout", 400), errors.BackendTimeout),
+        (
+            EndpointConnectionError(endpoint_url="http://secret-host.internal"),
+            errors.BackendUnavailable,
+        ),
+        (NoCredentialsError(), errors.BackendUnavailable),
+        (ConnectTimeoutError(endpoint_url=HOST), errors.BackendTimeout),
+        (ReadTimeoutError(endpoint_url=HOST), errors.BackendTimeout),
+        (TimeoutError(), errors.BackendTimeout),
+        (IncompleteReadError(actual_bytes=1, expected_bytes=2), errors.BodyTruncated),
+        (ResponseStreamingError(error="reset"), errors.BodyTruncated),
+        (aiohttp.ClientPayloadError("cut"), errors.BodyTruncated),
+        (aiohttp.ClientConnectionError("refused"), errors.BackendUnavailable),
+    ],
+)
+def test_map_client_errors(raised: Exception, expected: type[errors.StorageError]) -> None:
+    with pytest.raises(expected) as info, map_client_errors():
+        raise raised
+    assert info.value.__cause__ is raised
+    assert "secret-host" not in str(info.value) and "private" not in str(info.value)
+
+
+def test_other_exceptions_pass_through() -> None:
+    with pytest.raises(KeyError), map_client_errors():
+        raise KeyError("not ours")
+
+
+MODIFIED = datetime(2026, 11, 21, 5, 0, 7, 123456, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("stored", "key", "media_type"),
+    [
+        ("video/mp4", "clip.bin", "video/mp4"),  # the stored type wins over the extension
+        ("audio/mpeg", "song", "audio/mpeg"),
+        (None, "song.mp3", "audio/mpeg"),  # none stored: the extension
+        ("", "song.mp3", "audio/mpeg"),
+        ("binary/octet-stream", "clip.webm", "video/webm"),  # S3's default for untyped uploads
+        ("application/octet-stream", "clip.webm", "video/webm"),
+        ("binary/octet-stream", "blob", "application/octet-stream"),
+        ("text/plain; charset=utf-8", "x.mp4", "text/plain; charset=utf-8"),
+    ],
+)
+def test_meta_from_a_response(stored: str | None, key: str, media_type: str) -> None:
+    response: dict[str, Any] = {"ContentLength": 10, "ETag": '"abc"', "LastModified": MODIFIED}
+    if stored is not None:
+        response["ContentType"] = stored
+    meta = _meta_from(key, response)
+    assert meta.media_type == media_type
+    assert (meta.key, meta.size, meta.etag) == (key, 10, '"abc"')
+    assert meta.last_modified == datetime(2026, 11, 21, 5, 0, 7, tzinfo=UTC)
+
+
+def test_meta_and_range_from_a_ranged_response() -> None:
+    response = {"ContentLength": 10, "ContentRange": "bytes 5-14/1000", "ETag": "abc-5"}
+    meta = _meta_from("a.mp4", response)
+    assert (meta.size, meta.etag, meta.last_modified) == (1000, '"abc-5"', None)
+    assert _range_of(response, 1000) == ByteRange(5, 15)
+    assert _range_of({"ContentLength": 1000}, 1000) == ByteRange(0, 1000)
