@@ -19,8 +19,25 @@ from fastapi import FastAPI
 
 from proxy.app import create_app
 from proxy.config import Settings
+from proxy.storage.mediatypes import media_type_for
+from tests.s3servers import (
+    BUCKET,
+    REGION,
+    S3Server,
+    aws_environment,
+    put_object,
+    start_moto,
+    start_seaweedfs,
+    upload_tree,
+)
 
 FLAVORS = ["sync", "async"]
+S3_CLIENTS = ["boto3", "aiobotocore"]
+S3_SERVERS = ["moto", "seaweedfs"]
+# Every end-to-end HTTP test runs against each of these: one HTTP layer, every backend.
+BACKENDS = ["local-sync", "local-async"] + [
+    f"{server}-{client}" for server in S3_SERVERS for client in S3_CLIENTS
+]
 CHUNK_SIZE = 64 * 1024
 
 
@@ -111,9 +128,66 @@ def settings_for(media: MediaTree, flavor: str, **overrides: object) -> Settings
     return Settings.model_validate(values)
 
 
-@pytest.fixture(scope="session", params=FLAVORS)
-def server(request: pytest.FixtureRequest, media: MediaTree, serve: StartServer) -> RunningServer:
-    return serve(settings_for(media, request.param))
+def s3_settings(s3: S3Server, client: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "backend": "s3",
+        "s3_client": client,
+        "s3_bucket": BUCKET,
+        "s3_endpoint_url": s3.endpoint_url,
+        "s3_region": REGION,
+        "s3_addressing_style": "path",
+        "chunk_size": CHUNK_SIZE,
+        "cache_control": "public, max-age=60",
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture(scope="session")
+def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The standard AWS chain (env and a shared credentials file) holds the test identities."""
+    with aws_environment(tmp_path_factory.mktemp("aws")):
+        yield
+
+
+def upload_media(s3: S3Server, media: MediaTree) -> None:
+    """The media tree, each object with the ContentType the local backend would give it."""
+    upload_tree(s3, media.root, content_type=media_type_for)
+    put_object(s3, "linked.txt", media.data("hello.txt"), media_type_for("linked.txt"))
+
+
+@pytest.fixture(scope="session")
+def moto(aws_env: None, media: MediaTree) -> Iterator[S3Server]:
+    with start_moto() as s3:
+        upload_media(s3, media)
+        yield s3
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(
+    aws_env: None, media: MediaTree, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[S3Server]:
+    with start_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as s3:
+        upload_media(s3, media)
+        yield s3
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(scope="session")
+def server(
+    request: pytest.FixtureRequest, backend: str, media: MediaTree, serve: StartServer
+) -> RunningServer:
+    """A proxy on 127.0.0.1 for ``backend``; S3 servers start only when a test needs them."""
+    kind, flavor = backend.split("-")
+    if kind == "local":
+        return serve(settings_for(media, flavor))
+    s3: S3Server = request.getfixturevalue(kind)
+    return serve(s3_settings(s3, flavor))
 
 
 @pytest.fixture

@@ -271,6 +271,11 @@ class _Bucket:
         prefix = prefix.strip("/")
         self._prefix = f"{prefix}/" if prefix else ""
 
+    @property
+    def client(self) -> Any:
+        """The botocore client, for instrumentation (its event hooks)."""
+        return self._client
+
     def _s3_key(self, key: str) -> str:
         return self._prefix + key
 
@@ -344,7 +349,7 @@ def _config_options(settings: Settings) -> dict[str, Any]:
         "max_pool_connections": settings.s3_pool_size,
         "connect_timeout": settings.s3_connect_timeout,
         "read_timeout": settings.s3_read_timeout,
-        "retries": {"max_attempts": settings.s3_max_attempts, "mode": "standard"},
+        "retries": {"total_max_attempts": settings.s3_max_attempts, "mode": "standard"},
         "s3": {"addressing_style": settings.s3_addressing_style},
         # boto3 >= 1.36 checksums by default, which several S3-compatible stores reject, and a
         # streaming proxy cannot validate a whole-object checksum before sending anyway.
