@@ -7,8 +7,12 @@ misbehaving endpoints, connection hygiene after aborted downloads, readiness.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,11 +29,23 @@ from tests.conftest import (
     MediaTree,
     RunningServer,
     StartServer,
+    free_port,
     s3_settings,
     sha256,
+    wait_healthy,
 )
 from tests.fake_s3 import black_hole, closed_port, slow_down, truncating
-from tests.s3servers import LIMITED_PROFILE, S3Server, put_object
+from tests.s3servers import (
+    ACCESS_KEY,
+    BUCKET,
+    LIMITED_ACCESS_KEY,
+    LIMITED_PROFILE,
+    LIMITED_SECRET_KEY,
+    REGION,
+    SECRET_KEY,
+    S3Server,
+    put_object,
+)
 
 CLIP = "video/clip.mp4"
 CLIP_SIZE = 3145851
@@ -306,3 +322,80 @@ def test_readiness_is_cached(proxy: RunningServer, calls: Calls) -> None:
     assert [a.status_code for a in answers] == [200] * 5
     assert answers[0].json() == {"status": "ready"}
     assert calls.names().count("HeadBucket") <= 1
+
+
+def test_slow_readers_do_not_starve_the_boto3_flavour(seaweedfs: S3Server, tmp_path: Path) -> None:
+    """64 slow downloads on the threadpool path; /healthz still answers within 100 ms.
+
+    The proxy runs in its own process (as in production), so this test's threads do not share
+    its interpreter lock.
+    """
+    put_object(seaweedfs, "slow.bin", BIG, "application/octet-stream")
+    port = free_port()
+    env = dict(os.environ, PROXY_BACKEND="s3", PROXY_S3_CLIENT="boto3", PROXY_S3_BUCKET=BUCKET)
+    env.update(
+        PROXY_S3_ENDPOINT_URL=seaweedfs.endpoint_url,
+        PROXY_S3_REGION=REGION,
+        PROXY_S3_ADDRESSING_STYLE="path",
+        PROXY_PORT=str(port),
+        PROXY_LOG_LEVEL="warning",
+        PROXY_CHUNK_SIZE=str(64 * 1024),
+    )
+    process = subprocess.Popen([sys.executable, "-m", "proxy"], env=env, cwd=tmp_path)
+    stop = threading.Event()
+    served = [0] * 64
+
+    def slow_reader(index: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(b"GET /objects/slow.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(200):  # bounded: at most 200 reads, about 10 s
+                if stop.is_set():
+                    return
+                served[index] += len(sock.recv(65536))
+                time.sleep(0.05)
+
+    readers = [threading.Thread(target=slow_reader, args=(i,)) for i in range(64)]
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", process)
+        for reader in readers:
+            reader.start()
+        time.sleep(1.0)  # every reader has its stream open
+        latencies = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for _ in range(20):
+                started = time.perf_counter()
+                assert client.get("/healthz").status_code == 200
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.05)
+        assert max(latencies) < 0.1, latencies
+        assert all(served), "some slow reader received nothing"
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(timeout=15)
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("client", S3_CLIENTS)
+def test_credentials_never_reach_logs_or_bodies(
+    request: pytest.FixtureRequest,
+    serve: StartServer,
+    client: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s3 = s3_server(request, "seaweedfs")
+    caplog.set_level(logging.DEBUG, logger="proxy")
+    bodies = []
+    for settings in [
+        s3_settings(s3, client, s3_profile=LIMITED_PROFILE),
+        s3_settings(s3, client, s3_bucket="no-such-bucket"),
+        s3_settings_for(closed_port(), client, s3_max_attempts=1),
+    ]:
+        proxy = serve(settings)
+        bodies += [get(proxy, f"/objects/{CLIP}").text, get(proxy, "/readyz").text]
+    text = caplog.text + "".join(bodies)
+    for secret in [SECRET_KEY, LIMITED_SECRET_KEY, ACCESS_KEY, LIMITED_ACCESS_KEY]:
+        assert secret not in text
+    assert '"error":"forbidden"' in bodies[0]
