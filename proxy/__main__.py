@@ -29,6 +29,8 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        loop=settings.loop,
+        http=settings.http,
         server_header=False,
         timeout_graceful_shutdown=30,
     )

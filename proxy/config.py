@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto"  # auto: uvloop when installed
+    http: Literal["auto", "h11", "httptools"] = "auto"  # auto: httptools when installed
 
     @field_validator("cache_control")
     @classmethod

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive as real clients.
-APT_PACKAGES=(curl)
+APT_PACKAGES=(curl docker-compose)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -22,10 +22,12 @@ fi
 VENV=${VENV:-.venv}
 [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e '.[test]'
+"$VENV/bin/python" -m pip install -q -e '.[test,dev]'
 
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"
+# terraform fmt and checkov (in a virtualenv of its own) over terraform/ and the Dockerfile.
+bash tests/deploy/checks.sh
 # pytest exits 5 when it collects no test: that is a failure here too.
 "$VENV/bin/pytest" "$@"

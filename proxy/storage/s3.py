@@ -343,7 +343,7 @@ class AsyncS3Storage(_Bucket):
         pass  # the client is closed by the lifespan's exit stack
 
 
-def _config_options(settings: Settings) -> dict[str, Any]:
+def config_options(settings: Settings) -> dict[str, Any]:
     """botocore Config options, shared by both clients."""
     return {
         "max_pool_connections": settings.s3_pool_size,
@@ -365,7 +365,7 @@ def open_s3(settings: Settings) -> S3Storage:
         "s3",
         region_name=settings.s3_region,
         endpoint_url=settings.s3_endpoint_url,
-        config=Config(**_config_options(settings)),
+        config=Config(**config_options(settings)),
     )
     return S3Storage(client, settings.s3_bucket, settings.s3_prefix)
 
@@ -378,7 +378,7 @@ async def aopen_s3(settings: Settings, stack: AsyncExitStack) -> AsyncS3Storage:
             "s3",
             region_name=settings.s3_region,
             endpoint_url=settings.s3_endpoint_url,
-            config=AioConfig(**_config_options(settings)),
+            config=AioConfig(**config_options(settings)),
         )
     )
     return AsyncS3Storage(client, settings.s3_bucket, settings.s3_prefix)

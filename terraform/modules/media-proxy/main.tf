@@ -1,0 +1,30 @@
+# The media object proxy on AWS: a private bucket, an ECR repository, ECS Fargate tasks behind an
+# HTTPS load balancer with autoscaling, and optionally CloudFront caching each byte range.
+
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+
+locals {
+  account_id = data.aws_caller_identity.current.account_id
+  partition  = data.aws_partition.current.partition
+  region     = data.aws_region.current.name
+
+  # The proxy joins prefix and key with one slash, so "media/" serves media/<key>.
+  object_prefix = var.s3_prefix
+  object_arn    = "${aws_s3_bucket.media.arn}/${local.object_prefix}*"
+
+  container_name = "proxy"
+  image          = "${aws_ecr_repository.proxy.repository_url}:${var.image_tag}"
+
+  environment = merge(var.extra_environment, {
+    PROXY_BACKEND   = "s3"
+    PROXY_S3_BUCKET = aws_s3_bucket.media.id
+    PROXY_S3_PREFIX = var.s3_prefix
+    PROXY_S3_CLIENT = var.s3_client
+    PROXY_S3_REGION = local.region
+    PROXY_HOST      = "0.0.0.0"
+    PROXY_PORT      = tostring(var.container_port)
+    PROXY_WORKERS   = tostring(var.workers)
+  })
+}

