@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 
 from proxy.config import Settings
@@ -36,6 +37,24 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.StorageError], int, str], ...] = (
     (errors.StorageError, 502, "bad_gateway"),
 )
 RETRY_AFTER_SECONDS = "1"
+
+# What a player on another origin sends (a Range needs a preflight) and must be able to read.
+CORS_REQUEST_HEADERS = [
+    "Range",
+    "If-Range",
+    "If-Match",
+    "If-None-Match",
+    "If-Modified-Since",
+    "If-Unmodified-Since",
+]
+CORS_EXPOSED_HEADERS = [
+    "Content-Range",
+    "Accept-Ranges",
+    "Content-Length",
+    "ETag",
+    "Last-Modified",
+    "Content-Disposition",
+]
 
 
 def error_response(
@@ -156,4 +175,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     app.include_router(sync_router if settings.sync else async_router)
+    if settings.cors_allow_origins:
+        # Pure ASGI middleware: it only adds headers, the stream passes through untouched.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "HEAD"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=settings.cors_max_age,
+        )
     return app

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Measured with benchmarks/chunk_size.py: see the README's "Chunk size" section.
 DEFAULT_CHUNK_SIZE = 256 * 1024
@@ -44,12 +45,26 @@ class Settings(BaseSettings):
     max_ranges: int = Field(default=16, ge=1, le=1000)
     threadpool_size: int = Field(default=64, ge=1, le=1000)
     readiness_cache_seconds: float = Field(default=5.0, ge=0)
+    # Origins whose pages may use the objects (players on other sites): none by default.
+    cors_allow_origins: Annotated[list[str], NoDecode] = []
+    cors_max_age: int = Field(default=600, ge=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     loop: Literal["auto", "asyncio", "uvloop"] = "auto"  # auto: uvloop when installed
     http: Literal["auto", "h11", "httptools"] = "auto"  # auto: httptools when installed
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: object) -> object:
+        # PROXY_CORS_ALLOW_ORIGINS="https://a.example, https://b.example" or a JSON list.
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
 
     @field_validator("cache_control")
     @classmethod
