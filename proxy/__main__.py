@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvicorn
 
+from proxy.auth import hash_token, signed_url
 from proxy.config import DEFAULT_LOCAL_ROOT, Settings
 from proxy.sample import write_sample
 
@@ -22,6 +26,8 @@ def serve(settings: Settings) -> None:
         print(f"created a sample in ./{root}/", flush=True)
         for key in keys:
             print(f"  http://{settings.host}:{settings.port}/objects/{key}", flush=True)
+    if settings.workers > 1 and settings.metrics:
+        _share_metrics_between_workers()
     uvicorn.run(
         "proxy.app:create_app",
         factory=True,  # each worker builds its own app (and its own storage client)
@@ -32,15 +38,45 @@ def serve(settings: Settings) -> None:
         loop=settings.loop,
         http=settings.http,
         server_header=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
+        access_log=not settings.access_log,  # ours is one JSON line per request
     )
+
+
+def _share_metrics_between_workers() -> None:
+    """prometheus-client's multiprocess mode: each worker writes its samples to one directory."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        for stale in directory.glob("*.db"):  # from an earlier run: would be counted again
+            stale.unlink()
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="media-proxy-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="media-proxy", description=__doc__)
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve"])
-    parser.parse_args(argv)
-    serve(Settings())
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the proxy (the default)")
+    sign = commands.add_parser("sign", help="print a signed URL for one object")
+    sign.add_argument("key", help="the object key, e.g. video/clip.mp4")
+    sign.add_argument("--ttl", type=int, default=3600, help="seconds the URL stays valid")
+    sign.add_argument("--base-url", help="default: http://PROXY_HOST:PROXY_PORT")
+    commands.add_parser(
+        "hash-key", help="read an API token on stdin, print its PROXY_API_KEYS sha256"
+    )
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if args.command == "sign":
+        base_url = args.base_url or f"http://{settings.host}:{settings.port}"
+        try:
+            print(signed_url(settings, base_url, args.key, args.ttl))
+        except ValueError as exc:
+            sys.exit(str(exc))
+    elif args.command == "hash-key":
+        print(hash_token(sys.stdin.readline().strip()))
+    else:
+        serve(settings)
 
 
 if __name__ == "__main__":

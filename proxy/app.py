@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -15,9 +17,11 @@ from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
+from proxy import metrics
 from proxy.config import Settings
+from proxy.observability import Observability, access_logger
 from proxy.routes import async_router, sync_router
 from proxy.storage import errors
 from proxy.storage.base import AsyncStorage, Storage
@@ -65,6 +69,7 @@ def error_response(
 
 
 async def storage_error(request: Request, exc: Exception) -> JSONResponse:
+    metrics.BACKEND_ERRORS.labels(type(exc).__name__).inc()
     for kind, status, code in STATUS_BY_ERROR:
         if isinstance(exc, kind):
             headers = {"retry-after": RETRY_AFTER_SECONDS} if status == 503 else None
@@ -74,7 +79,8 @@ async def storage_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    codes = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+    code = codes.get(exc.status_code, "http_error")
     detail = exc.detail if isinstance(exc.detail, str) else "request failed"
     return error_response(exc.status_code, code, detail, exc.headers)
 
@@ -149,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 storage, settings.sync, settings.readiness_cache_seconds
             )
             yield
+        metrics.worker_exited(os.getpid())
 
     app = FastAPI(title="media object proxy", version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -175,6 +182,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     app.include_router(sync_router if settings.sync else async_router)
+    if settings.metrics:
+
+        @app.get("/metrics", tags=["health"], response_class=Response)
+        async def metrics_endpoint() -> Response:
+            """Prometheus exposition of this process (all workers' in multiprocess mode)."""
+            body, media_type = metrics.render()
+            return Response(body, media_type=media_type)
+
     if settings.cors_allow_origins:
         # Pure ASGI middleware: it only adds headers, the stream passes through untouched.
         app.add_middleware(
@@ -185,4 +200,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=CORS_EXPOSED_HEADERS,
             max_age=settings.cors_max_age,
         )
+    if settings.access_log:
+        _log_to_stdout(access_logger)
+    # Outermost: sees every answer, CORS preflights and errors included.
+    app.add_middleware(Observability, access_log=settings.access_log, metrics_on=settings.metrics)
     return app
+
+
+def _log_to_stdout(logger_: logging.Logger) -> None:
+    """One JSON object per line on stdout, unless the host application configured the logger."""
+    if not logger_.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger_.addHandler(handler)
+        logger_.setLevel(logging.INFO)
+        logger_.propagate = False

@@ -7,12 +7,20 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Measured with benchmarks/chunk_size.py: see the README's "Chunk size" section.
 DEFAULT_CHUNK_SIZE = 256 * 1024
 DEFAULT_LOCAL_ROOT = Path("media")
+
+
+class ApiKey(BaseModel):
+    """A bearer key for internal services, stored as the SHA-256 of the token (hex)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    prefix: str = ""  # the key may only read objects whose key starts with this
 
 
 class Settings(BaseSettings):
@@ -48,6 +56,19 @@ class Settings(BaseSettings):
     # Origins whose pages may use the objects (players on other sites): none by default.
     cors_allow_origins: Annotated[list[str], NoDecode] = []
     cors_max_age: int = Field(default=600, ge=0)
+
+    # Access control: on as soon as any API key or signing key is configured.
+    api_keys: list[ApiKey] = []
+    signing_keys: dict[str, SecretStr] = {}  # key id -> HMAC secret; several for rotation
+    signing_key_id: str | None = None  # the id `python -m proxy sign` uses (default: the last)
+    max_signed_ttl: int = Field(default=7 * 24 * 3600, ge=1)
+
+    # Operations.
+    access_log: bool = True
+    metrics: bool = True
+    shutdown_timeout: int = Field(default=30, ge=0)  # seconds in-flight streams may finish in
+    # Stored HTML, SVG and XML are sent as attachments in a CSP sandbox unless this is true.
+    inline_active_content: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
@@ -79,6 +100,11 @@ class Settings(BaseSettings):
         if self.backend == "s3" and not self.s3_bucket:
             raise ValueError("PROXY_S3_BUCKET is required with PROXY_BACKEND=s3")
         return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether object requests need a bearer key or a signed URL."""
+        return bool(self.api_keys or self.signing_keys)
 
     @property
     def sync(self) -> bool:

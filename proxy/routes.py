@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from proxy.auth import authorize
 from proxy.config import Settings
 from proxy.http.disposition import content_disposition, download_filename
 from proxy.http.hint import read_hint
@@ -18,8 +19,10 @@ from proxy.http.plan import Plan, plan_response
 from proxy.responses import ObjectResponse, aiter_plan, iter_plan
 from proxy.storage.base import AsyncStorage, ObjectMeta, Storage
 from proxy.storage.keys import check_key
+from proxy.storage.mediatypes import is_active_content
 
 OBJECT_PATH = "/objects/{key:path}"
+SANDBOX = "sandbox; default-src 'none'"
 METHODS = ["GET", "HEAD"]  # FastAPI's APIRoute does not add HEAD by itself
 
 
@@ -52,6 +55,8 @@ OBJECT_RESPONSES: dict[int | str, dict[str, Any]] = {
     206: {"description": "One range, or multipart/byteranges"},
     304: {"description": "Not modified"},
     400: {"description": "Invalid key"},
+    401: {"description": "Credentials required (bearer key or signed URL)"},
+    403: {"description": "Not allowed to read this object"},
     404: {"description": "No such object"},
     412: {"description": "A precondition failed"},
     416: {"description": "Range not satisfiable"},
@@ -63,9 +68,13 @@ def plan_object(
 ) -> Plan:
     """The HTTP decisions for one request: conditionals, ranges, headers."""
     extra: tuple[tuple[str, str], ...] = ()
-    if download is not None:
+    active = not settings.inline_active_content and is_active_content(meta.media_type)
+    if download is not None or active:
+        # Stored HTML/SVG/XML would run script on the proxy's origin: never render it inline.
         name = download_filename(meta.key, download)
         extra = (("content-disposition", content_disposition(name)),)
+    if active:
+        extra += (("content-security-policy", SANDBOX),)
     return plan_response(
         request.method,
         request.headers,
@@ -76,8 +85,9 @@ def plan_object(
     )
 
 
-sync_router = APIRouter(tags=["objects"])
-async_router = APIRouter(tags=["objects"])
+# Access control runs first, the same for both flavours (a no-op unless keys are configured).
+sync_router = APIRouter(tags=["objects"], dependencies=[Depends(authorize)])
+async_router = APIRouter(tags=["objects"], dependencies=[Depends(authorize)])
 
 
 @sync_router.api_route(OBJECT_PATH, methods=METHODS, responses=OBJECT_RESPONSES)

@@ -17,6 +17,7 @@ import anyio.to_thread
 
 from proxy.http.hint import ReadHint
 from proxy.http.ranges import ByteRange
+from proxy.metrics import BACKEND_CALLS
 from proxy.storage.base import ObjectMeta
 from proxy.storage.errors import AccessDenied, BackendUnavailable, BodyTruncated, ObjectNotFound
 from proxy.storage.keys import check_key
@@ -86,6 +87,7 @@ def _meta(key: str, st: os.stat_result) -> ObjectMeta:
 
 def _open_object(root: str, key: str) -> tuple[int, ObjectMeta]:
     """Open ``key`` under ``root`` and describe it from the open descriptor (no second lookup)."""
+    BACKEND_CALLS.labels("local", "open").inc()
     with map_os_errors():
         fd = os.open(_resolve(root, key), _OPEN_FLAGS)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import posixpath
+import re
 
 from proxy.storage.base import DEFAULT_MEDIA_TYPE
 
@@ -69,3 +70,14 @@ def media_type_for(key: str) -> str:
     if guessed is None:
         return DEFAULT_MEDIA_TYPE
     return guessed + _TEXT if guessed.startswith("text/") else guessed
+
+
+# Types a browser would render with script on the proxy's origin (HTML, SVG, XML documents).
+_ACTIVE = re.compile(
+    r"text/html|application/xhtml\+xml|image/svg\+xml|(text|application)/([a-z.+-]*\+)?xml"
+)
+
+
+def is_active_content(media_type: str) -> bool:
+    """Whether an object of this type could run script if rendered inline."""
+    return bool(_ACTIVE.fullmatch(media_type.split(";", 1)[0].strip().lower()))

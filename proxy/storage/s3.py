@@ -29,6 +29,7 @@ from botocore.exceptions import (
 from proxy.config import Settings
 from proxy.http.hint import ReadHint
 from proxy.http.ranges import ByteRange
+from proxy.metrics import BACKEND_CALLS
 from proxy.storage.base import ObjectMeta
 from proxy.storage.errors import (
     AccessDenied,
@@ -358,6 +359,10 @@ def config_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _count_call(model: Any, **_: Any) -> None:
+    BACKEND_CALLS.labels("s3", model.name).inc()
+
+
 def open_s3(settings: Settings) -> S3Storage:
     """The boto3 flavour: one client per worker process, closed by ``S3Storage.close``."""
     session = boto3.session.Session(profile_name=settings.s3_profile)
@@ -367,6 +372,7 @@ def open_s3(settings: Settings) -> S3Storage:
         endpoint_url=settings.s3_endpoint_url,
         config=Config(**config_options(settings)),
     )
+    client.meta.events.register("after-call.s3", _count_call)
     return S3Storage(client, settings.s3_bucket, settings.s3_prefix)
 
 
@@ -381,4 +387,5 @@ async def aopen_s3(settings: Settings, stack: AsyncExitStack) -> AsyncS3Storage:
             config=AioConfig(**config_options(settings)),
         )
     )
+    client.meta.events.register("after-call.s3", _count_call)
     return AsyncS3Storage(client, settings.s3_bucket, settings.s3_prefix)

@@ -1,0 +1,59 @@
+"""Prometheus metrics (prometheus-client), multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set.
+
+``python -m proxy`` sets that directory when it starts several workers, so ``/metrics`` of any
+worker reports the sum over all of them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_DURATION_BUCKETS = _LATENCY_BUCKETS + (30, 60, 300, 900, 3600)
+
+REQUESTS = Counter("proxy_requests", "HTTP requests answered", ["route", "method", "status"])
+BYTES_SENT = Counter("proxy_response_bytes", "Response body bytes sent", ["route"])
+ACTIVE_STREAMS = Gauge(
+    "proxy_active_streams", "Object responses being sent", multiprocess_mode="livesum"
+)
+TTFB = Histogram(
+    "proxy_time_to_first_byte_seconds",
+    "Request start to first body byte",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+)
+DURATION = Histogram(
+    "proxy_request_duration_seconds",
+    "Request start to last byte",
+    ["route"],
+    buckets=_DURATION_BUCKETS,
+)
+CLIENT_ABORTS = Counter("proxy_client_aborts", "Responses cut short by the client", ["route"])
+BACKEND_CALLS = Counter("proxy_backend_calls", "Storage backend calls", ["backend", "operation"])
+BACKEND_ERRORS = Counter("proxy_backend_errors", "Storage failures by kind", ["kind"])
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text and its content type: this process, or all workers' when shared."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a finished worker's live gauges from the shared directory."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
