@@ -55,7 +55,7 @@ def require_tool(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def client_media(tmp_path_factory: pytest.TempPathFactory) -> MediaTree:
+def client_media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MediaTree]:
     """The generated clips and a BIG_SIZE random object, in a tree of their own."""
     ffmpeg = require_tool("ffmpeg")
     base = tmp_path_factory.mktemp("client-media")
@@ -68,7 +68,8 @@ def client_media(tmp_path_factory: pytest.TempPathFactory) -> MediaTree:
     with open(root / "big.bin", "wb") as big:
         for _ in range(BIG_SIZE // (16 * 1024 * 1024)):
             big.write(os.urandom(16 * 1024 * 1024))
-    return MediaTree(root=root, outside=base)
+    yield MediaTree(root=root, outside=base)
+    (root / "big.bin").unlink()  # pytest keeps recent temp dirs: do not leave 256 MiB behind
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
