@@ -11,23 +11,41 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 import yaml
 
+from proxy.auth import hash_token, signed_query
 from proxy.config import Settings
 from proxy.devstack import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, child_env, parse_args
+from tests.conftest import MediaTree, StartServer
 from tests.deploy.dockerfile import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SCHEMA_FILE = ROOT / "tests" / "fixtures" / "compose-spec.json"
-# The documented local-only defaults; any other credential-looking literal is a leak.
-LOCAL_DEFAULTS = {LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY}
+# Access control's documented local-only defaults (the compose file's header names them).
+LOCAL_API_TOKEN = "local-dev-token"
+LOCAL_SIGNING_KEY_ID = "local"
+LOCAL_SIGNING_SECRET = "local-only-signing-secret"
+# The documented local-only defaults; any other credential-looking literal is a leak. The token
+# itself is never in the environment: PROXY_API_KEYS holds its sha256.
+LOCAL_DEFAULTS = {
+    LOCAL_ACCESS_KEY,
+    LOCAL_SECRET_KEY,
+    hash_token(LOCAL_API_TOKEN),
+    LOCAL_SIGNING_SECRET,
+}
+AUTH_VARIABLES = ("PROXY_API_KEYS", "PROXY_SIGNING_KEYS")
+NOT_SECRETS = {"PROXY_SIGNING_KEY_ID"}  # names one of the signing keys, holds none
+PROXY_SERVICES = ("proxy", "proxy-boto3")
 AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{16}\b")
 AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 SECRET_NAME = re.compile(r"KEY|SECRET|PASSWORD|TOKEN", re.IGNORECASE)
-INTERPOLATION = re.compile(r"^\$\{([A-Z0-9_]+):-([^}]*)\}$")
+INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+):-([^}]*)\}")
+# Stands for an interpolation while the JSON around it is read.
+SLOT = "<interpolated>"
 Service = dict[str, Any]
 
 
@@ -53,6 +71,25 @@ def environment(service: Service) -> dict[str, str]:
     env = service.get("environment", {})
     assert isinstance(env, dict), "use the mapping form so names can be checked"
     return {str(k): str(v) for k, v in env.items()}
+
+
+def with_defaults(value: str) -> str:
+    """``value`` as compose passes it on when no LOCAL_* variable is set."""
+    return INTERPOLATION.sub(lambda match: match.group(2), value)
+
+
+def secret_slots(key: str, value: str) -> list[str]:
+    """What holds the secrets of ``value`` (each interpolation as SLOT): the whole value, or the
+    secret fields of the access-control JSON (signing secrets, API key hashes)."""
+    template = INTERPOLATION.sub(SLOT, value)
+    if key not in AUTH_VARIABLES:
+        return [template]
+    document = json.loads(template)
+    if key == "PROXY_SIGNING_KEYS":
+        assert isinstance(document, dict)
+        return [str(secret) for secret in document.values()]
+    assert isinstance(document, list)
+    return [str(api_key["sha256"]) for api_key in document]
 
 
 def secrets_in(text: str) -> list[str]:
@@ -176,12 +213,87 @@ def test_only_the_documented_local_credentials(services: dict[str, Service]) -> 
     assert secrets_in(text) == []
     for name, service in services.items():
         for key, value in environment(service).items():
-            if SECRET_NAME.search(key):
-                match = INTERPOLATION.match(value)
-                assert match, f"{name}.{key}: not overridable"
-                assert match.group(2) in LOCAL_DEFAULTS, f"{name}.{key}: undocumented secret"
+            if not SECRET_NAME.search(key):
+                continue
+            if key in NOT_SECRETS:
+                assert "$" not in value and value in json.loads(
+                    with_defaults(environment(service)["PROXY_SIGNING_KEYS"])
+                ), f"{name}.{key}"
+                continue
+            # Every secret is exactly one interpolation: the JSON of the access-control variables
+            # may surround them with names and key ids, never with a literal secret.
+            slots = secret_slots(key, value)
+            assert slots and all(slot == SLOT for slot in slots), f"{name}.{key}: not overridable"
+            found = INTERPOLATION.findall(value)
+            assert len(found) == len(slots), f"{name}.{key}: interpolation outside a secret"
+            for variable, default in found:
+                assert default in LOCAL_DEFAULTS, f"{name}.{key}: undocumented secret"
                 # Never interpolate the shell's own AWS_* keys into a local container.
-                assert not match.group(1).startswith("AWS_"), f"{name}.{key}"
+                assert not variable.startswith("AWS_"), f"{name}.{key}"
+
+
+def test_the_secret_scan_reads_the_json_of_the_access_control_variables() -> None:
+    literal = secret_slots("PROXY_SIGNING_KEYS", '{"local":"a-literal-secret"}')
+    assert literal == ["a-literal-secret"]
+    mixed = '[{"name":"a","sha256":"${A:-x}"},{"name":"b","sha256":"' + "0" * 64 + '"}]'
+    assert secret_slots("PROXY_API_KEYS", mixed) == [SLOT, "0" * 64]
+    assert secret_slots("AWS_SECRET_ACCESS_KEY", "${B:-y}") == [SLOT]
+    assert secret_slots("AWS_SECRET_ACCESS_KEY", "x${B:-y}") == ["x" + SLOT]
+
+
+@pytest.mark.parametrize("name", PROXY_SERVICES)
+def test_proxy_services_turn_access_control_on(services: dict[str, Service], name: str) -> None:
+    env = {key: with_defaults(value) for key, value in environment(services[name]).items()}
+    api_keys = json.loads(env["PROXY_API_KEYS"])
+    assert isinstance(api_keys, list) and api_keys
+    for api_key in api_keys:
+        assert isinstance(api_key, dict) and {"name", "sha256"} <= set(api_key)
+        assert set(api_key) <= {"name", "sha256", "prefix"}
+        assert re.fullmatch(r"[0-9a-f]{64}", api_key["sha256"])
+    assert [k["sha256"] for k in api_keys] == [hash_token(LOCAL_API_TOKEN)]
+    signing_keys = json.loads(env["PROXY_SIGNING_KEYS"])
+    assert signing_keys == {LOCAL_SIGNING_KEY_ID: LOCAL_SIGNING_SECRET}
+    assert env["PROXY_SIGNING_KEY_ID"] == LOCAL_SIGNING_KEY_ID
+    healthcheck = services[name]["healthcheck"]["test"]
+    assert any("/healthz" in part for part in healthcheck), "the healthcheck must stay on /healthz"
+    assert not any("/objects/" in part for part in healthcheck), "objects need credentials"
+
+
+def test_init_gets_no_access_control_keys(services: dict[str, Service]) -> None:
+    env = environment(services["init"])
+    assert not {*AUTH_VARIABLES, *NOT_SECRETS} & set(env)
+
+
+def test_the_header_documents_the_local_token_and_signed_urls() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert f'-H "Authorization: Bearer {LOCAL_API_TOKEN}"' in text
+    assert "docker compose exec proxy python -m proxy sign random.bin" in text
+    assert LOCAL_SIGNING_SECRET in text.split("x-local-credentials")[0]
+
+
+def test_the_compose_defaults_guard_objects_but_not_healthz(
+    services: dict[str, Service],
+    media: MediaTree,
+    serve: StartServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The proxy service's access-control environment, read by Settings as in the container, on
+    # the local backend so that no S3 is needed.
+    for key, value in environment(services["proxy"]).items():
+        if key in {*AUTH_VARIABLES, *NOT_SECRETS}:
+            monkeypatch.setenv(key, with_defaults(value))
+    monkeypatch.setenv("PROXY_BACKEND", "local")
+    monkeypatch.setenv("PROXY_LOCAL_ROOT", str(media.root))
+    settings = Settings()
+    assert settings.auth_enabled
+    url = f"{serve(settings).url}/objects/hello.txt"
+    with httpx.Client(timeout=10) as client:
+        assert client.get(url.replace("/objects/hello.txt", "/healthz")).status_code == 200
+        assert client.get(url).status_code == 401
+        bearer = {"Authorization": f"Bearer {LOCAL_API_TOKEN}"}
+        assert client.get(url, headers=bearer).content == media.data("hello.txt")
+        signed = client.get(f"{url}?{signed_query(settings, 'hello.txt', 3600)}")
+        assert signed.content == media.data("hello.txt")
 
 
 @pytest.mark.parametrize(
@@ -208,7 +320,11 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
         timeout=60,
         check=False,
         cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin:/usr/local/bin", "LOCAL_S3_ACCESS_KEY": "overridden"},
+        env={
+            "PATH": "/usr/bin:/bin:/usr/local/bin",
+            "LOCAL_S3_ACCESS_KEY": "overridden",
+            "LOCAL_SIGNING_SECRET": "overridden-signing-secret",
+        },
     )
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
@@ -216,5 +332,12 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     proxy = config["services"]["proxy"]
     assert proxy["environment"]["AWS_ACCESS_KEY_ID"] == "overridden"
     assert proxy["environment"]["AWS_SECRET_ACCESS_KEY"] == LOCAL_SECRET_KEY
+    # Set or not, the interpolated values stay valid JSON.
+    for name in PROXY_SERVICES:
+        env = config["services"][name]["environment"]
+        assert json.loads(env["PROXY_SIGNING_KEYS"]) == {"local": "overridden-signing-secret"}
+        api_keys = json.loads(env["PROXY_API_KEYS"])
+        assert [k["sha256"] for k in api_keys] == [hash_token(LOCAL_API_TOKEN)]
+    assert "PROXY_API_KEYS" not in config["services"]["init"]["environment"]
     assert proxy["depends_on"]["init"] == {"condition": "service_completed_successfully"}
     assert "seaweedfs-data" in config["volumes"]

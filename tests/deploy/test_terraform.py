@@ -18,6 +18,11 @@ TF_FILES = sorted(TERRAFORM.rglob("*.tf"))
 WILDCARD_ACTION = re.compile(r"^(\*|[a-z0-9-]+:\*)$")
 # A key policy's Resource "*" means "this key"; it is the only place "*" may be a resource.
 KEY_POLICY = "kms"
+# Access control: container variable -> the module variable naming its Secrets Manager secret.
+SECRETS = {
+    "PROXY_SIGNING_KEYS": "signing_keys_secret_arn",
+    "PROXY_API_KEYS": "api_keys_secret_arn",
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,32 @@ def example() -> Config:
 
 
 def statements(document: Body) -> Iterator[Body]:
+    """Every statement of a policy document, those of ``dynamic "statement"`` blocks included."""
     yield from document.get("statement", [])
+    for block in document.get("dynamic", []):
+        if "statement" in block:
+            yield from block["statement"]["content"]
+
+
+def dynamic_statements(document: Body) -> dict[str, Body]:
+    """The ``dynamic "statement"`` blocks of a policy document by their statement's sid."""
+    found = {}
+    for block in document.get("dynamic", []):
+        (content,) = block["statement"]["content"]
+        found[content["sid"]] = block["statement"]
+    return found
+
+
+def arn_pattern(config: Config, variable: str) -> re.Pattern[str]:
+    """The regex a variable's validation applies (RE2, which Python reads the same here)."""
+    (validation,) = config.variables[variable]["validation"]
+    match = re.search(r'regex\("([^"\\]+)", var\.' + variable + r"\)", validation["condition"])
+    assert match, f"{variable}: no regex validation"
+    return re.compile(match.group(1))
+
+
+def var(name: str) -> str:
+    return "${var." + name + "}"
 
 
 def bucket_of(body: Body) -> str:
@@ -125,7 +155,7 @@ def test_every_bucket_policy_denies_insecure_transport(module: Config) -> None:
 
 def test_no_wildcard_actions_or_resources_in_allow_statements(module: Config) -> None:
     documents = {name: body for (kind, name), body in module.data.items()}
-    assert {"task", "ecs_assume", "media", "logs", KEY_POLICY} <= set(documents)
+    assert {"task", "execution", "ecs_assume", "media", "logs", KEY_POLICY} <= set(documents)
     for name, document in documents.items():
         for statement in statements(document):
             where = f"{name}/{statement.get('sid', '?')}"
@@ -169,6 +199,82 @@ def test_execution_role_uses_the_managed_policy(module: Config) -> None:
     assert arn.endswith(":iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy")
     definition = module.of_type("aws_ecs_task_definition")["proxy"]
     assert definition["execution_role_arn"] != definition["task_role_arn"]
+
+
+def test_execution_role_reads_exactly_the_access_control_secrets(module: Config) -> None:
+    policy = module.of_type("aws_iam_role_policy")["execution"]
+    assert policy["role"] == ref("aws_iam_role", "execution", "id")
+    assert policy["policy"] == "${data.aws_iam_policy_document.execution.json}"
+    document = module.data[("aws_iam_policy_document", "execution")]
+    found = list(statements(document))
+    assert all(s.get("effect") == "Allow" for s in found)
+    reads = [s for s in found if any(a.startswith("secretsmanager:") for a in s["actions"])]
+    for statement in reads:
+        assert statement["actions"] == ["secretsmanager:GetSecretValue"], statement["sid"]
+        assert len(statement["resources"]) == 1, statement["sid"]
+    assert sorted(r for s in reads for r in s["resources"]) == sorted(map(var, SECRETS.values()))
+    # The optional secrets' statements exist only when their variable is set.
+    dynamic = dynamic_statements(document)
+    api_keys = dynamic["ReadTheApiKeys"]
+    assert api_keys["for_each"] == (
+        "${var.api_keys_secret_arn == null ? [] : [var.api_keys_secret_arn]}"
+    )
+    decrypt = dynamic["DecryptTheSecretsThroughSecretsManager"]
+    assert decrypt["for_each"] == (
+        "${var.secrets_kms_key_arn == null ? [] : [var.secrets_kms_key_arn]}"
+    )
+    (content,) = decrypt["content"]
+    assert content["actions"] == ["kms:Decrypt"]
+    assert content["resources"] == [var("secrets_kms_key_arn")]
+    assert content["condition"] == [
+        {
+            "test": "StringEquals",
+            "variable": "kms:ViaService",
+            "values": ["secretsmanager.${local.region}.amazonaws.com"],
+        }
+    ]
+    actions = {a for s in found for a in s["actions"]}
+    assert actions == {"secretsmanager:GetSecretValue", "kms:Decrypt"}
+
+
+def test_access_control_keys_come_from_secrets_manager(module: Config) -> None:
+    # Signing keys are required (the module always deploys with access control); API keys are
+    # optional. Both name a complete Secrets Manager ARN, never the keys themselves.
+    for env_name, variable in SECRETS.items():
+        body = module.variables[variable]
+        assert body["type"] == "string" and env_name in body["description"], variable
+        pattern = arn_pattern(module, variable)
+        assert pattern.pattern.startswith("^arn:aws[a-z-]*:secretsmanager:")
+        assert pattern.fullmatch(
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:media-proxy/keys-AbCdEf"
+        )
+        assert not pattern.fullmatch("arn:aws:secretsmanager:eu-west-1:123456789012:secret:*")
+        assert not pattern.fullmatch('{"local": "a-literal-secret"}')
+    assert "default" not in module.variables["signing_keys_secret_arn"]
+    assert module.variables["api_keys_secret_arn"]["default"] is None
+    assert module.variables["secrets_kms_key_arn"]["default"] is None
+    assert ":kms:" in arn_pattern(module, "secrets_kms_key_arn").pattern
+    # local.secrets maps each container variable to its ARN variable, and nothing else.
+    secrets = module.locals["secrets"]
+    for env_name, variable in SECRETS.items():
+        assert re.search(rf"\b{env_name}\s*=\s*var\.{variable}\b", secrets), env_name
+    assert set(re.findall(r"\bvar\.[a-z0-9_]+", secrets)) == {f"var.{v}" for v in SECRETS.values()}
+    definition = module.of_type("aws_ecs_task_definition")["proxy"]["container_definitions"]
+    assert (
+        "secrets = [for k in sort(keys(local.secrets)) : {name = k, valueFrom = local.secrets[k]}]"
+        in definition
+    )
+    # Never in the plain environment, and extra_environment may not bring them back.
+    for plain in (module.locals["environment"], definition):
+        for env_name in SECRETS:
+            assert not re.search(rf"\b{env_name}\b", plain), env_name
+    (guard,) = module.variables["extra_environment"]["validation"]
+    assert '!contains(["PROXY_API_KEYS", "PROXY_SIGNING_KEYS"], k)' in guard["condition"]
+    assert re.search(
+        r"PROXY_SIGNING_KEY_ID\s*=\s*var\.signing_key_id\b", module.locals["environment"]
+    )
+    # The module never holds a secret value (it would end up in the state).
+    assert not module.of_type("aws_secretsmanager_secret_version")
 
 
 def test_log_groups_keep_logs_a_year_encrypted(module: Config) -> None:
@@ -274,6 +380,19 @@ def test_example_uses_the_local_module(example: Config) -> None:
     assert call["s3_client"] == "aiobotocore"
     required = {n for n, v in load_dir(MODULE).variables.items() if "default" not in v}
     assert required <= set(call), f"the example misses {required - set(call)}"
+
+
+def test_the_example_turns_access_control_on(example: Config) -> None:
+    call = example.modules["media_proxy"]
+    for variable in (*SECRETS.values(), "signing_key_id", "secrets_kms_key_arn"):
+        assert call[variable] == var(variable), variable
+    assert "default" not in example.variables["signing_keys_secret_arn"]
+    tfvars = load(EXAMPLE / "example.tfvars")
+    module = load_dir(MODULE)
+    for variable in SECRETS.values():
+        assert arn_pattern(module, variable).fullmatch(tfvars[variable]), variable
+        assert ":123456789012:" in tfvars[variable], "a placeholder account"
+    assert tfvars["signing_key_id"]
 
 
 def test_checkov_skips_give_reasons() -> None:

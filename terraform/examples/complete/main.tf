@@ -1,4 +1,10 @@
-# Example: the proxy in an existing VPC, with CloudFront in front.
+# Example: the proxy in an existing VPC, with CloudFront in front and access control on.
+# Create the two secrets first (their values never pass through terraform), e.g.
+#   aws secretsmanager create-secret --name media-proxy/signing-keys \
+#     --secret-string '{"2025-01":"<random HMAC secret>"}'
+#   aws secretsmanager create-secret --name media-proxy/api-keys \
+#     --secret-string '[{"name":"ci","sha256":"<printf %s TOKEN | python -m proxy hash-key>"}]'
+# and put their complete ARNs into example.tfvars, then
 #   terraform init && terraform apply -var-file=example.tfvars
 # then push the image: docker build -t <ecr_repository_url>:<image_tag> . && docker push ...
 
@@ -34,6 +40,12 @@ module "media_proxy" {
   desired_count = 2
   min_capacity  = 2
   max_capacity  = 20
+
+  # Access control: the keys come from Secrets Manager, read by the execution role.
+  signing_keys_secret_arn = var.signing_keys_secret_arn
+  api_keys_secret_arn     = var.api_keys_secret_arn
+  signing_key_id          = var.signing_key_id
+  secrets_kms_key_arn     = var.secrets_kms_key_arn
 
   enable_cloudfront          = var.enable_cloudfront
   cloudfront_aliases         = var.cloudfront_aliases

@@ -107,3 +107,36 @@ variable "cloudfront_certificate_arn" {
   type        = string
   default     = null
 }
+
+variable "signing_keys_secret_arn" {
+  description = "Secrets Manager secret holding PROXY_SIGNING_KEYS, a JSON object of key id to HMAC secret (complete ARN)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:secretsmanager:", var.signing_keys_secret_arn))
+    error_message = "signing_keys_secret_arn must be a Secrets Manager secret ARN."
+  }
+}
+
+variable "api_keys_secret_arn" {
+  description = "Secrets Manager secret holding PROXY_API_KEYS, a JSON list of name, sha256 and prefix objects (complete ARN); null for signed URLs only."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.api_keys_secret_arn == null || can(regex("^arn:aws[a-z-]*:secretsmanager:", var.api_keys_secret_arn))
+    error_message = "api_keys_secret_arn must be null or a Secrets Manager secret ARN."
+  }
+}
+
+variable "signing_key_id" {
+  description = "Key id in the signing secret that new signed URLs use (PROXY_SIGNING_KEY_ID)."
+  type        = string
+  default     = null
+}
+
+variable "secrets_kms_key_arn" {
+  description = "Customer managed KMS key of the two secrets, or null for the AWS managed key."
+  type        = string
+  default     = null
+}

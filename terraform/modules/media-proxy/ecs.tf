@@ -60,6 +60,7 @@ resource "aws_ecs_task_definition" "proxy" {
     privileged             = false
     portMappings           = [{ containerPort = var.container_port, protocol = "tcp" }]
     environment            = [for k in sort(keys(local.environment)) : { name = k, value = local.environment[k] }]
+    secrets                = [for k in sort(keys(local.secrets)) : { name = k, valueFrom = local.secrets[k] }]
     # uvicorn lets running downloads finish for up to 30 s after SIGTERM.
     stopTimeout = 40
     healthCheck = {
@@ -141,6 +142,6 @@ resource "aws_ecs_service" "proxy" {
     ignore_changes = [desired_count] # autoscaling owns it after the first apply
   }
 
-  depends_on = [aws_lb_listener.https, aws_iam_role_policy.task]
+  depends_on = [aws_lb_listener.https, aws_iam_role_policy.task, aws_iam_role_policy.execution]
   tags       = var.tags
 }

@@ -1,6 +1,7 @@
 # Two roles. The execution role pulls the image and writes logs through the AWS managed policy
-# (ecr:GetAuthorizationToken only exists on "*", so no policy of ours names "*"). The task role
-# may only read objects below the prefix and list that prefix.
+# (ecr:GetAuthorizationToken only exists on "*", so no policy of ours names "*"), and reads the
+# access-control secrets (exactly those ARNs) when a task starts. The task role may only read
+# objects below the prefix and list that prefix.
 
 data "aws_iam_policy_document" "ecs_assume" {
   statement {
@@ -35,6 +36,51 @@ resource "aws_iam_role" "execution" {
 resource "aws_iam_role_policy_attachment" "execution" {
   role       = aws_iam_role.execution.name
   policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+}
+
+# The container's PROXY_SIGNING_KEYS / PROXY_API_KEYS: ECS fetches them with the execution role.
+data "aws_iam_policy_document" "execution" {
+  statement {
+    sid       = "ReadTheSigningKeys"
+    effect    = "Allow"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [var.signing_keys_secret_arn]
+  }
+
+  dynamic "statement" {
+    for_each = var.api_keys_secret_arn == null ? [] : [var.api_keys_secret_arn]
+
+    content {
+      sid       = "ReadTheApiKeys"
+      effect    = "Allow"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [var.api_keys_secret_arn]
+    }
+  }
+
+  # Only with a customer managed key on the secrets, and only through Secrets Manager.
+  dynamic "statement" {
+    for_each = var.secrets_kms_key_arn == null ? [] : [var.secrets_kms_key_arn]
+
+    content {
+      sid       = "DecryptTheSecretsThroughSecretsManager"
+      effect    = "Allow"
+      actions   = ["kms:Decrypt"]
+      resources = [var.secrets_kms_key_arn]
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["secretsmanager.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "execution" {
+  name   = "${var.name}-read-secrets"
+  role   = aws_iam_role.execution.id
+  policy = data.aws_iam_policy_document.execution.json
 }
 
 resource "aws_iam_role" "task" {

@@ -26,5 +26,11 @@ locals {
     PROXY_HOST      = "0.0.0.0"
     PROXY_PORT      = tostring(var.container_port)
     PROXY_WORKERS   = tostring(var.workers)
-  })
+  }, var.signing_key_id == null ? {} : { PROXY_SIGNING_KEY_ID = var.signing_key_id })
+
+  # Access control: environment variable -> Secrets Manager ARN, read by the execution role.
+  secrets = merge(
+    { PROXY_SIGNING_KEYS = var.signing_keys_secret_arn },
+    var.api_keys_secret_arn == null ? {} : { PROXY_API_KEYS = var.api_keys_secret_arn },
+  )
 }

@@ -168,8 +168,56 @@ variable "extra_environment" {
   default     = {}
 
   validation {
-    condition     = alltrue([for k in keys(var.extra_environment) : can(regex("^PROXY_[A-Z0-9_]+$", k))])
-    error_message = "extra_environment keys must be PROXY_* variable names."
+    condition     = alltrue([for k in keys(var.extra_environment) : can(regex("^PROXY_[A-Z0-9_]+$", k)) && !contains(["PROXY_API_KEYS", "PROXY_SIGNING_KEYS"], k)])
+    error_message = "extra_environment keys must be PROXY_* variable names other than PROXY_API_KEYS and PROXY_SIGNING_KEYS (those come from Secrets Manager)."
+  }
+}
+
+# Access control. The keys never pass through terraform: the task's execution role reads them from
+# Secrets Manager when a task starts, and ECS hands them to the container as environment variables.
+# Signing keys are required, so the proxy the module deploys always checks access; API keys are
+# optional (browsers and players only need signed URLs).
+
+variable "signing_keys_secret_arn" {
+  description = "Complete ARN (with the 6-character suffix Secrets Manager adds) of the secret whose value is PROXY_SIGNING_KEYS: a JSON object of key id to HMAC secret."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$", var.signing_keys_secret_arn))
+    error_message = "signing_keys_secret_arn must be the complete ARN of a Secrets Manager secret (arn:aws:secretsmanager:<region>:<account>:secret:<name>-<suffix>)."
+  }
+}
+
+variable "api_keys_secret_arn" {
+  description = "Optional complete ARN of the secret whose value is PROXY_API_KEYS: a JSON list of objects with name, sha256 (of the bearer token) and an optional prefix. Null: no bearer keys, signed URLs only."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.api_keys_secret_arn == null || can(regex("^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$", var.api_keys_secret_arn))
+    error_message = "api_keys_secret_arn must be null or the complete ARN of a Secrets Manager secret (arn:aws:secretsmanager:<region>:<account>:secret:<name>-<suffix>)."
+  }
+}
+
+variable "signing_key_id" {
+  description = "Key id of the signing secret that `python -m proxy sign` uses (PROXY_SIGNING_KEY_ID); not a secret. Null: the last key of the signing secret."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.signing_key_id == null || can(regex("^[A-Za-z0-9_.-]{1,64}$", var.signing_key_id))
+    error_message = "signing_key_id must be 1-64 letters, digits, dots, hyphens or underscores."
+  }
+}
+
+variable "secrets_kms_key_arn" {
+  description = "Customer managed KMS key that encrypts the two secrets, if any; the execution role may then decrypt with it through Secrets Manager. Null: the secrets use the AWS managed key aws/secretsmanager."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.secrets_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[0-9a-fA-F-]+$", var.secrets_kms_key_arn))
+    error_message = "secrets_kms_key_arn must be null or a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>), not an alias."
   }
 }
 
