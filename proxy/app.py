@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from proxy import metrics
 from proxy.config import Settings
 from proxy.observability import Observability, access_logger
-from proxy.routes import async_router, sync_router
+from proxy.routes import OBJECT_METHODS, OBJECT_PREFIX, async_router, sync_router
 from proxy.storage import errors
 from proxy.storage.base import AsyncStorage, Storage
 from proxy.storage.local import AsyncLocalStorage, LocalStorage
@@ -82,7 +82,11 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     codes = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
     code = codes.get(exc.status_code, "http_error")
     detail = exc.detail if isinstance(exc.detail, str) else "request failed"
-    return error_response(exc.status_code, code, detail, exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and request.url.path.startswith(OBJECT_PREFIX):
+        # GET and HEAD are two routes (one OpenAPI operation each); Starlette's Allow names one.
+        headers = {"allow": OBJECT_METHODS}
+    return error_response(exc.status_code, code, detail, headers)
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -10,20 +10,33 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from proxy.auth import authorize
 from proxy.config import Settings
 from proxy.http.disposition import content_disposition, download_filename
-from proxy.http.hint import read_hint
+from proxy.http.hint import ReadHint, read_hint
 from proxy.http.plan import Plan, plan_response
 from proxy.responses import ObjectResponse, aiter_plan, iter_plan
 from proxy.storage.base import AsyncStorage, ObjectMeta, Storage
 from proxy.storage.keys import check_key
 from proxy.storage.mediatypes import is_active_content
 
-OBJECT_PATH = "/objects/{key:path}"
+
+class ObjectKeyConvertor(PathConvertor):
+    """Starlette's ``path`` with one change: ``.*`` stops at a newline and the route's ``$`` also
+    matches before a final one, so ``/objects/a.txt%0A`` would arrive as key ``a.txt``. This
+    regex takes every character, and ``check_key`` refuses the control characters."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("objectkey", ObjectKeyConvertor())
+
+OBJECT_PREFIX = "/objects/"
+OBJECT_PATH = OBJECT_PREFIX + "{key:objectkey}"
+OBJECT_METHODS = "GET, HEAD"  # two routes: FastAPI adds no HEAD to a GET route by itself
 SANDBOX = "sandbox; default-src 'none'"
-METHODS = ["GET", "HEAD"]  # FastAPI's APIRoute does not add HEAD by itself
 
 
 # async dependencies run on the event loop; a plain `def` would cost a thread hop per request.
@@ -63,6 +76,11 @@ OBJECT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def open_arguments(request: Request, key: str, settings: Settings) -> tuple[str, ReadHint]:
+    """The checked key and what the first storage call should fetch."""
+    return check_key(key), read_hint(request.method, request.headers, settings.max_ranges)
+
+
 def plan_object(
     request: Request, meta: ObjectMeta, settings: Settings, download: str | None
 ) -> Plan:
@@ -90,7 +108,8 @@ sync_router = APIRouter(tags=["objects"], dependencies=[Depends(authorize)])
 async_router = APIRouter(tags=["objects"], dependencies=[Depends(authorize)])
 
 
-@sync_router.api_route(OBJECT_PATH, methods=METHODS, responses=OBJECT_RESPONSES)
+@sync_router.get(OBJECT_PATH, operation_id="get_object", responses=OBJECT_RESPONSES)
+@sync_router.head(OBJECT_PATH, operation_id="head_object", responses=OBJECT_RESPONSES)
 def get_object(
     key: str,
     request: Request,
@@ -99,9 +118,7 @@ def get_object(
     download: Download = None,
 ) -> ObjectResponse:
     """Stream an object (blocking storage, run in FastAPI's threadpool)."""
-    body = storage.open(
-        check_key(key), read_hint(request.method, request.headers, settings.max_ranges)
-    )
+    body = storage.open(*open_arguments(request, key, settings))
     try:
         plan = plan_object(request, body.meta, settings, download)
         chunks = iter_plan(body, plan, settings.chunk_size)
@@ -111,7 +128,8 @@ def get_object(
     return ObjectResponse(plan, chunks, close=partial(run_in_threadpool, body.close))
 
 
-@async_router.api_route(OBJECT_PATH, methods=METHODS, responses=OBJECT_RESPONSES)
+@async_router.get(OBJECT_PATH, operation_id="get_object", responses=OBJECT_RESPONSES)
+@async_router.head(OBJECT_PATH, operation_id="head_object", responses=OBJECT_RESPONSES)
 async def aget_object(
     key: str,
     request: Request,
@@ -120,8 +138,7 @@ async def aget_object(
     download: Download = None,
 ) -> ObjectResponse:
     """Stream an object (async storage, on the event loop)."""
-    hint = read_hint(request.method, request.headers, settings.max_ranges)
-    body = await storage.open(check_key(key), hint)
+    body = await storage.open(*open_arguments(request, key, settings))
     try:
         plan = plan_object(request, body.meta, settings, download)
         chunks = await aiter_plan(body, plan, settings.chunk_size)

@@ -30,7 +30,7 @@ from tests.conftest import (
 )
 
 CLIP = "video/clip.mp4"
-OBJECT_ROUTE = "/objects/{key:path}"
+OBJECT_ROUTE = "/objects/{key:objectkey}"
 
 
 @pytest.fixture(scope="module", params=["sync", "async"])
