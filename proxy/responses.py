@@ -12,7 +12,7 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from proxy.http.plan import Plan
+from proxy.http.plan import Plan, body_length
 from proxy.storage.base import AsyncBody, Body
 from proxy.storage.errors import StorageError
 
@@ -85,6 +85,7 @@ class ObjectResponse(Response):
         plan: Plan,
         chunks: Chunks = (),
         close: Callable[[], Awaitable[None]] = _nothing,
+        chunk_size: int = 0,
     ) -> None:
         self.status_code = plan.status
         self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
@@ -92,6 +93,8 @@ class ObjectResponse(Response):
         self.plan = plan
         self._chunks = chunks
         self._close = close
+        # A body of one chunk is sent without a disconnect watcher: there is nothing to stop.
+        self._single_chunk = body_length(plan) <= chunk_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         chunks: AsyncIterator[bytes] | None = None
@@ -112,7 +115,10 @@ class ObjectResponse(Response):
             else:
                 # One worker-thread hop per chunk: the reads of a sync body block.
                 chunks = iterate_in_threadpool(source)
-            await self._stream_until_disconnect(receive, send, chunks)
+            if self._single_chunk:
+                await self._stream(send, chunks, lambda: False)
+            else:
+                await self._stream_until_disconnect(receive, send, chunks)
         except OSError as exc:
             # ASGI spec >= 2.4 servers raise OSError from send() once the client is gone; a
             # storage failure (some are OSErrors too) must still reach the server to abort.
@@ -127,24 +133,34 @@ class ObjectResponse(Response):
                 finally:
                     await self._close()
 
+    @staticmethod
+    async def _stream(send: Send, chunks: AsyncIterator[bytes], gone: Callable[[], bool]) -> None:
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if gone():
+                return  # the client left: stop reading (the response stays incomplete)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
     async def _stream_until_disconnect(
         self, receive: Receive, send: Send, chunks: AsyncIterator[bytes]
     ) -> None:
-        # uvicorn's send() returns silently after a disconnect, so a loop that only sends would
-        # read the whole object for a departed client: watch receive() and cancel instead.
+        # uvicorn's send() returns silently after a disconnect, and an async body with data
+        # buffered (aiohttp) returns without suspending, so a cancellation alone may land late:
+        # the watcher also raises a flag that the loop checks after every send.
         error: Exception | None = None
+        departed = False
         async with anyio.create_task_group() as group:
 
             async def watch_disconnect() -> None:
+                nonlocal departed
                 while (await receive())["type"] != "http.disconnect":
                     pass
-                group.cancel_scope.cancel()
+                departed = True
+                group.cancel_scope.cancel()  # also ends a send or a read that is blocked
 
             group.start_soon(watch_disconnect)
             try:
-                async for chunk in chunks:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await self._stream(send, chunks, lambda: departed)
             except Exception as exc:  # re-raised below, unwrapped from the task group
                 error = exc
             group.cancel_scope.cancel()

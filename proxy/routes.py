@@ -125,7 +125,8 @@ def get_object(
     except BaseException:
         body.close()
         raise
-    return ObjectResponse(plan, chunks, close=partial(run_in_threadpool, body.close))
+    close = partial(run_in_threadpool, body.close)
+    return ObjectResponse(plan, chunks, close=close, chunk_size=settings.chunk_size)
 
 
 @async_router.get(OBJECT_PATH, operation_id="get_object", responses=OBJECT_RESPONSES)
@@ -145,4 +146,4 @@ async def aget_object(
     except BaseException:
         await body.aclose()
         raise
-    return ObjectResponse(plan, chunks, close=body.aclose)
+    return ObjectResponse(plan, chunks, close=body.aclose, chunk_size=settings.chunk_size)

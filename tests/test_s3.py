@@ -7,6 +7,7 @@ misbehaving endpoints, connection hygiene after aborted downloads, readiness.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -399,3 +400,60 @@ def test_credentials_never_reach_logs_or_bodies(
     for secret in [SECRET_KEY, LIMITED_SECRET_KEY, ACCESS_KEY, LIMITED_ACCESS_KEY]:
         assert secret not in text
     assert '"error":"forbidden"' in bodies[0]
+
+
+@pytest.mark.parametrize("client", S3_CLIENTS)
+def test_slow_readers_who_hang_up_stop_the_s3_reads(
+    request: pytest.FixtureRequest, serve: StartServer, client: str
+) -> None:
+    """Many slow clients leave at once: every stream stops, none is read to the end.
+
+    With aiohttp's buffered reads a loop that only waits for cancellation kept streaming whole
+    objects to departed clients; the proxy must notice each hang-up within a chunk or so.
+    """
+    s3 = s3_server(request, "seaweedfs")
+    size = 64 * 1024 * 1024
+    put_object(s3, "leave.bin", os.urandom(size), "application/octet-stream")
+    proxy = serve(s3_settings(s3, client))
+    s3_port = int(s3.endpoint_url.rsplit(":", 1)[1])
+    baseline = connections_to(s3_port)
+    lines: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            entry = json.loads(record.getMessage())
+            if entry["key"] == "leave.bin":
+                lines.append(entry)
+
+    handler = Collect()
+    logging.getLogger("proxy.access").addHandler(handler)
+    try:
+        stop = time.monotonic() + 1.5
+
+        def slow_reader() -> None:
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                sock.sendall(b"GET /objects/leave.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+                for _ in range(1000):  # bounded; about 1.5 s
+                    if time.monotonic() > stop:
+                        return
+                    sock.recv(65536)
+                    time.sleep(0.01)
+
+        readers = [threading.Thread(target=slow_reader) for _ in range(20)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(timeout=30)
+        deadline = time.monotonic() + 5
+        while len(lines) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        logging.getLogger("proxy.access").removeHandler(handler)
+    assert len(lines) == 20
+    assert all(line["client_aborted"] for line in lines), lines
+    assert max(line["bytes_sent"] for line in lines) < size // 2
+    deadline = time.monotonic() + 5
+    while connections_to(s3_port) > baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert connections_to(s3_port) <= baseline
