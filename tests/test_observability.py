@@ -71,7 +71,7 @@ def test_request_ids_and_nosniff(proxy: RunningServer) -> None:
     assert kept.headers["x-content-type-options"] == "nosniff"
     made = httpx.get(f"{proxy.url}/objects/missing", headers={"X-Request-ID": "bad id!"})
     assert made.status_code == 404
-    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["x-request-id"])
+    assert re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]+", made.headers["x-request-id"])
     assert made.headers["x-content-type-options"] == "nosniff"
     other = httpx.get(f"{proxy.url}/healthz")
     assert other.headers["x-request-id"] != made.headers["x-request-id"]
