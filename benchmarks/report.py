@@ -1,0 +1,218 @@
+"""Medians, ratios against the peers of the same run, goals with PASS/MISS, Markdown and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+# metric -> target -> one value per run (None: that run produced no data)
+Results = dict[str, dict[str, list[float | None]]]
+
+METRICS = {  # metric: (label, decimals)
+    "big_mbps": ("big: MB/s", 0),
+    "ranges_rps": ("ranges: req/s", 0),
+    "ranges_p50_ms": ("ranges: p50 ms", 2),
+    "ranges_p99_ms": ("ranges: p99 ms", 2),
+    "ranges_non206": ("ranges: non-206 answers", 0),
+    "mem50_before_mb": ("memory, 50 slow: RSS before MB", 1),
+    "mem50_peak_mb": ("memory, 50 slow: peak RSS MB", 1),
+    "mem50_served": ("memory, 50 slow: clients served", 0),
+    "mem100_before_mb": ("memory, 100 slow: RSS before MB", 1),
+    "mem100_peak_mb": ("memory, 100 slow: peak RSS MB", 1),
+    "mem100_served": ("memory, 100 slow: clients served", 0),
+    "healthz_p99_ms": ("fairness: /healthz p99 ms (64 slow)", 2),
+    "fairness_served": ("fairness: slow readers served", 0),
+    "idle_s": ("disconnect: s until idle", 2),
+    "hangup_reached": ("disconnect: clients mid-download", 0),
+    "s3_mb_after_hangup": ("disconnect: S3 MB after hang-up", 2),
+    "ttfb_ms": ("ttfb: 64 KiB range, ms", 2),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    """target's metric compared with bound, or with factor x peer's metric + offset."""
+
+    target: str
+    metric: str
+    higher_is_better: bool
+    bound: float
+    peer: str | None = None
+    offset: float = 0.0
+
+    @property
+    def label(self) -> str:
+        sign = ">=" if self.higher_is_better else "<="
+        name = METRICS[self.metric][0]
+        if self.peer is None:
+            return f"{self.target} {name} {sign} {self.bound:g}"
+        extra = f" + {self.offset:g}" if self.offset else ""
+        factor = "" if self.bound == 1 else f"{self.bound:g} x "
+        return f"{self.target} {name} {sign} {factor}{self.peer}{extra}"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    goal: str
+    measured: str
+    result: str  # PASS, MISS or "no data"
+
+
+PROXIES = ("proxy-local", "proxy-s3-aio", "proxy-s3-boto3")
+S3_PROXIES = ("proxy-s3-aio", "proxy-s3-boto3")
+GOALS = [
+    Goal("proxy-local", "big_mbps", True, 0.85, "nginx"),
+    Goal("proxy-local", "ranges_rps", True, 0.3, "nginx"),
+    Goal("proxy-local", "ranges_rps", True, 4.0, "starlette"),
+    *(Goal(name, "big_mbps", True, 0.9, "s3-direct") for name in S3_PROXIES),
+    *(Goal(name, "ranges_non206", False, 0) for name in PROXIES),
+    *(Goal(name, "mem50_peak_mb", False, 100) for name in PROXIES),
+    *(Goal(name, "mem50_served", True, 50) for name in PROXIES),
+    *(Goal(name, "healthz_p99_ms", False, 10) for name in PROXIES),
+    *(Goal(name, "idle_s", False, 1) for name in PROXIES),
+    *(Goal(name, "ttfb_ms", False, 1, "s3-direct", offset=3) for name in S3_PROXIES),
+]
+RATIO_PAIRS = [
+    ("proxy-local", "nginx"),
+    ("proxy-local", "starlette"),
+    ("proxy-local", "aiohttp"),
+    ("proxy-s3-aio", "s3-direct"),
+    ("proxy-s3-boto3", "s3-direct"),
+]
+RATIO_METRICS = ("big_mbps", "ranges_rps", "ttfb_ms")
+
+
+def medians(results: Results) -> dict[str, dict[str, float | None]]:
+    """The median of each metric's runs that produced data (None when none did)."""
+    table: dict[str, dict[str, float | None]] = {}
+    for metric, per_target in results.items():
+        for target, values in per_target.items():
+            present = [value for value in values if value is not None]
+            table.setdefault(metric, {})[target] = statistics.median(present) if present else None
+    return table
+
+
+def _format(metric: str, value: float | None) -> str:
+    if value is None:
+        return "no data"
+    return f"{value:,.{METRICS[metric][1]}f}"
+
+
+def judge(goal: Goal, table: dict[str, dict[str, float | None]]) -> Verdict:
+    values = table.get(goal.metric, {})
+    mine = values.get(goal.target)
+    theirs = None if goal.peer is None else values.get(goal.peer)
+    if mine is None or (goal.peer is not None and theirs is None):
+        return Verdict(goal.label, "no data", "no data")
+    if theirs is None:
+        limit, measured = goal.bound, _format(goal.metric, mine)
+    elif goal.offset:
+        limit = theirs * goal.bound + goal.offset
+        measured = f"{mine:.2f} vs {theirs:.2f} ({mine - theirs:+.2f})"
+    else:
+        limit = theirs * goal.bound
+        measured = f"{mine / theirs:.2f}x ({_format(goal.metric, mine)} / "
+        measured += f"{_format(goal.metric, theirs)})"
+    passed = mine >= limit if goal.higher_is_better else mine <= limit
+    return Verdict(goal.label, measured, "PASS" if passed else "MISS")
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [_row(header), _row(["---"] * len(header)), *(_row(row) for row in rows)]
+
+
+def metrics_table(table: dict[str, dict[str, float | None]], targets: Sequence[str]) -> list[str]:
+    rows = []
+    for metric, (label, _) in METRICS.items():
+        if metric not in table:
+            continue
+        values = table[metric]
+        cells = [_format(metric, values[t]) if t in values else "n/a" for t in targets]
+        rows.append([label, *cells])
+    return _table(["metric (median)", *targets], rows)
+
+
+def ratios_table(table: dict[str, dict[str, float | None]]) -> list[str]:
+    rows = []
+    for mine, peer in RATIO_PAIRS:
+        cells = []
+        for metric in RATIO_METRICS:
+            values = table.get(metric, {})
+            a, b = values.get(mine), values.get(peer)
+            cells.append("n/a" if a is None or b is None or not b else f"{a / b:.2f}x")
+        if any(cell != "n/a" for cell in cells):
+            rows.append([f"{mine} / {peer}", *cells])
+    return _table(["ratio (same run)", *(METRICS[m][0] for m in RATIO_METRICS)], rows)
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "ram": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def markdown(
+    results: Results, targets: Sequence[str], settings: dict[str, object], notes: Sequence[str]
+) -> tuple[str, list[Verdict]]:
+    table = medians(results)
+    chosen = set(targets)
+    verdicts = [
+        judge(goal, table)
+        for goal in GOALS
+        if goal.metric in table and {goal.target, goal.peer or goal.target} <= chosen
+    ]
+    info = machine()
+    lines = [
+        f"Benchmark {info['date']}: {info['nproc']} x {info['cpu']}, {info['ram']} RAM, "
+        f"Linux {info['kernel']}, Python {info['python']}.",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".",
+        "",
+        *metrics_table(table, targets),
+        "",
+        *ratios_table(table),
+        "",
+        *_table(["goal", "measured", "result"], [[v.goal, v.measured, v.result] for v in verdicts]),
+    ]
+    return "\n".join(lines) + "\n", verdicts
+
+
+def write(
+    directory: Path,
+    text: str,
+    results: Results,
+    verdicts: Sequence[Verdict],
+    settings: dict[str, object],
+    notes: Sequence[str],
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "latest.md").write_text(text, encoding="utf-8")
+    document = {
+        "machine": machine(),
+        "settings": settings,
+        "runs": results,
+        "medians": medians(results),
+        "goals": [asdict(verdict) for verdict in verdicts],
+        "notes": list(notes),
+    }
+    (directory / "latest.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

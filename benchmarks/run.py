@@ -1,0 +1,219 @@
+"""The proxy against its peers, on loopback: one command prepares, measures, reports, cleans up.
+
+  python benchmarks/run.py [--size-mib 1024] [--runs 5] [--scenarios big,ranges,...]
+                           [--targets proxy-local,nginx,...] [--quick]
+
+Writes a random object (and a tiny one) to a temporary directory, uploads both to a public-read
+SeaweedFS bucket, starts every server, runs each scenario --runs times (servers interleaved
+within each run), stops everything by PID and prints medians, ratios and goals (PASS/MISS);
+the same goes to benchmarks/results/latest.md and latest.json. Only ratios within one run
+mean anything on a shared machine. --quick (64 MiB, 1 run, 2 s) is the smoke test: it exits
+non-zero when any scenario produced no data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from functools import partial
+from pathlib import Path
+
+from fleet import RELAYED, Fleet
+from procs import free_port, spawn, stop, wait_http
+from report import Results, markdown, write
+from scenarios import (
+    ALIASES,
+    SCENARIOS,
+    SETTLE_TIMEOUT_S,
+    Config,
+    NoData,
+    Scenario,
+    settle,
+)
+from seaweed import seaweedfs_bucket
+from servers import BIG, TARGETS, TINY, Server, Site, Target, start, start_proxy
+
+HERE = Path(__file__).resolve().parent
+MIB = 1024 * 1024
+Measured = dict[str, float | None]
+BUSY_NOTE_S = 1.0  # report a server that needed longer than this to become idle
+TOOLS = {"nginx": "nginx", "wrk": "wrk", "curl": "curl"}  # command: Debian package
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="size of the big object")
+    parser.add_argument("--runs", type=int, default=5, help="runs per scenario (median)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="ranges/memory/fairness")
+    parser.add_argument("--scenarios", default="big,ranges,memory,fairness,disconnect,ttfb")
+    parser.add_argument("--targets", default=",".join(target.name for target in TARGETS))
+    parser.add_argument("--quick", action="store_true", help="64 MiB, 1 run, 2 s: smoke test")
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size_mib, args.runs, args.seconds = 64, 1, 2.0
+    return args
+
+
+def missing_tools() -> list[str]:
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    return [package for tool, package in TOOLS.items() if shutil.which(tool, path=path) is None]
+
+
+def pick(names: str, known: dict[str, object], kind: str) -> list[str]:
+    chosen = [n for name in names.split(",") if name for n in ALIASES.get(name, (name,))]
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown {kind}: {', '.join(unknown)}; known: {', '.join(known)}")
+    return chosen
+
+
+def write_data(directory: Path, size: int) -> list[Path]:
+    """A random object of size bytes (written 16 MiB at a time) and a tiny text object."""
+    directory.mkdir(parents=True)
+    big = directory / BIG
+    with big.open("wb") as sink:
+        for offset in range(0, size, 16 * MIB):
+            sink.write(os.urandom(min(16 * MIB, size - offset)))
+    tiny = directory / TINY
+    tiny.write_text("ok\n", encoding="ascii")
+    return [big, tiny]
+
+
+def start_relay(site: Site, stack: contextlib.ExitStack) -> tuple[int, Path]:
+    """relay.py in front of SeaweedFS; returns (its port, its log)."""
+    assert site.s3 is not None
+    port, log = free_port(), site.work_dir / "relay.log"
+    command = [sys.executable, str(HERE / "relay.py"), str(port), str(site.s3.port), str(log)]
+    process = spawn(command, site.work_dir / "relay.out")
+    stack.callback(stop, process)
+    tiny_url = f"http://127.0.0.1:{port}/{site.s3.bucket}/{TINY}"
+    wait_http(tiny_url, process, site.work_dir / "relay.out", 30)
+    return port, log
+
+
+def start_all(targets: Sequence[Target], site: Site, fleet: Fleet, relayed: bool) -> Path | None:
+    """Every target; with relayed, also a second instance of each S3 proxy behind the relay.
+    Returns the relay's log (None without relay)."""
+    for target in targets:
+        fleet.launch(target.name, partial(start, target, site))
+    s3_proxies = [t for t in targets if t.role == "proxy" and t.backend == "s3"]
+    if not relayed or not s3_proxies:
+        return None
+    port, log = start_relay(site, fleet.stack)
+    for target in s3_proxies:
+        fleet.launch(target.name + RELAYED, partial(start_proxy, target, site, port))
+    return log
+
+
+def measure_once(scenario: Scenario, config: Config, server: Server, run_index: int) -> Measured:
+    label = f"  {scenario.name} {server.target.name} run {run_index + 1}:"
+    started = time.monotonic()
+    try:
+        measured: Measured = dict(scenario.measure(config, server, run_index))
+    except NoData as error:
+        print(f"{label} NO DATA: {error}", flush=True)
+        return dict.fromkeys(scenario.metrics)
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in measured.items() if v is not None)
+    print(f"{label} {shown} ({time.monotonic() - started:.1f} s)", flush=True)
+    return measured
+
+
+def run_scenario(
+    scenario: Scenario, config: Config, fleet: Fleet, runs: int, results: Results
+) -> None:
+    """Run the scenario `runs` times; within each run every server once, in the same order,
+    each first left to become idle (or restarted when it does not)."""
+    for run_index in range(runs):
+        for key in fleet.keys(relayed=scenario.name == "disconnect"):
+            server = fleet.servers[key]
+            if not scenario.applies(server.target):
+                continue
+            busy = settle(server)
+            if busy is None:
+                reason = f"still busy {SETTLE_TIMEOUT_S:.0f} s before {scenario.name} run "
+                server = fleet.relaunch(key, reason + str(run_index + 1))
+            elif busy > BUSY_NOTE_S:
+                print(f"  ({key} was still busy for {busy:.1f} s before this run)", flush=True)
+            measured = measure_once(scenario, config, server, run_index)
+            for metric, value in measured.items():
+                results.setdefault(metric, {}).setdefault(server.target.name, []).append(value)
+
+
+def no_data(
+    results: Results, scenarios: Sequence[Scenario], targets: Sequence[Target]
+) -> list[str]:
+    """'scenario/target' for every applicable pair without a single figure."""
+    empty = []
+    for scenario in scenarios:
+        for target in targets:
+            if not scenario.applies(target):
+                continue
+            figures = [
+                value
+                for metric in scenario.metrics
+                for value in results.get(metric, {}).get(target.name, [])
+                if value is not None
+            ]
+            if not figures:
+                empty.append(f"{scenario.name}/{target.name}")
+    return empty
+
+
+@contextlib.contextmanager
+def environment(work_dir: Path, files: Sequence[Path], need_s3: bool) -> Iterator[Site]:
+    data_dir = files[0].parent
+    if not need_s3:
+        yield Site(data_dir, work_dir, None)
+        return
+    print("starting SeaweedFS and uploading the objects", flush=True)
+    with seaweedfs_bucket(work_dir, files) as s3:
+        yield Site(data_dir, work_dir, s3)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if missing := missing_tools():
+        print(f"missing tools; install them with: apt-get install -y {' '.join(missing)}")
+        return 2
+    by_name = {target.name: target for target in TARGETS}
+    scenario_by_name = {scenario.name: scenario for scenario in SCENARIOS}
+    targets = [by_name[name] for name in pick(args.targets, dict(by_name), "targets")]
+    scenarios = [
+        scenario_by_name[n] for n in pick(args.scenarios, dict(scenario_by_name), "scenarios")
+    ]
+    size = args.size_mib * MIB
+    settings: dict[str, object] = {"size_mib": args.size_mib, "runs": args.runs}
+    settings |= {"seconds": args.seconds, "quick": args.quick}
+    results: Results = {}
+    with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp, contextlib.ExitStack() as stack:
+        work_dir = Path(tmp)
+        print(f"writing {args.size_mib} MiB of random data to {work_dir}", flush=True)
+        files = write_data(work_dir / "data", size)
+        site = stack.enter_context(
+            environment(work_dir, files, any(t.backend == "s3" for t in targets))
+        )
+        fleet = Fleet(stack)
+        relay_log = start_all(targets, site, fleet, any(s.name == "disconnect" for s in scenarios))
+        config = Config(size, args.seconds, 20, idle_timeout_s=10.0, relay_log=relay_log)
+        for scenario in scenarios:
+            print(f"{scenario.name}: {args.runs} run(s)", flush=True)
+            run_scenario(scenario, config, fleet, args.runs, results)
+        print("stopping the servers", flush=True)
+    text, verdicts = markdown(results, [t.name for t in targets], settings, fleet.notes)
+    write(args.results, text, results, verdicts, settings, fleet.notes)
+    print("\n" + text + f"\n(also in {args.results}/latest.md and latest.json)")
+    if empty := no_data(results, scenarios, targets):
+        print(f"NO DATA for: {', '.join(empty)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The servers under test: three proxy flavours and four peers, each on its own loopback port.
+
+Peers: nginx (sendfile, one worker, no access log: the ceiling for local disk), Starlette
+FileResponse under uvicorn, aiohttp web.FileResponse, and SeaweedFS itself (the S3 ceiling).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from procs import LOOPBACK, free_port, spawn, stop, wait_http
+from seaweed import S3Site
+
+HERE = Path(__file__).resolve().parent
+BIG = "big.bin"
+TINY = "tiny.txt"
+START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A server to measure. prefix + key is an object's URL path."""
+
+    name: str
+    role: Literal["proxy", "peer"]
+    backend: Literal["local", "s3"]
+    prefix: str
+    health_path: str | None = None  # only the proxy has /healthz
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Where the data is: a local directory, and (when started) the S3 bucket."""
+
+    data_dir: Path
+    work_dir: Path
+    s3: S3Site | None
+
+
+@dataclass(slots=True)
+class Server:
+    target: Target
+    port: int
+    process: subprocess.Popen[bytes] | None  # None: not ours to stop (SeaweedFS)
+
+    def url(self, path: str) -> str:
+        return f"http://{LOOPBACK}:{self.port}{path}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+
+PROXY_LOCAL = Target("proxy-local", "proxy", "local", "/objects/", "/healthz")
+PROXY_S3_AIO = Target("proxy-s3-aio", "proxy", "s3", "/objects/", "/healthz")
+PROXY_S3_BOTO3 = Target("proxy-s3-boto3", "proxy", "s3", "/objects/", "/healthz")
+NGINX = Target("nginx", "peer", "local", "/")
+STARLETTE = Target("starlette", "peer", "local", "/")
+AIOHTTP = Target("aiohttp", "peer", "local", "/")
+S3_DIRECT = Target("s3-direct", "peer", "s3", "/bench/")
+TARGETS = [PROXY_LOCAL, PROXY_S3_AIO, PROXY_S3_BOTO3, NGINX, STARLETTE, AIOHTTP, S3_DIRECT]
+
+_S3_CLIENTS = {PROXY_S3_AIO.name: "aiobotocore", PROXY_S3_BOTO3.name: "boto3"}
+
+
+def _proxy_env(target: Target, site: Site, port: int, s3_port: int | None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PROXY_PORT": str(port),
+        "PROXY_LOG_LEVEL": "warning",
+        # Every feature on, as the targets require: conditionals, metrics and the JSON access
+        # log (written to the server's log file, like a container's stdout).
+        "PROXY_ACCESS_LOG": "true",
+        "PROXY_BACKEND": target.backend,
+    }
+    if target.backend == "local":
+        env["PROXY_LOCAL_ROOT"] = str(site.data_dir)
+    elif site.s3 is not None and s3_port is not None:
+        env |= {
+            "PROXY_S3_CLIENT": _S3_CLIENTS[target.name],
+            "PROXY_S3_BUCKET": site.s3.bucket,
+            "PROXY_S3_ENDPOINT_URL": f"http://{LOOPBACK}:{s3_port}",
+            "PROXY_S3_ADDRESSING_STYLE": "path",
+            "PROXY_S3_REGION": "us-east-1",
+        }
+    return env
+
+
+def start_proxy(target: Target, site: Site, s3_port: int | None = None) -> Server:
+    """The proxy (`python -m proxy`); S3 flavours talk to s3_port (default: SeaweedFS)."""
+    if s3_port is None and site.s3 is not None:
+        s3_port = site.s3.port
+    port = free_port()
+    suffix = "" if site.s3 is None or s3_port == site.s3.port else "-relayed"
+    log = site.work_dir / f"{target.name}{suffix}.log"
+    command = [sys.executable, "-m", "proxy"]
+    process = spawn(command, log, _proxy_env(target, site, port, s3_port))
+    return _ready(Server(target, port, process), log)
+
+
+def nginx_config(root: Path, prefix: Path, port: int) -> str:
+    """One worker, sendfile, no access log; every path inside prefix (runs as root or not)."""
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read a 0700 temp dir
+    temp_paths = "".join(
+        f"    {name}_temp_path {prefix / name};\n"
+        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return (
+        f"{user}worker_processes 1;\ndaemon off;\npid {prefix / 'nginx.pid'};\n"
+        f"error_log {prefix / 'error.log'} warn;\n"
+        "events { worker_connections 1024; }\n"
+        "http {\n"
+        "    access_log off;\n    sendfile on;\n"
+        # No tcp_nopush: with it, 64 KiB ranges on loopback often stalled for a delayed ACK
+        # (p50 44 ms, 800 req/s instead of 2.5 ms, 5,000 req/s; measured with wrk).
+        "    keepalive_requests 1000000;\n"  # uvicorn and aiohttp do not limit them either
+        "    default_type application/octet-stream;\n"
+        f"{temp_paths}"
+        f"    server {{ listen {LOOPBACK}:{port}; root {root}; }}\n"
+        "}\n"
+    )
+
+
+def start_nginx(target: Target, site: Site) -> Server:
+    prefix = site.work_dir / "nginx"
+    prefix.mkdir(exist_ok=True)
+    port = free_port()
+    config = prefix / "nginx.conf"
+    config.write_text(nginx_config(site.data_dir, prefix, port), encoding="ascii")
+    binary = shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin:/bin") or "nginx"
+    log = site.work_dir / "nginx.log"
+    command = [binary, "-p", f"{prefix}/", "-e", str(prefix / "error.log"), "-c", str(config)]
+    return _ready(Server(target, port, spawn(command, log)), log)
+
+
+def _start_script(script: str) -> Callable[[Target, Site], Server]:
+    def start(target: Target, site: Site) -> Server:
+        port = free_port()
+        log = site.work_dir / f"{target.name}.log"
+        command = [sys.executable, str(HERE / "peers" / script), str(site.data_dir), str(port)]
+        return _ready(Server(target, port, spawn(command, log)), log)
+
+    return start
+
+
+def start_s3_direct(target: Target, site: Site) -> Server:
+    """SeaweedFS is already running (seaweed.py owns and stops it)."""
+    if site.s3 is None:
+        raise RuntimeError("s3-direct needs SeaweedFS")
+    server = Server(target, site.s3.port, None)
+    return server
+
+
+def _ready(server: Server, log: Path) -> Server:
+    assert server.process is not None
+    try:
+        wait_http(server.url(server.target.prefix + TINY), server.process, log, START_TIMEOUT_S)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+STARTERS: Mapping[str, Callable[[Target, Site], Server]] = {
+    PROXY_LOCAL.name: start_proxy,
+    PROXY_S3_AIO.name: start_proxy,
+    PROXY_S3_BOTO3.name: start_proxy,
+    NGINX.name: start_nginx,
+    STARLETTE.name: _start_script("starlette_file.py"),
+    AIOHTTP.name: _start_script("aiohttp_file.py"),
+    S3_DIRECT.name: start_s3_direct,
+}
+
+
+def start(target: Target, site: Site) -> Server:
+    return STARTERS[target.name](target, site)
