@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive as real clients (tests/clients) or use for checks.
-APT_PACKAGES=(curl wget aria2 ffmpeg chromium chromium-driver docker-compose)
+APT_PACKAGES=(curl wget aria2 ffmpeg chromium chromium-driver docker-compose nginx wrk)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
