@@ -23,7 +23,7 @@ def iter_plan(body: Body, plan: Plan, chunk_size: int) -> Iterator[bytes]:
     """The plan's bytes. The first part's read starts here, so its failures come before the
     response does; a single range is the body's own iterator, with no wrapper around it."""
     if not plan.parts:
-        return iter((plan.tail,) if plan.tail else ())
+        return iter(())  # nothing of the object: ObjectResponse sends the plan's literal tail
     first = body.iter_range(plan.parts[0].byte_range, chunk_size)
     if len(plan.parts) == 1 and not plan.parts[0].head and not plan.tail:
         return first
@@ -42,7 +42,7 @@ def _iter_parts(body: Body, plan: Plan, first: Iterator[bytes], chunk_size: int)
 async def aiter_plan(body: AsyncBody, plan: Plan, chunk_size: int) -> AsyncIterator[bytes]:
     """The async twin of ``iter_plan``."""
     if not plan.parts:
-        return _aiter_literal(plan.tail)
+        return _aiter_nothing()
     first = await body.aiter_range(plan.parts[0].byte_range, chunk_size)
     if len(plan.parts) == 1 and not plan.parts[0].head and not plan.tail:
         return first
@@ -62,9 +62,9 @@ async def _aiter_parts(
         yield plan.tail
 
 
-async def _aiter_literal(data: bytes) -> AsyncIterator[bytes]:
-    if data:
-        yield data
+async def _aiter_nothing() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator that yields nothing
 
 
 async def _nothing() -> None:
@@ -106,8 +106,10 @@ class ObjectResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
-            if scope["method"] == "HEAD" or not (self.plan.parts or self.plan.tail):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if scope["method"] == "HEAD" or not self.plan.parts:
+                # No object bytes: at most a small literal (a 412/416 JSON body), sent at once.
+                body = b"" if scope["method"] == "HEAD" else self.plan.tail
+                await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
             source = self._chunks
             if isinstance(source, AsyncIterable):

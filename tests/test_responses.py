@@ -143,6 +143,19 @@ async def test_no_body_plan_sends_an_empty_body() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_literal_body_goes_out_in_one_message(method: str) -> None:
+    tracker = Tracker()
+    tail = b'{"error":"range_not_satisfiable"}'
+    plan = Plan(status=416, headers=(("content-length", str(len(tail))),), tail=tail)
+    sent = await run(ObjectResponse(plan, close=tracker.close), method=method)
+    assert sent[1:] == [
+        {"type": "http.response.body", "body": tail if method == "GET" else b"", "more_body": False}
+    ]
+    assert tracker.closed == 1
+
+
+@pytest.mark.anyio
 async def test_closes_even_when_the_start_fails() -> None:
     tracker = Tracker()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import aiobotocore.session
@@ -111,14 +111,13 @@ def _meta_from(key: str, response: Mapping[str, Any]) -> ObjectMeta:
     """ObjectMeta from a GetObject or HeadObject response (a ranged one included)."""
     content_range = response.get("ContentRange")
     size = int(content_range.rsplit("/", 1)[1]) if content_range else response["ContentLength"]
-    modified = response.get("LastModified")
-    last_modified = modified.astimezone(UTC).replace(microsecond=0) if modified else None
+    modified = response.get("LastModified")  # botocore parses it into an aware datetime
     return ObjectMeta(
         key=key,
         size=size,
         media_type=_media_type(response.get("ContentType"), key),
         etag=_etag(response.get("ETag")),
-        last_modified=last_modified if isinstance(last_modified, datetime) else None,
+        last_modified=modified.astimezone(UTC).replace(microsecond=0) if modified else None,
     )
 
 
