@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import anyio
+import anyio.lowlevel
 from starlette.concurrency import iterate_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -86,13 +87,17 @@ class ObjectResponse(Response):
         chunks: Chunks = (),
         close: Callable[[], Awaitable[None]] = _nothing,
         chunk_size: int = 0,
+        content: bytes | None = None,
     ) -> None:
+        """``content``: the whole body, already read (a small object or range); then no
+        ``chunks`` or ``close`` are needed."""
         self.status_code = plan.status
         self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
         self.background = None
         self.plan = plan
         self._chunks = chunks
         self._close = close
+        self._content = content
         # A body of one chunk is sent without a disconnect watcher: there is nothing to stop.
         self._single_chunk = body_length(plan) <= chunk_size
 
@@ -106,9 +111,13 @@ class ObjectResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
-            if scope["method"] == "HEAD" or not self.plan.parts:
-                # No object bytes: at most a small literal (a 412/416 JSON body), sent at once.
-                body = b"" if scope["method"] == "HEAD" else self.plan.tail
+            if scope["method"] == "HEAD" or not self.plan.parts or self._content is not None:
+                # Nothing to stream: no body, a small literal (a 412/416 JSON body) or content
+                # read beforehand, sent at once.
+                if scope["method"] == "HEAD":
+                    body = b""
+                else:
+                    body = self.plan.tail if not self.plan.parts else self._content or b""
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
             source = self._chunks
@@ -139,6 +148,10 @@ class ObjectResponse(Response):
     async def _stream(send: Send, chunks: AsyncIterator[bytes], gone: Callable[[], bool]) -> None:
         async for chunk in chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # A cached local read and a send into a socket with room both return without
+            # suspending: yield once per chunk, so other requests (and the disconnect watcher)
+            # run while a fast client takes a whole object.
+            await anyio.lowlevel.checkpoint()
             if gone():
                 return  # the client left: stop reading (the response stays incomplete)
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -42,9 +42,18 @@ class Tracker:
             await anyio.sleep(0)
             yield b"x" * size
 
+    async def eager_chunks(self, count: int, size: int = 4) -> AsyncIterator[bytes]:
+        """Never suspends, like a local read the page cache serves."""
+        for _ in range(count):
+            self.produced += 1
+            yield b"x" * size
+
 
 async def run(
-    response: ObjectResponse, method: str = "GET", disconnect_after: int | None = None
+    response: ObjectResponse,
+    method: str = "GET",
+    disconnect_after: int | None = None,
+    send_suspends: bool = True,
 ) -> list[Message]:
     sent: list[Message] = []
     gone = anyio.Event()
@@ -57,7 +66,8 @@ async def run(
         sent.append(message)
         if disconnect_after is not None and len(sent) >= disconnect_after:
             gone.set()
-        await anyio.sleep(0)
+        if send_suspends:  # otherwise like uvicorn's send into a socket with room
+            await anyio.sleep(0)
 
     with anyio.fail_after(10):
         await response({"type": "http", "method": method}, receive, send)
@@ -109,6 +119,38 @@ async def test_disconnect_stops_reading_and_closes(flavor: str) -> None:
     assert tracker.closed == 1
     assert tracker.produced < 100  # stopped soon after the disconnect, not at the end
     assert sent[-1].get("more_body", True) is True  # the response was never completed
+
+
+@pytest.mark.anyio
+async def test_disconnect_stops_a_stream_that_never_suspends() -> None:
+    # A cached local read and a send with room both return at once: the stream must still
+    # give the disconnect watcher a turn (it once ran to the end of a 64 MiB object).
+    tracker = Tracker()
+    response = ObjectResponse(
+        plan_for(4 * 100_000), tracker.eager_chunks(100_000), close=tracker.close
+    )
+    sent = await run(response, disconnect_after=3, send_suspends=False)
+    assert tracker.closed == 1
+    assert tracker.produced < 100
+    assert sent[-1].get("more_body", True) is True
+
+
+@pytest.mark.anyio
+async def test_a_stream_that_never_suspends_lets_other_tasks_run() -> None:
+    tracker = Tracker()
+    response = ObjectResponse(plan_for(4 * 1000), tracker.eager_chunks(1000), close=tracker.close)
+    produced_when_ticked: list[int] = []
+
+    async def ticker() -> None:
+        for _ in range(5):
+            produced_when_ticked.append(tracker.produced)
+            await anyio.sleep(0)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, response, "GET", None, False)
+        group.start_soon(ticker)
+    assert tracker.produced == 1000
+    assert max(produced_when_ticked) < 1000  # it ran while the stream was going
 
 
 @pytest.mark.anyio

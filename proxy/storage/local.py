@@ -1,7 +1,11 @@
 """Local-disk backend: keys map to files under one root; metadata comes from the open file.
 
-``LocalStorage`` and ``AsyncLocalStorage`` are twins; the async one runs each blocking call in
-a worker thread. Both are built on the module-level helpers below.
+``LocalStorage`` and ``AsyncLocalStorage`` are twins, built on the module-level helpers below.
+The async one works like nginx: the open and fstat run on the event loop (the kernel's dentry
+and inode caches answer them), and so does a read the page cache can serve at once
+(``preadv`` with ``RWF_NOWAIT``); only a read that would wait for the disk goes to a worker
+thread. A thread hop costs more than a cached 256 KiB read: doing every call in a thread held
+a 64 KiB range at a third of the rate.
 """
 
 from __future__ import annotations
@@ -24,13 +28,18 @@ from proxy.storage.keys import check_key
 from proxy.storage.mediatypes import media_type_for
 
 # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer appears; it is
-# rejected after fstat, and regular files ignore the flag. O_NOFOLLOW: realpath has resolved
-# every link, so a link in the last component now means it was swapped in since.
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+# rejected after fstat, and regular files ignore the flag.
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+# Where Linux shows the path an open descriptor really refers to, links resolved.
+_FD_PATHS = "/proc/self/fd"
+_HAVE_FD_PATHS = os.path.isdir(_FD_PATHS)
 
 # Errors that say "there is no file at this key" rather than "the disk is broken".
 # ENXIO: opening a socket or a device with no driver; EISDIR for completeness.
 _NOT_FOUND_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENXIO, errno.EISDIR})
+
+# preadv2(RWF_NOWAIT): Linux >= 4.14. Elsewhere -1, an invalid flag: every read takes a thread.
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", -1)
 
 
 @contextmanager
@@ -65,12 +74,33 @@ def _check_root(root: str) -> None:
         os.scandir(root).close()
 
 
-def _resolve(root: str, key: str) -> str:
-    """The real path of ``key``, which must stay under ``root`` once links are resolved."""
-    path = os.path.realpath(os.path.join(root, check_key(key)))
-    if os.path.commonpath([root, path]) != root:
-        raise ObjectNotFound()  # a link escaping the root: as if there were nothing there
-    return path
+def _under(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _open_under(root: str, key: str) -> int:
+    """Open ``key`` (links followed) and check that the file opened lies under ``root``.
+
+    The check reads the opened descriptor's own path, so no link swapped in between a check
+    and the open can escape (one readlink instead of realpath's lstat per path component).
+    Without /proc, realpath first and refuse any link in the last component (O_NOFOLLOW).
+    """
+    path = os.path.join(root, check_key(key))
+    if not _HAVE_FD_PATHS:
+        path = os.path.realpath(path)
+        if not _under(root, path):
+            raise ObjectNotFound()  # a link escaping the root: as if there were nothing there
+        return os.open(path, _OPEN_FLAGS | os.O_NOFOLLOW)
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        opened = os.readlink(f"{_FD_PATHS}/{fd}")
+    except BaseException:
+        os.close(fd)
+        raise
+    if not _under(root, opened):
+        os.close(fd)
+        raise ObjectNotFound()
+    return fd
 
 
 def _meta(key: str, st: os.stat_result) -> ObjectMeta:
@@ -89,7 +119,7 @@ def _open_object(root: str, key: str) -> tuple[int, ObjectMeta]:
     """Open ``key`` under ``root`` and describe it from the open descriptor (no second lookup)."""
     BACKEND_CALLS.labels("local", "open").inc()
     with map_os_errors():
-        fd = os.open(_resolve(root, key), _OPEN_FLAGS)
+        fd = _open_under(root, key)
         try:
             st = os.fstat(fd)
         except BaseException:
@@ -113,6 +143,22 @@ def _read_step(fd: int, offset: int, stop: int, chunk_size: int) -> bytes:
         # The file shrank since open: abort the response rather than send it short.
         raise BodyTruncated()
     return chunk
+
+
+def _read_cached(fd: int, offset: int, stop: int, chunk_size: int) -> bytes | None:
+    """``_read_step`` from the page cache only: None when the read would wait for the disk (or
+    the filesystem cannot tell), so the caller reads in a worker thread instead."""
+    if fd < 0 or chunk_size < 1:
+        return _read_step(fd, offset, stop, chunk_size)  # raises the same ValueError
+    buffer = bytearray(min(chunk_size, stop - offset))
+    try:
+        count = os.preadv(fd, [buffer], offset, _RWF_NOWAIT)
+    except OSError:
+        return None  # EAGAIN (not cached), EOPNOTSUPP: the blocking read says what is wrong
+    if count == 0:
+        raise BodyTruncated()
+    del buffer[count:]  # a partial read: the rest was not cached yet
+    return bytes(buffer)
 
 
 def _close_fd(fd: int) -> int:
@@ -156,7 +202,7 @@ class LocalBody(_FileBody):
 
 
 class AsyncLocalBody(_FileBody):
-    """The async twin of ``LocalBody``: each ``pread`` runs in a worker thread."""
+    """The async twin of ``LocalBody``: a read the page cache cannot serve runs in a thread."""
 
     __slots__ = ()
 
@@ -166,9 +212,11 @@ class AsyncLocalBody(_FileBody):
     async def _achunks(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
         offset = byte_range.start
         while offset < byte_range.stop:
-            chunk = await anyio.to_thread.run_sync(
-                _read_step, self._fd, offset, byte_range.stop, chunk_size
-            )
+            chunk = _read_cached(self._fd, offset, byte_range.stop, chunk_size)
+            if chunk is None:
+                chunk = await anyio.to_thread.run_sync(
+                    _read_step, self._fd, offset, byte_range.stop, chunk_size
+                )
             offset += len(chunk)
             yield chunk
 
@@ -212,8 +260,7 @@ class AsyncLocalStorage(_Root):
     __slots__ = ()
 
     async def open(self, key: str, hint: ReadHint | None = None) -> AsyncLocalBody:
-        # Not abandoned on cancel (anyio's default), so the thread's descriptor is never lost.
-        return AsyncLocalBody(*await anyio.to_thread.run_sync(_open_object, self._root, key))
+        return AsyncLocalBody(*_open_object(self._root, key))  # on the loop: see the docstring
 
     async def acheck(self) -> None:
         await anyio.to_thread.run_sync(_check_root, self._root)
