@@ -10,8 +10,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# Measured with benchmarks/chunk_size.py: see the README's "Chunk size" section.
-DEFAULT_CHUNK_SIZE = 256 * 1024
+# Measured with benchmarks/chunk_size.py and benchmarks/run.py: see the README's "Chunk size".
+DEFAULT_CHUNK_SIZE = 1024 * 1024  # the largest read, for clients that keep up
+DEFAULT_MIN_CHUNK_SIZE = 64 * 1024  # the first read, and slow clients' reads
 DEFAULT_LOCAL_ROOT = Path("media")
 
 
@@ -49,6 +50,7 @@ class Settings(BaseSettings):
     s3_max_attempts: int = Field(default=3, ge=1, le=20)
 
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1024, le=16 * 1024 * 1024)
+    min_chunk_size: int = Field(default=DEFAULT_MIN_CHUNK_SIZE, ge=1024, le=16 * 1024 * 1024)
     cache_control: str = "no-cache"
     max_ranges: int = Field(default=16, ge=1, le=1000)
     threadpool_size: int = Field(default=64, ge=1, le=1000)

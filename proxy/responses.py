@@ -1,10 +1,12 @@
 """``ObjectResponse`` sends a ``Plan`` and the object's chunks, and always closes the body.
 
-Also ``iter_plan``/``aiter_plan``: the twins that turn a plan's parts into one chunk stream.
+Also ``iter_plan``/``aiter_plan``: the twins that turn a plan's parts into one chunk stream,
+and ``Pacer``: the chunk size, following how fast the client takes them.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import anyio
@@ -13,14 +15,53 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from proxy.http.plan import Plan, body_length
-from proxy.storage.base import AsyncBody, Body
+from proxy.http.plan import Plan
+from proxy.storage.base import AsyncBody, Body, ChunkSize
 from proxy.storage.errors import StorageError
 
 Chunks = Iterable[bytes] | AsyncIterable[bytes]
 
+# Chunks aim at what the client takes in this time: 1 MiB at 200 MB/s and more, the minimum
+# at a few MB/s. Long enough for few Python steps per byte, short enough to buffer little.
+PACE_SECONDS = 0.005
 
-def iter_plan(body: Body, plan: Plan, chunk_size: int) -> Iterator[bytes]:
+
+class Pacer:
+    """Chunk sizes that follow the client: large reads for fast clients, small buffers for slow.
+
+    The size aims at what the client took in ``PACE_SECONDS`` on average since its stream
+    began, between ``minimum`` and ``maximum``, and at most doubles per chunk. The average is
+    over the whole stream because socket buffers absorb a few MB at once, so single sends
+    look fast even for a slow reader. Measured: 1 MiB reads doubled a fast stream over
+    256 KiB, while a slow reader would keep a whole chunk waiting in the transport's buffer.
+    Called by the body before each read (a ``ChunkSize``), told by ``ObjectResponse`` after
+    each send.
+    """
+
+    __slots__ = ("_clock", "_sent", "_started", "maximum", "minimum", "size")
+
+    def __init__(
+        self, minimum: int, maximum: int, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self.minimum = min(minimum, maximum)
+        self.maximum = maximum
+        self.size = self.minimum
+        self._clock = clock
+        self._sent = 0
+        self._started = clock()
+
+    def __call__(self) -> int:
+        return self.size
+
+    def sent(self, length: int) -> None:
+        self._sent += length
+        elapsed = self._clock() - self._started
+        target = int(self._sent * PACE_SECONDS / elapsed) if elapsed > 0 else self.maximum
+        target -= target % self.minimum  # whole multiples: page-aligned reads
+        self.size = max(self.minimum, min(self.maximum, 2 * self.size, target))
+
+
+def iter_plan(body: Body, plan: Plan, chunk_size: ChunkSize) -> Iterator[bytes]:
     """The plan's bytes. The first part's read starts here, so its failures come before the
     response does; a single range is the body's own iterator, with no wrapper around it."""
     if not plan.parts:
@@ -31,7 +72,9 @@ def iter_plan(body: Body, plan: Plan, chunk_size: int) -> Iterator[bytes]:
     return _iter_parts(body, plan, first, chunk_size)
 
 
-def _iter_parts(body: Body, plan: Plan, first: Iterator[bytes], chunk_size: int) -> Iterator[bytes]:
+def _iter_parts(
+    body: Body, plan: Plan, first: Iterator[bytes], chunk_size: ChunkSize
+) -> Iterator[bytes]:
     for index, part in enumerate(plan.parts):
         if part.head:
             yield part.head
@@ -40,7 +83,7 @@ def _iter_parts(body: Body, plan: Plan, first: Iterator[bytes], chunk_size: int)
         yield plan.tail
 
 
-async def aiter_plan(body: AsyncBody, plan: Plan, chunk_size: int) -> AsyncIterator[bytes]:
+async def aiter_plan(body: AsyncBody, plan: Plan, chunk_size: ChunkSize) -> AsyncIterator[bytes]:
     """The async twin of ``iter_plan``."""
     if not plan.parts:
         return _aiter_nothing()
@@ -51,7 +94,7 @@ async def aiter_plan(body: AsyncBody, plan: Plan, chunk_size: int) -> AsyncItera
 
 
 async def _aiter_parts(
-    body: AsyncBody, plan: Plan, first: AsyncIterator[bytes], chunk_size: int
+    body: AsyncBody, plan: Plan, first: AsyncIterator[bytes], chunk_size: ChunkSize
 ) -> AsyncIterator[bytes]:
     for index, part in enumerate(plan.parts):
         if part.head:
@@ -86,10 +129,11 @@ class ObjectResponse(Response):
         plan: Plan,
         chunks: Chunks = (),
         close: Callable[[], Awaitable[None]] = _nothing,
-        chunk_size: int = 0,
+        pacer: Pacer | None = None,
         content: bytes | None = None,
     ) -> None:
-        """``content``: the whole body, already read (a small object or range); then no
+        """``pacer``: the one the chunks are read with, told how each send went.
+        ``content``: the whole body, already read (a small object or range); then no
         ``chunks`` or ``close`` are needed."""
         self.status_code = plan.status
         self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
@@ -98,8 +142,7 @@ class ObjectResponse(Response):
         self._chunks = chunks
         self._close = close
         self._content = content
-        # A body of one chunk is sent without a disconnect watcher: there is nothing to stop.
-        self._single_chunk = body_length(plan) <= chunk_size
+        self._pacer = pacer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         chunks: AsyncIterator[bytes] | None = None
@@ -126,10 +169,7 @@ class ObjectResponse(Response):
             else:
                 # One worker-thread hop per chunk: the reads of a sync body block.
                 chunks = iterate_in_threadpool(source)
-            if self._single_chunk:
-                await self._stream(send, chunks, lambda: False)
-            else:
-                await self._stream_until_disconnect(receive, send, chunks)
+            await self._stream_until_disconnect(receive, send, chunks)
         except OSError as exc:
             # ASGI spec >= 2.4 servers raise OSError from send() once the client is gone; a
             # storage failure (some are OSErrors too) must still reach the server to abort.
@@ -144,10 +184,14 @@ class ObjectResponse(Response):
                 finally:
                     await self._close()
 
-    @staticmethod
-    async def _stream(send: Send, chunks: AsyncIterator[bytes], gone: Callable[[], bool]) -> None:
+    async def _stream(
+        self, send: Send, chunks: AsyncIterator[bytes], gone: Callable[[], bool]
+    ) -> None:
+        pacer = self._pacer
         async for chunk in chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if pacer is not None:
+                pacer.sent(len(chunk))
             # A cached local read and a send into a socket with room both return without
             # suspending: yield once per chunk, so other requests (and the disconnect watcher)
             # run while a fast client takes a whole object.

@@ -24,7 +24,7 @@ from proxy.config import Settings
 from proxy.http.disposition import content_disposition, download_filename
 from proxy.http.hint import ReadHint, read_hint
 from proxy.http.plan import Plan, body_length, plan_response
-from proxy.responses import ObjectResponse, aiter_plan, iter_plan
+from proxy.responses import ObjectResponse, Pacer, aiter_plan, iter_plan
 from proxy.storage.base import AsyncStorage, ObjectMeta, Storage
 from proxy.storage.keys import check_key
 from proxy.storage.mediatypes import is_active_content
@@ -231,9 +231,11 @@ def get_object(
     body = storage.open(*open_arguments(request, key, settings))
     try:
         plan = plan_object(request, body.meta, settings, download)
-        chunks = iter_plan(body, plan, settings.chunk_size)
+        small = body_length(plan) <= settings.chunk_size
+        pacer = Pacer(settings.min_chunk_size, settings.chunk_size)
+        chunks = iter_plan(body, plan, settings.chunk_size if small else pacer)
         content = None
-        if body_length(plan) <= settings.chunk_size:
+        if small:
             # Small: read now (in this worker thread), so no hop per chunk, no close callback,
             # no disconnect watcher, and a failed read still gets a clean error status.
             content = b"".join(chunks)
@@ -244,7 +246,7 @@ def get_object(
         body.close()
         return ObjectResponse(plan, content=content)
     close = partial(run_in_threadpool, body.close)
-    return ObjectResponse(plan, chunks, close=close, chunk_size=settings.chunk_size)
+    return ObjectResponse(plan, chunks, close=close, pacer=pacer)
 
 
 async def aget_object(
@@ -258,9 +260,11 @@ async def aget_object(
     body = await storage.open(*open_arguments(request, key, settings))
     try:
         plan = plan_object(request, body.meta, settings, download)
-        chunks = await aiter_plan(body, plan, settings.chunk_size)
+        small = body_length(plan) <= settings.chunk_size
+        pacer = Pacer(settings.min_chunk_size, settings.chunk_size)
+        chunks = await aiter_plan(body, plan, settings.chunk_size if small else pacer)
         content = None
-        if body_length(plan) <= settings.chunk_size:
+        if small:
             content = b"".join([chunk async for chunk in chunks])
     except BaseException:
         await body.aclose()
@@ -268,4 +272,4 @@ async def aget_object(
     if content is not None:
         await body.aclose()
         return ObjectResponse(plan, content=content)
-    return ObjectResponse(plan, chunks, close=body.aclose, chunk_size=settings.chunk_size)
+    return ObjectResponse(plan, chunks, close=body.aclose, pacer=pacer)

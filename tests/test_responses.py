@@ -11,7 +11,7 @@ from starlette.types import Message
 
 from proxy.http.plan import Part, Plan
 from proxy.http.ranges import ByteRange
-from proxy.responses import ObjectResponse
+from proxy.responses import PACE_SECONDS, ObjectResponse, Pacer
 from proxy.storage.errors import BodyTruncated
 
 
@@ -212,3 +212,60 @@ async def test_closes_even_when_the_start_fails() -> None:
             {"type": "http", "method": "GET"}, receive, send
         )
     assert tracker.closed == 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+KIB = 1024
+
+
+def test_pacer_grows_by_doubling_to_the_maximum_for_a_fast_client() -> None:
+    clock = Clock()
+    pacer = Pacer(64 * KIB, 1024 * KIB, clock=clock)
+    sizes = []
+    for _ in range(6):
+        clock.now += 0.0001  # each chunk gone in 0.1 ms: GB/s
+        pacer.sent(pacer())
+        sizes.append(pacer())
+    assert sizes == [128 * KIB, 256 * KIB, 512 * KIB, 1024 * KIB, 1024 * KIB, 1024 * KIB]
+
+
+def test_pacer_keeps_the_minimum_for_a_slow_client_despite_a_fast_start() -> None:
+    clock = Clock()
+    pacer = Pacer(64 * KIB, 1024 * KIB, clock=clock)
+    for _ in range(5):  # socket buffers take the first few chunks at once
+        clock.now += 0.0001
+        pacer.sent(pacer())
+    assert pacer() == 1024 * KIB
+    for _ in range(50):  # then the client takes 64 KiB every 10 ms
+        clock.now += 0.01 * pacer() / (64 * KIB)
+        pacer.sent(pacer())
+    assert pacer() == 64 * KIB
+
+
+@pytest.mark.parametrize("rate", [20e6, 50e6, 100e6])
+def test_pacer_aims_at_what_the_client_takes_in_the_pace_interval(rate: float) -> None:
+    clock = Clock()
+    pacer = Pacer(64 * KIB, 16 * 1024 * KIB, clock=clock)
+    for _ in range(400):
+        size = pacer()
+        clock.now += size / rate
+        pacer.sent(size)
+    assert abs(pacer() - rate * PACE_SECONDS) <= 64 * KIB
+
+
+@pytest.mark.anyio
+async def test_object_response_tells_the_pacer_every_chunk_sent() -> None:
+    tracker = Tracker()
+    pacer = Pacer(4, 4096)
+    response = ObjectResponse(
+        plan_for(4 * 10), tracker.async_chunks(10), close=tracker.close, pacer=pacer
+    )
+    await run(response)
+    assert pacer._sent == 40

@@ -5,7 +5,7 @@ Backends do not inherit from these Protocols; ``tests/storage/test_contract.py``
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -14,6 +14,15 @@ from proxy.http.hint import ReadHint
 from proxy.http.ranges import ByteRange
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
+
+ChunkSize = int | Callable[[], int]
+"""The most bytes one chunk may hold: fixed, or asked again before every read (a pacer that
+follows the client, see ``proxy.responses.Pacer``)."""
+
+
+def chunk_limit(chunk_size: ChunkSize) -> int:
+    """The size limit for the next read."""
+    return chunk_size() if callable(chunk_size) else chunk_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +42,7 @@ class Body(Protocol):
     @property
     def meta(self) -> ObjectMeta: ...
 
-    def iter_range(self, byte_range: ByteRange, chunk_size: int) -> Iterator[bytes]:
+    def iter_range(self, byte_range: ByteRange, chunk_size: ChunkSize) -> Iterator[bytes]:
         """The bytes of ``byte_range`` in chunks of at most ``chunk_size`` bytes.
 
         A backend that must call out to start the read (S3's ranged GET) does so in this call,
@@ -51,7 +60,9 @@ class AsyncBody(Protocol):
     @property
     def meta(self) -> ObjectMeta: ...
 
-    async def aiter_range(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
+    async def aiter_range(
+        self, byte_range: ByteRange, chunk_size: ChunkSize
+    ) -> AsyncIterator[bytes]:
         """Start the read (awaited: failures come before the response starts), then stream."""
         ...
 

@@ -22,7 +22,7 @@ import anyio.to_thread
 from proxy.http.hint import ReadHint
 from proxy.http.ranges import ByteRange
 from proxy.metrics import BACKEND_CALLS
-from proxy.storage.base import ObjectMeta
+from proxy.storage.base import ChunkSize, ObjectMeta, chunk_limit
 from proxy.storage.errors import AccessDenied, BackendUnavailable, BodyTruncated, ObjectNotFound
 from proxy.storage.keys import check_key
 from proxy.storage.mediatypes import media_type_for
@@ -190,10 +190,10 @@ class LocalBody(_FileBody):
 
     __slots__ = ()
 
-    def iter_range(self, byte_range: ByteRange, chunk_size: int) -> Iterator[bytes]:
+    def iter_range(self, byte_range: ByteRange, chunk_size: ChunkSize) -> Iterator[bytes]:
         offset = byte_range.start
         while offset < byte_range.stop:
-            chunk = _read_step(self._fd, offset, byte_range.stop, chunk_size)
+            chunk = _read_step(self._fd, offset, byte_range.stop, chunk_limit(chunk_size))
             offset += len(chunk)
             yield chunk
 
@@ -206,16 +206,19 @@ class AsyncLocalBody(_FileBody):
 
     __slots__ = ()
 
-    async def aiter_range(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
+    async def aiter_range(
+        self, byte_range: ByteRange, chunk_size: ChunkSize
+    ) -> AsyncIterator[bytes]:
         return self._achunks(byte_range, chunk_size)
 
-    async def _achunks(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
+    async def _achunks(self, byte_range: ByteRange, chunk_size: ChunkSize) -> AsyncIterator[bytes]:
         offset = byte_range.start
         while offset < byte_range.stop:
-            chunk = _read_cached(self._fd, offset, byte_range.stop, chunk_size)
+            limit = chunk_limit(chunk_size)
+            chunk = _read_cached(self._fd, offset, byte_range.stop, limit)
             if chunk is None:
                 chunk = await anyio.to_thread.run_sync(
-                    _read_step, self._fd, offset, byte_range.stop, chunk_size
+                    _read_step, self._fd, offset, byte_range.stop, limit
                 )
             offset += len(chunk)
             yield chunk

@@ -14,7 +14,7 @@ import anyio.lowlevel
 
 from proxy.http.hint import ReadHint
 from proxy.http.ranges import ByteRange
-from proxy.storage.base import ObjectMeta
+from proxy.storage.base import ChunkSize, ObjectMeta, chunk_limit
 from proxy.storage.errors import BodyTruncated, ObjectNotFound
 from proxy.storage.keys import check_key
 from proxy.storage.mediatypes import media_type_for
@@ -75,15 +75,16 @@ class _Buffer:
     def meta(self) -> ObjectMeta:
         return self._stored.meta
 
-    def _chunks(self, byte_range: ByteRange, chunk_size: int) -> Iterator[bytes]:
-        if chunk_size < 1:
+    def _chunks(self, byte_range: ByteRange, chunk_size: ChunkSize) -> Iterator[bytes]:
+        if chunk_limit(chunk_size) < 1:
             raise ValueError("chunk_size must be at least 1")
         view = memoryview(self._stored.data)  # slices of a view copy only once, in bytes()
         offset = byte_range.start
         while offset < byte_range.stop:
             if self.closed:
                 raise ValueError("read from a closed body")
-            chunk = bytes(view[offset : offset + min(chunk_size, byte_range.stop - offset)])
+            limit = min(chunk_limit(chunk_size), byte_range.stop - offset)
+            chunk = bytes(view[offset : offset + limit])
             if not chunk:
                 raise BodyTruncated()  # a range past the end, as the disk backend reports it
             offset += len(chunk)
@@ -93,7 +94,7 @@ class _Buffer:
 class MemoryBody(_Buffer):
     __slots__ = ()
 
-    def iter_range(self, byte_range: ByteRange, chunk_size: int) -> Iterator[bytes]:
+    def iter_range(self, byte_range: ByteRange, chunk_size: ChunkSize) -> Iterator[bytes]:
         yield from self._chunks(byte_range, chunk_size)
 
     def close(self) -> None:
@@ -103,10 +104,12 @@ class MemoryBody(_Buffer):
 class AsyncMemoryBody(_Buffer):
     __slots__ = ()
 
-    async def aiter_range(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
+    async def aiter_range(
+        self, byte_range: ByteRange, chunk_size: ChunkSize
+    ) -> AsyncIterator[bytes]:
         return self._achunks(byte_range, chunk_size)
 
-    async def _achunks(self, byte_range: ByteRange, chunk_size: int) -> AsyncIterator[bytes]:
+    async def _achunks(self, byte_range: ByteRange, chunk_size: ChunkSize) -> AsyncIterator[bytes]:
         for chunk in self._chunks(byte_range, chunk_size):
             # A generator that never awaits blocks the loop and never sees cancellation.
             await anyio.lowlevel.checkpoint()
