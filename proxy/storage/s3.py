@@ -253,11 +253,25 @@ def _chunks(stream: Any, length: int, chunk_size: ChunkSize) -> Iterator[bytes]:
         yield chunk
 
 
+async def _aread(stream: Any, size: int) -> bytes:
+    """``size`` bytes, or fewer at the end of the stream. aiohttp's read() returns what it has
+    buffered, often 64 KiB: gathering them costs a join, sending each costs a loop step."""
+    chunk = await stream.read(size)
+    if len(chunk) in (0, size):
+        return bytes(chunk)
+    parts = [chunk]
+    remaining = size - len(chunk)
+    while remaining > 0 and (more := await stream.read(remaining)):
+        parts.append(more)
+        remaining -= len(more)
+    return b"".join(parts)
+
+
 async def _achunks(stream: Any, length: int, chunk_size: ChunkSize) -> AsyncIterator[bytes]:
     remaining = length
     while remaining > 0:
         with map_client_errors():
-            chunk = await stream.read(min(chunk_limit(chunk_size), remaining))
+            chunk = await _aread(stream, min(chunk_limit(chunk_size), remaining))
         if not chunk:
             raise BodyTruncated()
         remaining -= len(chunk)
