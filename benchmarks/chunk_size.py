@@ -1,5 +1,8 @@
 """Pick the default chunk size: single-stream MB/s and slow-reader memory per chunk size.
 
+PROXY_CHUNK_SIZE is the largest chunk: the Pacer grows toward it for clients that keep up and
+stays at PROXY_MIN_CHUNK_SIZE (64 KiB) for slow ones; at 64 KiB every chunk is 64 KiB.
+
 Usage: python benchmarks/chunk_size.py [--size-mib 512] [--runs 3] [--slow 20]
 Starts one proxy process per (flavor, chunk size) on 127.0.0.1, measures, stops it by PID.
 Figures are only comparable within one run (shared, noisy machines).
@@ -19,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-CHUNKS = [64 * 1024, 256 * 1024, 1024 * 1024]
+CHUNKS = [64 * 1024, 256 * 1024, 1024 * 1024, 4096 * 1024]
 
 
 def free_port() -> int:
@@ -46,7 +49,8 @@ def start(root: Path, flavor: str, chunk: int) -> tuple[subprocess.Popen[bytes],
         PROXY_PORT=str(port),
         PROXY_LOG_LEVEL="warning",
     )
-    process = subprocess.Popen([sys.executable, "-m", "proxy"], env=env)
+    # The access log (stdout) stays on, as in production, but out of this table.
+    process = subprocess.Popen([sys.executable, "-m", "proxy"], env=env, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:

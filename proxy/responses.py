@@ -24,6 +24,9 @@ Chunks = Iterable[bytes] | AsyncIterable[bytes]
 # Chunks aim at what the client takes in this time: 1 MiB at 200 MB/s and more, the minimum
 # at a few MB/s. Long enough for few Python steps per byte, short enough to buffer little.
 PACE_SECONDS = 0.005
+# The average counts at least this long: socket buffers take a few MB at once from any client,
+# which over the first milliseconds would look like GB/s.
+PACE_WARMUP_SECONDS = 0.05
 
 
 class Pacer:
@@ -55,8 +58,8 @@ class Pacer:
 
     def sent(self, length: int) -> None:
         self._sent += length
-        elapsed = self._clock() - self._started
-        target = int(self._sent * PACE_SECONDS / elapsed) if elapsed > 0 else self.maximum
+        elapsed = max(self._clock() - self._started, PACE_WARMUP_SECONDS)
+        target = int(self._sent * PACE_SECONDS / elapsed)
         target -= target % self.minimum  # whole multiples: page-aligned reads
         self.size = max(self.minimum, min(self.maximum, 2 * self.size, target))
 

@@ -229,24 +229,34 @@ def test_pacer_grows_by_doubling_to_the_maximum_for_a_fast_client() -> None:
     clock = Clock()
     pacer = Pacer(64 * KIB, 1024 * KIB, clock=clock)
     sizes = []
-    for _ in range(6):
-        clock.now += 0.0001  # each chunk gone in 0.1 ms: GB/s
+    while pacer() < 1024 * KIB:
+        clock.now += pacer() / 2e9  # the client takes 2 GB/s
         pacer.sent(pacer())
         sizes.append(pacer())
-    assert sizes == [128 * KIB, 256 * KIB, 512 * KIB, 1024 * KIB, 1024 * KIB, 1024 * KIB]
-
-
-def test_pacer_keeps_the_minimum_for_a_slow_client_despite_a_fast_start() -> None:
-    clock = Clock()
-    pacer = Pacer(64 * KIB, 1024 * KIB, clock=clock)
-    for _ in range(5):  # socket buffers take the first few chunks at once
-        clock.now += 0.0001
+    assert clock.now < 0.1  # at the maximum within the first 100 ms
+    assert all(b <= 2 * a for a, b in zip(sizes, sizes[1:], strict=False))  # at most doubling
+    for _ in range(100):
+        clock.now += pacer() / 2e9
         pacer.sent(pacer())
     assert pacer() == 1024 * KIB
-    for _ in range(50):  # then the client takes 64 KiB every 10 ms
+
+
+def test_pacer_keeps_small_chunks_for_a_slow_client_despite_a_fast_start() -> None:
+    clock = Clock()
+    pacer = Pacer(64 * KIB, 1024 * KIB, clock=clock)
+    sizes = []
+    sent = 0
+    while sent < 4 * 1024 * KIB:  # socket buffers take the first 4 MiB at once
+        clock.now += 0.0001
+        sent += pacer()
+        pacer.sent(pacer())
+        sizes.append(pacer())
+    for _ in range(100):  # then the client takes 64 KiB every 10 ms
         clock.now += 0.01 * pacer() / (64 * KIB)
         pacer.sent(pacer())
-    assert pacer() == 64 * KIB
+        sizes.append(pacer())
+    assert max(sizes) <= 512 * KIB  # the burst never reaches the maximum
+    assert sizes[-1] == 64 * KIB
 
 
 @pytest.mark.parametrize("rate", [20e6, 50e6, 100e6])
