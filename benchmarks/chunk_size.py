@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-CHUNKS = [64 * 1024, 256 * 1024, 1024 * 1024, 4096 * 1024]
+CHUNKS = [64 * 1024, 256 * 1024, 1024 * 1024, 2048 * 1024, 4096 * 1024]
 
 
 def free_port() -> int:

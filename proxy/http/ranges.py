@@ -5,6 +5,7 @@ Multi-range policy: see ``resolve`` (clip, drop unsatisfiable, sort, coalesce; c
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -74,6 +75,7 @@ def _parse_spec(element: str) -> RangeSpec | None:
     return RangeSpec(_number(first), _number(last))
 
 
+@functools.lru_cache(maxsize=64)  # read_hint and plan_response both parse each request's value
 def parse_range(value: str, max_ranges: int) -> tuple[RangeSpec, ...] | None:
     """Parse a ``Range`` header value (RFC 9110 §14.2).
 
