@@ -11,10 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import Depends, Request
 
 from proxy.app import create_app
+from proxy.auth import authorize
 from proxy.config import Settings
 from proxy.http.hint import ReadHint
+from proxy.routes import OBJECT_PATH, ObjectRoute, aget_object, get_object
 from proxy.storage import errors
 from proxy.storage.base import Body
 from tests.conftest import FLAVORS, MediaTree, StartServer, settings_for
@@ -129,6 +132,23 @@ def test_storage_errors_map_to_json_statuses(
     assert "/secret" not in response.text
     if status == 503:
         assert response.headers["retry-after"] == "1"
+
+
+def test_object_route_refuses_what_its_handler_would_skip() -> None:
+    # ObjectRoute passes exactly these arguments and runs `authorize` itself: an endpoint
+    # declaring anything else, or a route without `authorize`, would be served wrongly.
+    def extra(
+        key: str, request: Request, storage: object, settings: object, download: str, more: int
+    ) -> None:
+        raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match="ObjectRoute cannot serve extra"):
+        ObjectRoute(OBJECT_PATH, extra, dependencies=[Depends(authorize)])
+    with pytest.raises(TypeError, match="ObjectRoute cannot serve get_object"):
+        ObjectRoute(OBJECT_PATH, get_object)
+    for endpoint in (get_object, aget_object):
+        route = ObjectRoute(OBJECT_PATH, endpoint, dependencies=[Depends(authorize)])
+        assert route.get_route_handler() is route.handler
 
 
 @pytest.mark.anyio

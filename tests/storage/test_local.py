@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio.to_thread
 import pytest
 
 from proxy.http.ranges import ByteRange
+from proxy.storage import local
 from proxy.storage.errors import (
     AccessDenied,
     BackendUnavailable,
@@ -300,3 +302,69 @@ async def test_readiness_fails_when_the_root_disappears(tmp_path: Path) -> None:
         storage.check()
     with pytest.raises(StorageError):
         await astorage.acheck()
+
+
+@pytest.fixture(params=["proc", "realpath"])
+def link_check(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of keeping links under the root: /proc/self/fd after the open, or (without
+    /proc) realpath before it."""
+    if request.param == "realpath":
+        monkeypatch.setattr(local, "_HAVE_FD_PATHS", False)
+    value: str = request.param
+    return value
+
+
+def test_links_are_checked_either_way(link_check: str, storage: LocalStorage, root: Path) -> None:
+    (root / "link.bin").symlink_to(root / "dir" / "data.bin")
+    (root / "escape.txt").symlink_to(root.parent / "secret.txt")
+    (root / "escape").symlink_to(root.parent / "outside")
+    body = storage.open("link.bin")
+    assert read_all(body) == DATA
+    body.close()
+    fds = open_fds()
+    for key in ("escape.txt", "escape/x.txt", "dir"):
+        with pytest.raises(ObjectNotFound):
+            storage.open(key)
+    assert open_fds() == fds  # refused after the open: the descriptor is closed again
+
+
+async def read_async(storage: AsyncLocalStorage, key: str, chunk_size: int) -> bytes:
+    body = await storage.open(key)
+    try:
+        chunks = await body.aiter_range(ByteRange(0, body.meta.size), chunk_size)
+        return b"".join([chunk async for chunk in chunks])
+    finally:
+        await body.aclose()
+
+
+@pytest.mark.anyio
+async def test_async_reads_from_the_page_cache_take_no_thread(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = AsyncLocalStorage(root)
+    assert await read_async(storage, "dir/data.bin", 4096) == DATA  # now in the page cache
+
+    async def no_thread(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a worker thread was used")
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", no_thread)
+    assert await read_async(storage, "dir/data.bin", 4096) == DATA
+
+
+@pytest.mark.anyio
+async def test_async_reads_fall_back_to_a_thread(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a read that would wait for the disk (EAGAIN), or a filesystem without RWF_NOWAIT
+    # (EOPNOTSUPP), does: the same bytes, read in a worker thread.
+    calls: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        calls.append(args[0])
+        return await run_sync(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local, "_RWF_NOWAIT", -1)  # an invalid flag: preadv fails every time
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    assert await read_async(AsyncLocalStorage(root), "dir/data.bin", 4096) == DATA
+    assert len(calls) == -(-len(DATA) // 4096)  # one thread read per chunk
