@@ -23,13 +23,7 @@ from starlette.responses import JSONResponse, Response
 from proxy import metrics
 from proxy.config import Settings
 from proxy.observability import Observability, access_logger
-from proxy.routes import (
-    OBJECT_METHODS,
-    OBJECT_PREFIX,
-    ObjectRoute,
-    ObjectShortcut,
-    add_object_routes,
-)
+from proxy.routes import OBJECT_METHODS, OBJECT_PREFIX, add_object_routes
 from proxy.storage import errors
 from proxy.storage.base import AsyncStorage, Storage
 from proxy.storage.local import AsyncLocalStorage, LocalStorage
@@ -203,7 +197,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"retry-after": RETRY_AFTER_SECONDS},
         )
 
-    add_object_routes(app, settings.sync)
+    add_object_routes(app, settings.sync)  # before any middleware: its shortcut is innermost
     if settings.metrics:
 
         @app.get("/metrics", tags=["health"], response_class=Response)
@@ -212,8 +206,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body, media_type = metrics.render()
             return Response(body, media_type=media_type)
 
-    object_routes = [route for route in app.routes if isinstance(route, ObjectRoute)]
-    app.add_middleware(ObjectShortcut, routes=object_routes)  # first added: innermost
     if settings.cors_allow_origins:
         # Pure ASGI middleware: it only adds headers, the stream passes through untouched.
         app.add_middleware(

@@ -77,7 +77,7 @@ def _route_metrics(route: str) -> _RouteMetrics:
 
 @functools.cache
 def _requests(route: str, method: str, status: int) -> Counter:
-    # Bounded by routes x methods x statuses; methods are the few the server accepts.
+    # As many entries as the counter has children (routes x methods x statuses) anyway.
     return metrics.REQUESTS.labels(route, method, str(status))
 
 

@@ -157,13 +157,8 @@ class ObjectResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
-            if scope["method"] == "HEAD" or not self.plan.parts or self._content is not None:
-                # Nothing to stream: no body, a small literal (a 412/416 JSON body) or content
-                # read beforehand, sent at once.
-                if scope["method"] == "HEAD":
-                    body = b""
-                else:
-                    body = self.plan.tail if not self.plan.parts else self._content or b""
+            body = self._whole_body(scope["method"])
+            if body is not None:
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
             source = self._chunks
@@ -186,6 +181,15 @@ class ObjectResponse(Response):
                         await aclose()
                 finally:
                     await self._close()
+
+    def _whole_body(self, method: str) -> bytes | None:
+        """The body when there is nothing to stream: none (HEAD), a plan's literal (a 412/416
+        JSON body) or content read beforehand; None when the chunks must be streamed."""
+        if method == "HEAD":
+            return b""
+        if not self.plan.parts:
+            return self.plan.tail
+        return self._content
 
     async def _stream(
         self, send: Send, chunks: AsyncIterator[bytes], gone: Callable[[], bool]

@@ -201,7 +201,9 @@ def _exception_handler(
 
 
 def add_object_routes(app: FastAPI, sync: bool) -> None:
-    """GET and HEAD of an object (two OpenAPI operations), served by the flavour's endpoint.
+    """GET and HEAD of an object (two OpenAPI operations), served by the flavour's endpoint,
+    and the ``ObjectShortcut`` to them. Call it before adding any other middleware, so that
+    the shortcut is the innermost one.
 
     Added to the app directly: an included APIRouter costs a lookup layer per request.
     Access control runs first, the same for both flavours (a no-op unless keys are configured).
@@ -218,6 +220,17 @@ def add_object_routes(app: FastAPI, sync: bool) -> None:
             dependencies=[Depends(authorize)],
             route_class_override=ObjectRoute,
         )
+    routes = [route for route in app.router.routes if isinstance(route, ObjectRoute)]
+    app.add_middleware(ObjectShortcut, routes=routes)
+
+
+def pacer_for(plan: Plan, settings: Settings) -> Pacer | None:
+    """The pacer to stream ``plan``'s body with, or None when it fits in one chunk: then it is
+    read at once (no hop per chunk, no close callback or disconnect watcher, and a failed read
+    still gets a clean error status) and sent as one message."""
+    if body_length(plan) <= settings.chunk_size:
+        return None
+    return Pacer(settings.min_chunk_size, settings.chunk_size)
 
 
 def get_object(
@@ -231,14 +244,9 @@ def get_object(
     body = storage.open(*open_arguments(request, key, settings))
     try:
         plan = plan_object(request, body.meta, settings, download)
-        small = body_length(plan) <= settings.chunk_size
-        pacer = Pacer(settings.min_chunk_size, settings.chunk_size)
-        chunks = iter_plan(body, plan, settings.chunk_size if small else pacer)
-        content = None
-        if small:
-            # Small: read now (in this worker thread), so no hop per chunk, no close callback,
-            # no disconnect watcher, and a failed read still gets a clean error status.
-            content = b"".join(chunks)
+        pacer = pacer_for(plan, settings)
+        chunks = iter_plan(body, plan, pacer or settings.chunk_size)
+        content = b"".join(chunks) if pacer is None else None
     except BaseException:
         body.close()
         raise
@@ -260,12 +268,9 @@ async def aget_object(
     body = await storage.open(*open_arguments(request, key, settings))
     try:
         plan = plan_object(request, body.meta, settings, download)
-        small = body_length(plan) <= settings.chunk_size
-        pacer = Pacer(settings.min_chunk_size, settings.chunk_size)
-        chunks = await aiter_plan(body, plan, settings.chunk_size if small else pacer)
-        content = None
-        if small:
-            content = b"".join([chunk async for chunk in chunks])
+        pacer = pacer_for(plan, settings)
+        chunks = await aiter_plan(body, plan, pacer or settings.chunk_size)
+        content = b"".join([chunk async for chunk in chunks]) if pacer is None else None
     except BaseException:
         await body.aclose()
         raise

@@ -14,10 +14,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from proxy.http.conditional import parse_http_date
-from proxy.http.plan import Plan, plan_response
+from proxy.http.plan import plan_response
 from proxy.storage.base import ObjectMeta
 from tests.fuzz import model
 from tests.fuzz.model import Conditions, RangeExpectation, Spec
+from tests.http.plans import assemble, header
 
 LM = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 ETAG = '"v1-abc"'
@@ -42,17 +43,6 @@ unsatisfiable = st.lists(
     min_size=1,
     max_size=3,
 ).map(tuple)
-
-
-def assembled(plan: Plan) -> bytes:
-    parts = b"".join(p.head + DATA[p.byte_range.start : p.byte_range.stop] for p in plan.parts)
-    return parts + plan.tail
-
-
-def header(plan: Plan, name: str) -> str | None:
-    values = [value for key, value in plan.headers if key == name]
-    assert len(values) <= 1
-    return values[0] if values else None
 
 
 @settings(max_examples=600, deadline=None)
@@ -95,7 +85,7 @@ def test_plan_matches_the_model(
         assert plan.parts == () and plan.tail == b""
         return
     if plan.status == 200:
-        assert assembled(plan) == DATA
+        assert assemble(plan, DATA) == DATA
     elif plan.status == 206:
         got = [(p.byte_range.start, p.byte_range.stop) for p in plan.parts]
         assert tuple(got) == expected.wanted

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from proxy.http.plan import Part, Plan, body_length, plan_response
 from proxy.http.ranges import ByteRange
 from proxy.storage.base import ObjectMeta
+from tests.http.plans import assemble, header
 
 DATA = b"0123456789"
 LM = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -37,18 +38,6 @@ def full_headers(meta: ObjectMeta = META, length: int = 10) -> tuple[tuple[str, 
         ("content-length", str(length)),
         ("accept-ranges", "bytes"),
     ) + VALIDATORS
-
-
-def assemble(plan: Plan, data: bytes) -> bytes:
-    """The body a response would send for ``plan`` over an object holding ``data``."""
-    body = b"".join(p.head + data[p.byte_range.start : p.byte_range.stop] for p in plan.parts)
-    return body + plan.tail
-
-
-def header(plan: Plan, name: str) -> str | None:
-    values = [v for k, v in plan.headers if k == name]
-    assert len(values) <= 1
-    return values[0] if values else None
 
 
 def parse_multipart(body: bytes, boundary: str, size: int) -> list[tuple[str, str, bytes]]:
