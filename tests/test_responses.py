@@ -229,10 +229,13 @@ def test_pacer_grows_by_doubling_to_the_maximum_for_a_fast_client() -> None:
     clock = Clock()
     pacer = Pacer(64 * KIB, 1024 * KIB, clock=clock)
     sizes = []
-    while pacer() < 1024 * KIB:
+    for _ in range(10_000):  # bounded: a pacer that never grows fails below, not hangs
+        if pacer() == 1024 * KIB:
+            break
         clock.now += pacer() / 2e9  # the client takes 2 GB/s
         pacer.sent(pacer())
         sizes.append(pacer())
+    assert pacer() == 1024 * KIB
     assert clock.now < 0.1  # at the maximum within the first 100 ms
     assert all(b <= 2 * a for a, b in zip(sizes, sizes[1:], strict=False))  # at most doubling
     for _ in range(100):
