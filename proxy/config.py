@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     s3_connect_timeout: float = Field(default=5.0, gt=0)
     s3_read_timeout: float = Field(default=30.0, gt=0)
     s3_max_attempts: int = Field(default=3, ge=1, le=20)
+    # GetObject as a presigned GET (a fifth of botocore's CPU per call); botocore still answers
+    # what that cannot (errors it must retry, expired credentials) and every other call.
+    s3_presigned_gets: bool = True
 
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1024, le=16 * 1024 * 1024)
     min_chunk_size: int = Field(default=DEFAULT_MIN_CHUNK_SIZE, ge=1024, le=16 * 1024 * 1024)

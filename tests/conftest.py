@@ -144,6 +144,12 @@ def s3_settings(s3: S3Server, client: str, **overrides: object) -> Settings:
     return Settings.model_validate(values)
 
 
+def s3_server(request: pytest.FixtureRequest, name: str) -> S3Server:
+    """The session's S3 server fixture called ``name`` (moto or seaweedfs)."""
+    server: S3Server = request.getfixturevalue(name)
+    return server
+
+
 @pytest.fixture(scope="session")
 def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The standard AWS chain (env and a shared credentials file) holds the test identities."""

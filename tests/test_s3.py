@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,13 @@ from tests.conftest import (
     RunningServer,
     StartServer,
     free_port,
+    s3_server,
     s3_settings,
     sha256,
     wait_healthy,
 )
 from tests.fake_s3 import black_hole, closed_port, slow_down, truncating
+from tests.s3calls import Calls, watching
 from tests.s3servers import (
     ACCESS_KEY,
     BUCKET,
@@ -56,24 +58,6 @@ BIG = os.urandom(BIG_SIZE)
 MATRIX = [(server, client) for server in S3_SERVERS for client in S3_CLIENTS]
 
 
-def s3_server(request: pytest.FixtureRequest, name: str) -> S3Server:
-    server: S3Server = request.getfixturevalue(name)
-    return server
-
-
-@dataclass(eq=False)  # hashable: botocore's emitter keeps handlers in a dict
-class Calls:
-    """The S3 API calls a proxy makes, recorded with botocore's event hooks."""
-
-    made: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        self.made.append((model.name, {k: v for k, v in params.items() if k != "Bucket"}))
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.made]
-
-
 @pytest.fixture(scope="module", params=MATRIX, ids=["-".join(p) for p in MATRIX])
 def proxy(request: pytest.FixtureRequest, serve: StartServer) -> RunningServer:
     server_name, client = request.param
@@ -90,11 +74,8 @@ def proxy(request: pytest.FixtureRequest, serve: StartServer) -> RunningServer:
 def calls(proxy: RunningServer) -> Iterator[Calls]:
     storage = proxy.app.state.storage
     assert isinstance(storage, S3Storage | AsyncS3Storage)
-    recorder = Calls()
-    events = storage.client.meta.events
-    events.register("before-parameter-build.s3", recorder, unique_id="test-calls")
-    yield recorder
-    events.unregister("before-parameter-build.s3", unique_id="test-calls")
+    with watching(storage, Calls()) as recorder:
+        yield recorder
 
 
 def get(proxy: RunningServer, path: str, method: str = "GET", **headers: str) -> httpx.Response:
@@ -171,19 +152,22 @@ def test_media_type_comes_from_the_stored_object(
         assert get(proxy, f"/objects/{key}", method=method).headers["content-type"] == media_type
 
 
-def replace_on_get_object(proxy: RunningServer, s3: S3Server, key: str, nth: int) -> Calls:
+class _Replacing(Calls):
+    def __init__(self, s3: S3Server, key: str, nth: int) -> None:
+        super().__init__()
+        self.s3, self.key, self.nth = s3, key, nth
+
+    def add(self, name: str, params: dict[str, Any]) -> None:
+        super().add(name, params)
+        if name == "GetObject" and self.names().count("GetObject") == self.nth:
+            put_object(self.s3, self.key, os.urandom(BIG_SIZE), "application/octet-stream")
+
+
+def replace_on_get_object(
+    proxy: RunningServer, s3: S3Server, key: str, nth: int
+) -> AbstractContextManager[Calls]:
     """Overwrite ``key`` on S3 just before the proxy's ``nth`` GetObject of it."""
-    seen = Calls()
-
-    def replace(params: dict[str, Any], model: Any, **_: Any) -> None:
-        seen(params, model)
-        if model.name == "GetObject" and seen.names().count("GetObject") == nth:
-            put_object(s3, key, os.urandom(BIG_SIZE), "application/octet-stream")
-
-    proxy.app.state.storage.client.meta.events.register(
-        "before-parameter-build.s3", replace, unique_id="test-replace"
-    )
-    return seen
+    return watching(proxy.app.state.storage, _Replacing(s3, key, nth))
 
 
 @pytest.mark.parametrize("client", S3_CLIENTS)
@@ -195,14 +179,13 @@ def test_a_response_never_mixes_two_versions(
     put_object(s3, key, BIG, "application/octet-stream")
     proxy = serve(s3_settings(s3, client))
     # Changed between HeadObject and the first part's GET: nothing has been sent yet.
-    replace_on_get_object(proxy, s3, key, nth=1)
-    response = get(proxy, f"/objects/{key}", Range="bytes=0-9,100-109")
+    with replace_on_get_object(proxy, s3, key, nth=1):
+        response = get(proxy, f"/objects/{key}", Range="bytes=0-9,100-109")
     assert response.status_code == 503
     assert response.json()["error"] == "object_changed"
     # Changed between two parts: the transfer is cut short, never completed with new bytes.
     proxy = serve(s3_settings(s3, client))
-    replace_on_get_object(proxy, s3, key, nth=2)
-    with pytest.raises(httpx.RemoteProtocolError):
+    with replace_on_get_object(proxy, s3, key, nth=2), pytest.raises(httpx.RemoteProtocolError):
         get(proxy, f"/objects/{key}", Range="bytes=0-9,5000000-")
 
 
@@ -219,16 +202,21 @@ def test_access_denied_is_403(
 
 
 @pytest.mark.parametrize("client", S3_CLIENTS)
+@pytest.mark.parametrize("presigned", [True, False], ids=["presigned", "botocore"])
 def test_throttling_is_503_with_retry_after_after_bounded_retries(
-    serve: StartServer, client: str
+    serve: StartServer, client: str, presigned: bool
 ) -> None:
     with slow_down() as fake:
-        proxy = serve(s3_settings_for(fake.endpoint_url, client, s3_max_attempts=3))
+        settings = s3_settings_for(
+            fake.endpoint_url, client, s3_max_attempts=3, s3_presigned_gets=presigned
+        )
+        proxy = serve(settings)
         response = get(proxy, f"/objects/{CLIP}")
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
         assert response.json()["error"] == "backend_unavailable"
-        assert fake.requests == 3
+        # botocore's attempts, after the presigned one that could not answer.
+        assert fake.requests == 3 + presigned
         assert get(proxy, "/readyz").status_code == 503
 
 

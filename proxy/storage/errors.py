@@ -7,7 +7,8 @@
     ├── BackendUnavailable(ConnectionError)  -> 503
     ├── BackendTimeout(TimeoutError)         -> 504
     ├── ObjectChanged                        -> 503: replaced between two calls of one response
-    └── BodyTruncated                        -> raised mid-stream: the connection is aborted
+    ├── BodyTruncated                        -> raised mid-stream: the connection is aborted
+    └── RangeNotSatisfiable                  -> S3's own signal, never leaves the backend
 
 Messages are safe to show to clients: they never hold paths, hostnames or credentials.
 """
@@ -54,3 +55,9 @@ class BodyTruncated(StorageError):
     """The body ended before the bytes its metadata promised (the object changed or shrank)."""
 
     message = "the object body ended early"
+
+
+class RangeNotSatisfiable(StorageError):
+    """S3's InvalidRange: the metadata must come from HeadObject so the plan can answer 416."""
+
+    message = "the range is not satisfiable"

@@ -2,6 +2,8 @@
 
 A GET with one range or none is ONE GetObject whose response carries the metadata; HEAD,
 revalidations and multipart use HeadObject, then ranged GETs pinned to its ETag (IfMatch).
+GetObject goes out as a presigned GET (``proxy.storage.presigned``) unless that is turned off;
+botocore answers what it cannot.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import aiobotocore.session
 import aiohttp
 import boto3.session
 import botocore.session
+import urllib3
 from aiobotocore.config import AioConfig
 from botocore.config import Config
 from botocore.exceptions import (
@@ -31,6 +34,7 @@ from proxy.http.conditional import parse_http_date
 from proxy.http.hint import ReadHint
 from proxy.http.ranges import ByteRange
 from proxy.metrics import BACKEND_CALLS
+from proxy.storage import presigned
 from proxy.storage.base import ChunkSize, ObjectMeta, chunk_limit
 from proxy.storage.errors import (
     AccessDenied,
@@ -39,10 +43,11 @@ from proxy.storage.errors import (
     BodyTruncated,
     ObjectChanged,
     ObjectNotFound,
-    StorageError,
+    RangeNotSatisfiable,
 )
 from proxy.storage.mediatypes import media_type_for
-from proxy.version import __version__
+
+__all__ = ["AsyncS3Storage", "RangeNotSatisfiable", "S3Storage", "aopen_s3", "open_s3"]
 
 logger = logging.getLogger("proxy.s3")
 
@@ -60,13 +65,10 @@ _THROTTLED = frozenset(
 )
 
 
-class RangeNotSatisfiable(StorageError):
-    """S3's InvalidRange: the metadata must come from HeadObject so the plan can answer 416."""
-
-
 @contextmanager
 def map_client_errors() -> Iterator[None]:
-    """Translate botocore and aiohttp errors into the ``StorageError`` tree (most specific first).
+    """Translate botocore, aiohttp and urllib3 errors into the ``StorageError`` tree (most
+    specific first).
 
     Messages are the tree's defaults: botocore's text names endpoints, buckets and keys.
     """
@@ -87,11 +89,22 @@ def map_client_errors() -> Iterator[None]:
         if code not in _THROTTLED:  # NoSuchBucket, InvalidAccessKeyId: the operator's to fix
             logger.warning("S3 error %s", code)
         raise BackendUnavailable() from exc
-    except (TimeoutError, ConnectTimeoutError, ReadTimeoutError) as exc:
+    except (
+        TimeoutError,
+        ConnectTimeoutError,
+        ReadTimeoutError,
+        urllib3.exceptions.TimeoutError,
+    ) as exc:
         raise BackendTimeout() from exc
-    except (IncompleteReadError, ResponseStreamingError, aiohttp.ClientPayloadError) as exc:
+    except (
+        IncompleteReadError,
+        ResponseStreamingError,
+        aiohttp.ClientPayloadError,
+        urllib3.exceptions.ProtocolError,
+    ) as exc:
         raise BodyTruncated() from exc
-    except (BotoCoreError, aiohttp.ClientError) as exc:  # unreachable endpoint, no credentials
+    except (BotoCoreError, aiohttp.ClientError, urllib3.exceptions.HTTPError) as exc:
+        # unreachable endpoint, no credentials
         logger.warning("S3 unavailable: %s", type(exc).__name__)
         raise BackendUnavailable() from exc
 
@@ -133,7 +146,7 @@ def _range_of(response: Mapping[str, Any], size: int) -> ByteRange:
 
 
 def _get_args(
-    bucket: str, s3_key: str, range_value: str | None, etag: str | None = None
+    bucket: str, s3_key: str, range_value: str | None, etag: str | None
 ) -> dict[str, str]:
     args = {"Bucket": bucket, "Key": s3_key}
     if range_value:
@@ -148,25 +161,28 @@ def _wire_range(byte_range: ByteRange) -> str:
 
 
 def _release(stream: Any) -> None:
-    """Close a boto3 StreamingBody and hand its connection back to urllib3's pool.
+    """Close a boto3 StreamingBody or a urllib3 response, handing its connection back to the pool.
 
     Closing drops a connection that still has unread bytes; ``release_conn`` returns the
     (now closed) slot, so the pool keeps its size. A fully read body released itself already.
     """
     stream.close()
-    raw = getattr(stream, "_raw_stream", None)
-    if raw is not None and hasattr(raw, "release_conn"):
+    raw = getattr(stream, "_raw_stream", stream)
+    if hasattr(raw, "release_conn"):
         raw.release_conn()
 
 
 class _Prefetch:
     """What ``open`` fetched along with the metadata: a stream of ``byte_range``, or nothing."""
 
-    __slots__ = ("byte_range", "stream")
+    __slots__ = ("byte_range", "closer", "stream")
 
-    def __init__(self, byte_range: ByteRange | None = None, stream: Any = None) -> None:
+    def __init__(
+        self, byte_range: ByteRange | None = None, stream: Any = None, closer: Any = None
+    ) -> None:
         self.byte_range = byte_range
         self.stream = stream
+        self.closer = closer
 
     def take(self, byte_range: ByteRange) -> Any:
         """The prefetched stream if it holds exactly ``byte_range`` (once), else None."""
@@ -177,26 +193,20 @@ class _Prefetch:
 
 
 class _S3Object:
-    """What both body flavours hold: the client, the object's address, its meta, its streams."""
+    """What both body flavours hold: the storage, the object's key and meta, its streams."""
 
-    __slots__ = ("_bucket", "_client", "_meta", "_prefetch", "_s3_key", "_streams")
+    __slots__ = ("_meta", "_prefetch", "_s3_key", "_storage", "_streams")
 
-    def __init__(
-        self, client: Any, bucket: str, s3_key: str, meta: ObjectMeta, prefetch: _Prefetch
-    ) -> None:
-        self._client = client
-        self._bucket = bucket
+    def __init__(self, storage: Any, s3_key: str, meta: ObjectMeta, prefetch: _Prefetch) -> None:
+        self._storage = storage
         self._s3_key = s3_key
         self._meta = meta
         self._prefetch = prefetch
-        self._streams: list[Any] = [] if prefetch.stream is None else [prefetch.stream]
+        self._streams: list[Any] = [] if prefetch.closer is None else [prefetch.closer]
 
     @property
     def meta(self) -> ObjectMeta:
         return self._meta
-
-    def _ranged_get_args(self, byte_range: ByteRange) -> dict[str, str]:
-        return _get_args(self._bucket, self._s3_key, _wire_range(byte_range), self._meta.etag)
 
 
 class S3Body(_S3Object):
@@ -207,9 +217,10 @@ class S3Body(_S3Object):
     def iter_range(self, byte_range: ByteRange, chunk_size: ChunkSize) -> Iterator[bytes]:
         stream = self._prefetch.take(byte_range)
         if stream is None:
-            with map_client_errors():
-                stream = self._client.get_object(**self._ranged_get_args(byte_range))["Body"]
-            self._streams.append(stream)
+            _, stream, closer = self._storage.get(
+                self._s3_key, _wire_range(byte_range), self._meta.etag
+            )
+            self._streams.append(closer)
         return _chunks(stream, byte_range.length, chunk_size)
 
     def close(self) -> None:
@@ -228,14 +239,15 @@ class AsyncS3Body(_S3Object):
     ) -> AsyncIterator[bytes]:
         stream = self._prefetch.take(byte_range)
         if stream is None:
-            with map_client_errors():
-                response = await self._client.get_object(**self._ranged_get_args(byte_range))
-            stream = response["Body"]
-            self._streams.append(stream)
+            _, stream, closer = await self._storage.aget(
+                self._s3_key, _wire_range(byte_range), self._meta.etag
+            )
+            self._streams.append(closer)
         return _achunks(stream, byte_range.length, chunk_size)
 
     async def aclose(self) -> None:
-        # aiohttp's close() is synchronous: it releases the connector's slot at once.
+        # aiohttp's close() is synchronous (also behind aiobotocore's StreamingBody): it
+        # releases the connector's slot at once.
         streams, self._streams = self._streams, []
         for stream in streams:
             stream.close()
@@ -275,23 +287,36 @@ async def _achunks(stream: Any, length: int, chunk_size: ChunkSize) -> AsyncIter
 
 
 class _Bucket:
-    """What both storage flavours hold: one long-lived client, the bucket and the key prefix."""
+    """What both storage flavours hold: one long-lived client, the bucket, the key prefix and
+    the presigned GETs (None when turned off)."""
 
-    __slots__ = ("_bucket", "_client", "_prefix")
+    __slots__ = ("_bucket", "_client", "_prefix", "_presigned")
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str = "", presigned: Any = None) -> None:
         self._client = client
         self._bucket = bucket
         prefix = prefix.strip("/")
         self._prefix = f"{prefix}/" if prefix else ""
+        self._presigned = presigned
 
     @property
     def client(self) -> Any:
         """The botocore client, for instrumentation (its event hooks)."""
         return self._client
 
+    @property
+    def presigned(self) -> Any:
+        """The presigned GETs, for instrumentation; None when GetObject goes through botocore."""
+        return self._presigned
+
     def _s3_key(self, key: str) -> str:
         return self._prefix + key
+
+
+def _prefetched(key: str, got: presigned.Got) -> tuple[ObjectMeta, _Prefetch]:
+    response, stream, closer = got
+    meta = _meta_from(key, response)
+    return meta, _Prefetch(_range_of(response, meta.size), stream, closer)
 
 
 class S3Storage(_Bucket):
@@ -299,29 +324,36 @@ class S3Storage(_Bucket):
 
     __slots__ = ()
 
+    def get(self, s3_key: str, range_value: str | None, etag: str | None = None) -> presigned.Got:
+        """GetObject: presigned when it can, else (or when that cannot answer) botocore's."""
+        if self._presigned is not None:
+            got = self._presigned.get(s3_key, range_value, etag)
+            if got is not None:
+                return got  # type: ignore[no-any-return]
+        with map_client_errors():
+            response = self._client.get_object(**_get_args(self._bucket, s3_key, range_value, etag))
+        return response, response["Body"], response["Body"]
+
     def open(self, key: str, hint: ReadHint | None = None) -> S3Body:
         s3_key = self._s3_key(key)
         if hint is not None and hint.body:
             try:
-                with map_client_errors():
-                    response = self._client.get_object(
-                        **_get_args(self._bucket, s3_key, hint.s3_range())
-                    )
+                meta, prefetch = _prefetched(key, self.get(s3_key, hint.s3_range()))
             except RangeNotSatisfiable:
                 pass  # the plan answers 416 (or an empty 200) from HeadObject's metadata
             else:
-                meta = _meta_from(key, response)
-                prefetch = _Prefetch(_range_of(response, meta.size), response["Body"])
-                return S3Body(self._client, self._bucket, s3_key, meta, prefetch)
+                return S3Body(self, s3_key, meta, prefetch)
         with map_client_errors():
             response = self._client.head_object(Bucket=self._bucket, Key=s3_key)
-        return S3Body(self._client, self._bucket, s3_key, _meta_from(key, response), _Prefetch())
+        return S3Body(self, s3_key, _meta_from(key, response), _Prefetch())
 
     def check(self) -> None:
         with map_client_errors():
             self._client.head_bucket(Bucket=self._bucket)
 
     def close(self) -> None:
+        if self._presigned is not None:
+            self._presigned.close()
         self._client.close()
 
 
@@ -330,31 +362,38 @@ class AsyncS3Storage(_Bucket):
 
     __slots__ = ()
 
+    async def aget(
+        self, s3_key: str, range_value: str | None, etag: str | None = None
+    ) -> presigned.Got:
+        if self._presigned is not None:
+            got = await self._presigned.get(s3_key, range_value, etag)
+            if got is not None:
+                return got  # type: ignore[no-any-return]
+        with map_client_errors():
+            response = await self._client.get_object(
+                **_get_args(self._bucket, s3_key, range_value, etag)
+            )
+        return response, response["Body"], response["Body"]
+
     async def open(self, key: str, hint: ReadHint | None = None) -> AsyncS3Body:
         s3_key = self._s3_key(key)
         if hint is not None and hint.body:
             try:
-                with map_client_errors():
-                    response = await self._client.get_object(
-                        **_get_args(self._bucket, s3_key, hint.s3_range())
-                    )
+                meta, prefetch = _prefetched(key, await self.aget(s3_key, hint.s3_range()))
             except RangeNotSatisfiable:
                 pass  # the plan answers 416 (or an empty 200) from HeadObject's metadata
             else:
-                meta = _meta_from(key, response)
-                prefetch = _Prefetch(_range_of(response, meta.size), response["Body"])
-                return AsyncS3Body(self._client, self._bucket, s3_key, meta, prefetch)
+                return AsyncS3Body(self, s3_key, meta, prefetch)
         with map_client_errors():
             response = await self._client.head_object(Bucket=self._bucket, Key=s3_key)
-        meta = _meta_from(key, response)
-        return AsyncS3Body(self._client, self._bucket, s3_key, meta, _Prefetch())
+        return AsyncS3Body(self, s3_key, _meta_from(key, response), _Prefetch())
 
     async def acheck(self) -> None:
         with map_client_errors():
             await self._client.head_bucket(Bucket=self._bucket)
 
     async def aclose(self) -> None:
-        pass  # the client is closed by the lifespan's exit stack
+        pass  # the clients are closed by the lifespan's exit stack
 
 
 def config_options(settings: Settings) -> dict[str, Any]:
@@ -371,8 +410,14 @@ def config_options(settings: Settings) -> dict[str, Any]:
         "response_checksum_validation": "when_required",
         # A fixed User-Agent: botocore otherwise assembles its own twice per request (a tenth
         # of a ranged GET's client time).
-        "user_agent": f"media-object-proxy/{__version__}",
+        "user_agent": presigned.USER_AGENT,
+        # SigV4 everywhere: botocore would presign with the deprecated SigV2 for custom endpoints.
+        "signature_version": "s3v4",
     }
+
+
+def _presigning(settings: Settings, client: Any) -> bool:
+    return settings.s3_presigned_gets and presigned.usable(client.meta.endpoint_url)
 
 
 def _count_call(model: Any, **_: Any) -> None:
@@ -400,7 +445,11 @@ def open_s3(settings: Settings) -> S3Storage:
         config=Config(**config_options(settings)),
     )
     client.meta.events.register("after-call.s3", _count_call)
-    return S3Storage(client, settings.s3_bucket, settings.s3_prefix)
+    gets = None
+    if _presigning(settings, client):
+        pool = presigned.pool(settings, presigned.ca_file(botocore_session))
+        gets = presigned.PresignedGets(client, settings.s3_bucket, pool)
+    return S3Storage(client, settings.s3_bucket, settings.s3_prefix, gets)
 
 
 async def aopen_s3(settings: Settings, stack: AsyncExitStack) -> AsyncS3Storage:
@@ -415,4 +464,9 @@ async def aopen_s3(settings: Settings, stack: AsyncExitStack) -> AsyncS3Storage:
         )
     )
     client.meta.events.register("after-call.s3", _count_call)
-    return AsyncS3Storage(client, settings.s3_bucket, settings.s3_prefix)
+    gets = None
+    if _presigning(settings, client):
+        http = presigned.session(settings, presigned.ca_file(session))
+        await stack.enter_async_context(http)
+        gets = presigned.AsyncPresignedGets(client, settings.s3_bucket, http)
+    return AsyncS3Storage(client, settings.s3_bucket, settings.s3_prefix, gets)

@@ -1,0 +1,254 @@
+"""Presigned GETs: the S3 hot path's lean GetObject, a cached presigned URL and one plain GET.
+
+botocore's get_object spends ~1.4 ms of CPU per call (validation, endpoint rules, events,
+signing, parsing) against ~0.3 ms for the HTTP exchange itself (benchmarks/s3_request_cost.py).
+botocore still presigns the URL (its signer, endpoint and addressing rules, the standard
+credential chain) once per key every few minutes; Range and If-Match travel as unsigned headers.
+A reply that is neither a body nor a definite answer returns None: the caller asks botocore,
+whose retry policy and error mapping then decide.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import botocore.httpsession
+import urllib3
+from botocore.exceptions import BotoCoreError
+
+from proxy.config import Settings
+from proxy.metrics import BACKEND_CALLS
+from proxy.storage.errors import ObjectChanged, ObjectNotFound, RangeNotSatisfiable
+from proxy.version import __version__
+
+logger = logging.getLogger("proxy.s3")
+
+USER_AGENT = f"media-object-proxy/{__version__}"  # fixed: botocore builds its own per call
+URL_EXPIRES = 900  # seconds a presigned URL is valid for
+URL_REUSE = 300  # seconds one is used for: botocore renews temporary credentials 10-15 min
+# before they expire, so a URL signed with them stays valid for longer than it is used.
+URL_LIMIT = 1024  # keys whose URL is kept
+_ERROR_BYTES = 64 * 1024  # an S3 error document is small; more is not read
+_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
+
+Got = tuple[Mapping[str, Any], Any, Any]
+"""What a GET gives: botocore-shaped response fields, the reader of its body, what closes it."""
+
+
+class UrlCache:
+    """Presigned URLs by key, each reused for ``reuse`` seconds; at most ``limit`` kept."""
+
+    __slots__ = ("_clock", "_limit", "_reuse", "_urls")
+
+    def __init__(
+        self,
+        limit: int = URL_LIMIT,
+        reuse: float = URL_REUSE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._urls: dict[str, tuple[str, float]] = {}
+        self._limit = limit
+        self._reuse = reuse
+        self._clock = clock
+
+    def get(self, key: str) -> str | None:
+        entry = self._urls.get(key)
+        if entry is None or self._clock() - entry[1] >= self._reuse:
+            return None
+        return entry[0]
+
+    def put(self, key: str, url: str) -> None:
+        self._urls.pop(key, None)
+        while len(self._urls) >= self._limit:  # the oldest first (dicts keep insertion order)
+            self._urls.pop(next(iter(self._urls)), None)
+        self._urls[key] = (url, self._clock())
+
+    def drop(self, key: str) -> None:
+        self._urls.pop(key, None)
+
+
+def usable(endpoint_url: str) -> bool:
+    """Whether plain GETs reach ``endpoint_url`` as botocore's would: not through an HTTP proxy
+    from the environment (botocore's proxy support is left to botocore)."""
+    parts = urlsplit(endpoint_url)
+    proxies = urllib.request.getproxies()
+    return parts.scheme not in proxies or bool(urllib.request.proxy_bypass(parts.hostname or ""))
+
+
+def ca_file(botocore_session: Any) -> str:
+    """The CA bundle botocore verifies TLS with: AWS_CA_BUNDLE / the profile's, else certifi's."""
+    configured = botocore_session.get_config_variable("ca_bundle")
+    return str(botocore.httpsession.get_cert_path(configured or True))
+
+
+def request_headers(range_value: str | None, etag: str | None) -> dict[str, str]:
+    headers = {}
+    if range_value:
+        headers["Range"] = range_value
+    if etag:
+        headers["If-Match"] = etag  # later calls of one response must read the same version
+    return headers
+
+
+def response_fields(headers: Mapping[str, str]) -> dict[str, Any] | None:
+    """botocore's GetObject fields from the reply's headers; None without a length."""
+    length = headers.get("Content-Length")
+    if length is None or not length.isdigit():
+        return None
+    return {
+        "ContentLength": int(length),
+        "ContentRange": headers.get("Content-Range"),
+        "ContentType": headers.get("Content-Type"),
+        "ETag": headers.get("ETag"),
+        "LastModified": headers.get("Last-Modified"),
+    }
+
+
+def definite_error(status: int, document: bytes) -> Exception | None:
+    """The error a failed GET answers by itself; None: botocore must (retries, credentials)."""
+    if status == 412:
+        return ObjectChanged()
+    if status == 416:
+        return RangeNotSatisfiable()
+    code = _CODE.search(document)
+    if status == 404 and code is not None and code.group(1) == b"NoSuchKey":
+        return ObjectNotFound()
+    return None
+
+
+def _count() -> None:
+    BACKEND_CALLS.labels("s3", "GetObject").inc()
+
+
+class PresignedGets:
+    """Presigned GetObject over urllib3 (blocking: called from FastAPI's threadpool)."""
+
+    __slots__ = ("_bucket", "_client", "_pool", "_urls")
+
+    def __init__(self, client: Any, bucket: str, pool: urllib3.PoolManager) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._pool = pool
+        self._urls = UrlCache()
+
+    def _url(self, s3_key: str) -> str:
+        url = self._urls.get(s3_key)
+        if url is None:
+            url = self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self._bucket, "Key": s3_key}, ExpiresIn=URL_EXPIRES
+            )
+            self._urls.put(s3_key, url)
+        return url
+
+    def get(self, s3_key: str, range_value: str | None, etag: str | None) -> Got | None:
+        try:
+            url = self._url(s3_key)
+            response = self._pool.urlopen(
+                "GET",
+                url,
+                headers=request_headers(range_value, etag),
+                preload_content=False,
+                decode_content=False,  # the stored bytes, whatever their Content-Encoding
+                redirect=False,
+                retries=False,
+            )
+        except (BotoCoreError, urllib3.exceptions.HTTPError, OSError):
+            self._urls.drop(s3_key)
+            return None
+        _count()
+        fields = response_fields(response.headers)
+        if response.status in (200, 206) and fields is not None:
+            return fields, response, response
+        try:
+            error = definite_error(response.status, response.read(_ERROR_BYTES))
+        except (urllib3.exceptions.HTTPError, OSError):
+            error = None
+        finally:
+            response.close()
+            response.release_conn()
+        if error is None:
+            self._urls.drop(s3_key)
+            return None
+        raise error
+
+    def close(self) -> None:
+        self._pool.clear()
+
+
+class AsyncPresignedGets:
+    """The async twin of ``PresignedGets`` over aiohttp."""
+
+    __slots__ = ("_bucket", "_client", "_http", "_urls")
+
+    def __init__(self, client: Any, bucket: str, http: aiohttp.ClientSession) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._http = http
+        self._urls = UrlCache()
+
+    async def _url(self, s3_key: str) -> str:
+        url = self._urls.get(s3_key)
+        if url is None:
+            url = await self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self._bucket, "Key": s3_key}, ExpiresIn=URL_EXPIRES
+            )
+            self._urls.put(s3_key, url)
+        return url
+
+    async def get(self, s3_key: str, range_value: str | None, etag: str | None) -> Got | None:
+        try:
+            url = await self._url(s3_key)
+            response = await self._http.get(
+                url, headers=request_headers(range_value, etag), allow_redirects=False
+            )
+        except (BotoCoreError, aiohttp.ClientError, OSError):  # timeouts are OSErrors
+            self._urls.drop(s3_key)
+            return None
+        _count()
+        fields = response_fields(response.headers)
+        if response.status in (200, 206) and fields is not None:
+            return fields, response.content, response
+        try:
+            error = definite_error(response.status, await response.content.read(_ERROR_BYTES))
+        except (aiohttp.ClientError, OSError):
+            error = None
+        finally:
+            response.close()
+        if error is None:
+            self._urls.drop(s3_key)
+            return None
+        raise error
+
+
+def pool(settings: Settings, cafile: str) -> urllib3.PoolManager:
+    """urllib3's pool for ``PresignedGets``, sized and timed like botocore's."""
+    return urllib3.PoolManager(
+        maxsize=settings.s3_pool_size,
+        timeout=urllib3.Timeout(connect=settings.s3_connect_timeout, read=settings.s3_read_timeout),
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=cafile,
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+def session(settings: Settings, cafile: str) -> aiohttp.ClientSession:
+    """aiohttp's session for ``AsyncPresignedGets``, sized and timed like aiobotocore's."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=settings.s3_pool_size, ssl=ssl.create_default_context(cafile=cafile)
+        ),
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.s3_connect_timeout, sock_read=settings.s3_read_timeout
+        ),
+        auto_decompress=False,  # the stored bytes, whatever their Content-Encoding
+        skip_auto_headers=("Accept-Encoding",),
+        headers={"User-Agent": USER_AGENT},
+    )
