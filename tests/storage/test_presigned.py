@@ -43,9 +43,10 @@ def test_the_cache_keeps_at_most_its_limit_dropping_the_oldest() -> None:
 
 
 def test_request_headers() -> None:
-    assert presigned.request_headers(None, None) == {}
+    agent = {"User-Agent": presigned.USER_AGENT}
+    assert presigned.request_headers(None, None) == agent
     both = {"Range": "bytes=0-9", "If-Match": '"e"'}
-    assert presigned.request_headers("bytes=0-9", '"e"') == both
+    assert presigned.request_headers("bytes=0-9", '"e"') == agent | both
 
 
 def test_response_fields_are_botocores_names() -> None:
