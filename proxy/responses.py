@@ -174,13 +174,20 @@ class ObjectResponse(Response):
             if isinstance(exc, StorageError):
                 raise
         finally:
-            with anyio.CancelScope(shield=True):
-                aclose = getattr(chunks, "aclose", None)
-                try:
-                    if aclose is not None:
-                        await aclose()
-                finally:
-                    await self._close()
+            if chunks is not None or self._close is not _nothing:
+                await self._release(chunks)
+
+    async def _release(self, chunks: AsyncIterator[bytes] | None) -> None:
+        """Close the chunk iterator and the body, shielded from a cancellation (a shutdown)
+        that would otherwise leave them open. Skipped when there is neither: its cancel
+        scope was a few percent of a small range's CPU."""
+        with anyio.CancelScope(shield=True):
+            aclose = getattr(chunks, "aclose", None)
+            try:
+                if aclose is not None:
+                    await aclose()
+            finally:
+                await self._close()
 
     def _whole_body(self, method: str) -> bytes | None:
         """The body when there is nothing to stream: none (HEAD), a plan's literal (a 412/416
