@@ -355,3 +355,24 @@ def test_errors_are_json_without_internals(client: httpx.Client, media: MediaTre
 def test_healthz(client: httpx.Client) -> None:
     response = client.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_header_fields_are_read_once_and_agree_with_starlette() -> None:
+    from starlette.requests import Request
+
+    from proxy.routes import header_fields
+
+    raw = [(b"range", b"bytes=0-1"), (b"if-none-match", b'"a"'), (b"range", b"bytes=5-6")]
+    request = Request({"type": "http", "method": "GET", "headers": raw, "query_string": b""})
+    fields = header_fields(request)
+    assert fields == {"range": "bytes=0-1", "if-none-match": '"a"'}
+    assert header_fields(request) is fields  # once per request
+    assert all(request.headers.get(name) == value for name, value in fields.items())
+
+
+def test_a_repeated_range_field_serves_the_first(server: RunningServer, media: MediaTree) -> None:
+    head, _, body = raw_request(
+        server.port, "/objects/hello.txt", headers="Range: bytes=0-4\r\nRange: bytes=6-10\r\n"
+    ).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 206")
+    assert body == media.data("hello.txt")[0:5]

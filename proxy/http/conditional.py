@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Literal
 
 # entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE; etagc = %x21 / %x23-7E / obs-text (§8.8.3)
@@ -143,6 +144,7 @@ def parse_http_date(value: str, *, now: datetime | None = None) -> datetime | No
         return None
 
 
+@lru_cache(maxsize=256)  # the same few Last-Modified values, formatted for every response
 def format_http_date(dt: datetime) -> str:
     """Format ``dt`` as an IMF-fixdate (§5.6.7); a naive datetime is taken as UTC."""
     dt = _utc(dt)
