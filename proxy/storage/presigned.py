@@ -16,17 +16,19 @@ import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
-from typing import Any
+from functools import partial
+from http.client import HTTPException
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 import botocore.httpsession
-import urllib3
 from botocore.exceptions import BotoCoreError
 
 from proxy.config import Settings
 from proxy.metrics import BACKEND_CALLS
-from proxy.storage.errors import ObjectChanged, ObjectNotFound, RangeNotSatisfiable
+from proxy.storage.connections import Connections
+from proxy.storage.errors import ObjectChanged, ObjectNotFound, RangeNotSatisfiable, StorageError
 from proxy.version import __version__
 
 logger = logging.getLogger("proxy.s3")
@@ -98,7 +100,19 @@ def request_headers(range_value: str | None, etag: str | None) -> dict[str, str]
     return headers
 
 
-def response_fields(headers: Mapping[str, str]) -> dict[str, Any] | None:
+def split_url(url: str) -> tuple[str, str]:
+    """``scheme://host[:port]`` and the request target (path and query) of an absolute URL."""
+    scheme, _, netloc, path = url.split("/", 3)
+    return f"{scheme}//{netloc}", f"/{path}"
+
+
+class HeaderFields(Protocol):
+    """A reply's header fields, looked up case-insensitively (aiohttp's, http.client's)."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
+def response_fields(headers: HeaderFields) -> dict[str, Any] | None:
     """botocore's GetObject fields from the reply's headers; None without a length."""
     length = headers.get("Content-Length")
     if length is None or not length.isdigit():
@@ -129,25 +143,16 @@ def _count() -> None:
 
 
 class PresignedGets:
-    """Presigned GetObject over urllib3 (blocking: called from FastAPI's threadpool)."""
+    """Presigned GetObject over ``Connections`` (blocking: called from FastAPI's threadpool)."""
 
-    __slots__ = ("_bucket", "_client", "_origin", "_pool", "_urls")
+    __slots__ = ("_bucket", "_client", "_connect", "_origins", "_urls")
 
-    def __init__(self, client: Any, bucket: str, pool: urllib3.PoolManager) -> None:
+    def __init__(self, client: Any, bucket: str, connect: Callable[[str], Connections]) -> None:
         self._client = client
         self._bucket = bucket
-        self._pool = pool
+        self._connect = connect
+        self._origins: dict[str, Connections] = {}
         self._urls = UrlCache()
-        self._origin: tuple[str, Any] = ("", None)  # the last origin and its connection pool
-
-    def _target(self, url: str) -> tuple[Any, str]:
-        """The connection pool for ``url``'s origin and the request target: looking the pool
-        up in the PoolManager by URL costs a fifth of a GET, and a bucket has one origin."""
-        scheme, _, netloc, path = url.split("/", 3)
-        origin = f"{scheme}//{netloc}"
-        if origin != self._origin[0]:
-            self._origin = (origin, self._pool.connection_from_url(origin))
-        return self._origin[1], f"/{path}"
 
     def _url(self, s3_key: str) -> str:
         url = self._urls.get(s3_key)
@@ -158,40 +163,37 @@ class PresignedGets:
             self._urls.put(s3_key, url)
         return url
 
+    def _origin(self, origin: str) -> Connections:
+        found = self._origins.get(origin)
+        if found is None:  # two threads may both make one: the one kept serves from then on
+            found = self._origins.setdefault(origin, self._connect(origin))
+        return found
+
     def get(self, s3_key: str, range_value: str | None, etag: str | None) -> Got | None:
         try:
-            pool, target = self._target(self._url(s3_key))
-            response = pool.urlopen(
-                "GET",
-                target,
-                headers=request_headers(range_value, etag),
-                preload_content=False,
-                decode_content=False,  # the stored bytes, whatever their Content-Encoding
-                redirect=False,
-                retries=False,
-            )
-        except (BotoCoreError, urllib3.exceptions.HTTPError, OSError):
+            origin, target = split_url(self._url(s3_key))
+            reply = self._origin(origin).get(target, request_headers(range_value, etag))
+        except (BotoCoreError, OSError, HTTPException, ValueError):  # timeouts are OSErrors
             self._urls.drop(s3_key)
-            self._origin = ("", None)  # a pool the PoolManager closed is looked up again
             return None
         _count()
-        fields = response_fields(response.headers)
-        if response.status in (200, 206) and fields is not None:
-            return fields, response, response
+        fields = response_fields(reply.headers) if reply.framed else None
+        if reply.status in (200, 206) and fields is not None:
+            return fields, reply, reply
         try:
-            error = definite_error(response.status, response.read(_ERROR_BYTES))
-        except (urllib3.exceptions.HTTPError, OSError):
+            error = definite_error(reply.status, reply.read(_ERROR_BYTES) if reply.framed else b"")
+        except (StorageError, OSError, HTTPException):
             error = None
         finally:
-            response.close()
-            response.release_conn()
+            reply.close()
         if error is None:
             self._urls.drop(s3_key)
             return None
         raise error
 
     def close(self) -> None:
-        self._pool.clear()
+        for connections in self._origins.values():
+            connections.close()
 
 
 class AsyncPresignedGets:
@@ -239,13 +241,14 @@ class AsyncPresignedGets:
         raise error
 
 
-def pool(settings: Settings, cafile: str) -> urllib3.PoolManager:
-    """urllib3's pool for ``PresignedGets``, sized and timed like botocore's."""
-    return urllib3.PoolManager(
-        maxsize=settings.s3_pool_size,
-        timeout=urllib3.Timeout(connect=settings.s3_connect_timeout, read=settings.s3_read_timeout),
-        cert_reqs="CERT_REQUIRED",
-        ca_certs=cafile,
+def connections(settings: Settings, cafile: str) -> Callable[[str], Connections]:
+    """How ``PresignedGets`` connects to an origin: sized and timed like botocore."""
+    return partial(
+        Connections,
+        keep=settings.s3_pool_size,
+        connect_timeout=settings.s3_connect_timeout,
+        read_timeout=settings.s3_read_timeout,
+        ssl_context=ssl.create_default_context(cafile=cafile),
     )
 
 

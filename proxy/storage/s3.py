@@ -17,7 +17,6 @@ import aiobotocore.session
 import aiohttp
 import boto3.session
 import botocore.session
-import urllib3
 from aiobotocore.config import AioConfig
 from botocore.config import Config
 from botocore.exceptions import (
@@ -67,8 +66,8 @@ _THROTTLED = frozenset(
 
 @contextmanager
 def map_client_errors() -> Iterator[None]:
-    """Translate botocore, aiohttp and urllib3 errors into the ``StorageError`` tree (most
-    specific first).
+    """Translate botocore and aiohttp errors into the ``StorageError`` tree (most specific
+    first).
 
     Messages are the tree's defaults: botocore's text names endpoints, buckets and keys.
     """
@@ -89,22 +88,11 @@ def map_client_errors() -> Iterator[None]:
         if code not in _THROTTLED:  # NoSuchBucket, InvalidAccessKeyId: the operator's to fix
             logger.warning("S3 error %s", code)
         raise BackendUnavailable() from exc
-    except (
-        TimeoutError,
-        ConnectTimeoutError,
-        ReadTimeoutError,
-        urllib3.exceptions.TimeoutError,
-    ) as exc:
+    except (TimeoutError, ConnectTimeoutError, ReadTimeoutError) as exc:
         raise BackendTimeout() from exc
-    except (
-        IncompleteReadError,
-        ResponseStreamingError,
-        aiohttp.ClientPayloadError,
-        urllib3.exceptions.ProtocolError,
-    ) as exc:
+    except (IncompleteReadError, ResponseStreamingError, aiohttp.ClientPayloadError) as exc:
         raise BodyTruncated() from exc
-    except (BotoCoreError, aiohttp.ClientError, urllib3.exceptions.HTTPError) as exc:
-        # unreachable endpoint, no credentials
+    except (BotoCoreError, aiohttp.ClientError) as exc:  # unreachable endpoint, no credentials
         logger.warning("S3 unavailable: %s", type(exc).__name__)
         raise BackendUnavailable() from exc
 
@@ -161,7 +149,8 @@ def _wire_range(byte_range: ByteRange) -> str:
 
 
 def _release(stream: Any) -> None:
-    """Close a boto3 StreamingBody or a urllib3 response, handing its connection back to the pool.
+    """Close a boto3 StreamingBody (handing its connection back to urllib3's pool) or a
+    presigned GET's reply.
 
     Closing drops a connection that still has unread bytes; ``release_conn`` returns the
     (now closed) slot, so the pool keeps its size. A fully read body released itself already.
@@ -447,8 +436,8 @@ def open_s3(settings: Settings) -> S3Storage:
     client.meta.events.register("after-call.s3", _count_call)
     gets = None
     if _presigning(settings, client):
-        pool = presigned.pool(settings, presigned.ca_file(botocore_session))
-        gets = presigned.PresignedGets(client, settings.s3_bucket, pool)
+        connect = presigned.connections(settings, presigned.ca_file(botocore_session))
+        gets = presigned.PresignedGets(client, settings.s3_bucket, connect)
     return S3Storage(client, settings.s3_bucket, settings.s3_prefix, gets)
 
 

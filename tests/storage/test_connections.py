@@ -1,0 +1,251 @@
+"""``Connections`` against real loopback servers: keep-alive, framing, truncation, timeouts,
+stale connections. Each server is a thread per connection running a scripted handler."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.client import HTTPException
+
+import pytest
+
+from proxy.storage.connections import Connections
+from proxy.storage.errors import BodyTruncated
+
+
+@dataclass
+class Site:
+    url: str = ""
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)
+
+
+Handler = Callable[[socket.socket, Site], None]
+
+
+def read_request(sock: socket.socket, site: Site) -> bool:
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return False
+        received += chunk
+    site.requests.append(received)
+    return True
+
+
+def reply(body: bytes, extra: str = "") -> bytes:
+    return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+@contextlib.contextmanager
+def site(handler: Handler) -> Iterator[Site]:
+    state = Site()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    state.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def serve(sock: socket.socket) -> None:
+        with sock, contextlib.suppress(OSError):
+            sock.settimeout(10)
+            handler(sock, state)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                continue
+            state.connections += 1
+            thread = threading.Thread(target=serve, args=(sock,), daemon=True)
+            thread.start()
+            threads.append(thread)
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield state
+    finally:
+        stop.set()
+        acceptor.join(timeout=5)
+        listener.close()
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+def connections(url: str, read_timeout: float = 5.0) -> Connections:
+    return Connections(url, keep=4, connect_timeout=2.0, read_timeout=read_timeout)
+
+
+BODY = os.urandom(300_000)
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+
+
+def keep_alive(sock: socket.socket, s: Site) -> None:
+    for _ in range(100):
+        if not read_request(sock, s):
+            return
+        sock.sendall(reply(BODY, extra='ETag: "e"\r\n'))
+
+
+def read_all(answer: object, size: int) -> bytes:
+    parts = []
+    while chunk := answer.read(size):  # type: ignore[attr-defined]
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def test_connections_are_kept_alive_and_bodies_arrive_whole() -> None:
+    with site(keep_alive) as s:
+        pool = connections(s.url)
+        for _ in range(5):
+            answer = pool.get("/bucket/key?X-Amz-Signature=abc", {"Range": "bytes=0-"})
+            assert (answer.status, answer.framed) == (200, True)
+            assert answer.headers.get("etag") == '"e"'  # any case
+            assert read_all(answer, 65536) == BODY
+            answer.close()
+            answer.close()  # once only
+        pool.close()
+    assert s.connections == 1
+    assert s.requests[0].startswith(b"GET /bucket/key?X-Amz-Signature=abc HTTP/1.1\r\n")
+    assert f"Host: {s.url.removeprefix('http://')}\r\n".encode() in s.requests[0]
+    assert b"Range: bytes=0-\r\n" in s.requests[0]
+
+
+def test_a_body_left_unread_closes_its_connection() -> None:
+    with site(keep_alive) as s:
+        pool = connections(s.url)
+        answer = pool.get("/a", {})
+        assert len(answer.read(1000)) == 1000
+        answer.close()
+        answer = pool.get("/a", {})
+        assert read_all(answer, 65536) == BODY
+        answer.close()
+        pool.close()
+    assert s.connections == 2
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
+    def once(sock: socket.socket, s: Site) -> None:
+        if read_request(sock, s):
+            sock.sendall(reply(b"hello"))  # then closes without saying so
+
+    with site(once) as s:
+        pool = connections(s.url)
+        for _ in range(3):
+            answer = pool.get("/a", {})
+            assert read_all(answer, 100) == b"hello"
+            answer.close()
+            time.sleep(0.05)
+        pool.close()
+    assert s.connections == 3
+
+
+def test_connection_close_and_unframed_bodies_are_not_reused() -> None:
+    def unframed(sock: socket.socket, s: Site) -> None:
+        while read_request(sock, s):
+            if len(s.requests) == 1:
+                sock.sendall(reply(b"bye", extra="Connection: close\r\n"))
+                return
+            sock.sendall(CHUNKED)
+
+    with site(unframed) as s:
+        pool = connections(s.url)
+        answer = pool.get("/a", {})
+        assert read_all(answer, 10) == b"bye"
+        answer.close()
+        answer = pool.get("/a", {})
+        assert (answer.status, answer.framed) == (200, False)  # the caller refuses it
+        answer.close()
+        pool.close()
+    assert s.connections == 2
+
+
+def test_a_body_cut_short_raises_body_truncated() -> None:
+    def cut(sock: socket.socket, s: Site) -> None:
+        if read_request(sock, s):
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 50)
+
+    with site(cut) as s:
+        pool = connections(s.url)
+        answer = pool.get("/a", {})
+        with pytest.raises(BodyTruncated):
+            read_all(answer, 100)
+        answer.close()
+        pool.close()
+
+
+def test_silence_times_out() -> None:
+    release = threading.Event()
+
+    def stall(sock: socket.socket, s: Site) -> None:
+        if read_request(sock, s):
+            if len(s.requests) == 2:
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nxx")
+            release.wait(10)
+
+    with site(stall) as s:
+        pool = connections(s.url, read_timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):  # no reply at all
+            pool.get("/a", {})
+        answer = pool.get("/a", {})  # a head, then silence
+        assert answer.read(2) == b"xx"
+        with pytest.raises(TimeoutError):
+            answer.read(98)
+        answer.close()
+        assert time.monotonic() - started < 3
+        release.set()
+        pool.close()
+
+
+@pytest.mark.parametrize("garbage", [b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 2x0 OK\r\n\r\n"])
+def test_what_is_not_http_raises(garbage: bytes) -> None:
+    def babble(sock: socket.socket, s: Site) -> None:
+        if read_request(sock, s):
+            sock.sendall(garbage)
+            time.sleep(0.5)
+
+    with site(babble) as s, pytest.raises((HTTPException, OSError)):
+        connections(s.url).get("/a", {})
+
+
+def test_an_unreachable_origin_is_an_os_error() -> None:
+    with site(keep_alive) as s:
+        url = s.url
+    with pytest.raises(OSError):
+        connections(url).get("/a", {})
+
+
+def test_threads_share_one_pool() -> None:
+    results: list[bool] = []
+
+    def fetch(pool: Connections) -> None:
+        for _ in range(5):
+            answer = pool.get("/a", {})
+            results.append(read_all(answer, 65536) == BODY)
+            answer.close()
+
+    with site(keep_alive) as s:
+        pool = connections(s.url)
+        threads = [threading.Thread(target=fetch, args=(pool,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        pool.close()
+    assert results == [True] * 20
+    assert s.connections <= 4 + 4  # kept ones reused; never one per request
+
+
+def test_an_origin_is_http_or_https() -> None:
+    for bad in ["ftp://host", "http://", "host:80"]:
+        with pytest.raises(ValueError):
+            Connections(bad, keep=1, connect_timeout=1, read_timeout=1)
