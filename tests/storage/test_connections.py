@@ -1,16 +1,21 @@
 """``Connections`` against real loopback servers: keep-alive, framing, truncation, timeouts,
-stale connections. Each server is a thread per connection running a scripted handler."""
+stale connections, TLS verification. Each server is a thread per connection running a scripted
+handler."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.client import HTTPException
+from pathlib import Path
 
 import pytest
 
@@ -44,18 +49,23 @@ def reply(body: bytes, extra: str = "") -> bytes:
 
 
 @contextlib.contextmanager
-def site(handler: Handler) -> Iterator[Site]:
+def site(handler: Handler, tls: ssl.SSLContext | None = None) -> Iterator[Site]:
     state = Site()
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.1)
-    state.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    scheme = "http" if tls is None else "https"
+    state.url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}"
     stop = threading.Event()
     threads: list[threading.Thread] = []
 
     def serve(sock: socket.socket) -> None:
-        with sock, contextlib.suppress(OSError):
+        with sock, contextlib.suppress(OSError):  # ssl.SSLError included: a refused handshake
             sock.settimeout(10)
-            handler(sock, state)
+            if tls is not None:
+                with tls.wrap_socket(sock, server_side=True) as secure:
+                    handler(secure, state)
+            else:
+                handler(sock, state)
 
     def accept() -> None:
         while not stop.is_set():
@@ -249,3 +259,58 @@ def test_an_origin_is_http_or_https() -> None:
     for bad in ["ftp://host", "http://", "host:80"]:
         with pytest.raises(ValueError):
             Connections(bad, keep=1, connect_timeout=1, read_timeout=1)
+
+
+def self_signed(directory: Path) -> Path:
+    """A certificate for 127.0.0.1 and its key, in one PEM file."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = directory / "localhost.pem"
+    path.write_bytes(
+        certificate.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+def test_https_origins_are_verified_with_the_given_authorities(tmp_path: Path) -> None:
+    pem = self_signed(tmp_path)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(pem)
+    with site(keep_alive, tls=server_side) as s:
+        trusting = ssl.create_default_context(cafile=str(pem))
+        pool = Connections(s.url, keep=4, connect_timeout=2, read_timeout=5, ssl_context=trusting)
+        for _ in range(2):
+            answer = pool.get("/a", {})
+            assert read_all(answer, 65536) == BODY
+            answer.close()
+        pool.close()
+        system_authorities = Connections(s.url, keep=4, connect_timeout=2, read_timeout=5)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            system_authorities.get("/a", {})
+    assert s.connections == 2  # one kept alive for both GETs, one refused
