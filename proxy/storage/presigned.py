@@ -10,7 +10,6 @@ whose retry policy and error mapping then decide.
 
 from __future__ import annotations
 
-import logging
 import re
 import ssl
 import time
@@ -30,8 +29,6 @@ from proxy.metrics import BACKEND_CALLS
 from proxy.storage.connections import Connections
 from proxy.storage.errors import ObjectChanged, ObjectNotFound, RangeNotSatisfiable, StorageError
 from proxy.version import __version__
-
-logger = logging.getLogger("proxy.s3")
 
 USER_AGENT = f"media-object-proxy/{__version__}"  # fixed: botocore builds its own per call
 URL_EXPIRES = 900  # seconds a presigned URL is valid for
@@ -142,6 +139,14 @@ def _count() -> None:
     BACKEND_CALLS.labels("s3", "GetObject").inc()
 
 
+def _without_body(urls: UrlCache, s3_key: str, error: Exception | None) -> None:
+    """After a reply that brought no body: raise its definite error; otherwise forget the
+    key's URL (a rejected or expired one must not be tried again) and let botocore answer."""
+    if error is not None:
+        raise error
+    urls.drop(s3_key)
+
+
 class PresignedGets:
     """Presigned GetObject over ``Connections`` (blocking: called from FastAPI's threadpool)."""
 
@@ -186,10 +191,8 @@ class PresignedGets:
             error = None
         finally:
             reply.close()
-        if error is None:
-            self._urls.drop(s3_key)
-            return None
-        raise error
+        _without_body(self._urls, s3_key, error)
+        return None
 
     def close(self) -> None:
         for connections in self._origins.values():
@@ -235,10 +238,8 @@ class AsyncPresignedGets:
             error = None
         finally:
             response.close()
-        if error is None:
-            self._urls.drop(s3_key)
-            return None
-        raise error
+        _without_body(self._urls, s3_key, error)
+        return None
 
 
 def connections(settings: Settings, cafile: str) -> Callable[[str], Connections]:
