@@ -12,7 +12,8 @@ import logging
 import re
 import secrets
 import time
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TextIO
 
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +29,43 @@ _MAX_LOGGED_RANGE = 200
 # Generated ids: random per process, then a counter (uuid4 per request cost 8% of a small range).
 _ID_PREFIX = f"{secrets.token_hex(8)}-"
 _ID_COUNTER = itertools.count(1)
+
+
+class LineHandler(logging.StreamHandler[TextIO]):
+    """The access log's own handler (installed when the host configured none): each record's
+    message as one line on a stream, flushed.
+
+    ``Observability`` hands it the lines directly while it alone would write them, skipping the
+    logging module's record, filter and formatter machinery: ~20 µs of the ~280 µs of CPU a
+    64 KiB range costs. Anything that could change what gets written (levels, filters, a
+    formatter, more handlers, propagation, ``logging.disable``) sends lines through logging.
+    """
+
+    def write_line(self, line: str) -> None:
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            try:
+                self.stream.write(line + self.terminator)
+                self.stream.flush()
+            except Exception:  # as Handler.emit: reported on stderr, the request goes on
+                self.handleError(logging.makeLogRecord({"msg": line}))
+
+
+def _direct_line_handler() -> LineHandler | None:
+    """The access log's own handler when writing to it directly is what logging would do."""
+    logger = access_logger
+    handlers = logger.handlers
+    if len(handlers) != 1 or logger.filters or logger.propagate:
+        return None
+    handler = handlers[0]
+    if (
+        type(handler) is not LineHandler
+        or handler.filters
+        or handler.formatter is not None
+        or handler.level > logging.INFO
+        or not logger.isEnabledFor(logging.INFO)
+    ):
+        return None
+    return handler
 
 
 class _Exchange:
@@ -152,25 +190,66 @@ class Observability:
             if isinstance(error, StorageError):  # failed mid-stream: the connection was cut
                 metrics.BACKEND_ERRORS.labels(type(error).__name__).inc()
         if self.access_log:
-            access_logger.info(json.dumps(self._line(scope, request_id, exchange, done, by_client)))
+            line = self._line(scope, request_id, exchange, done, by_client)
+            handler = _direct_line_handler()
+            if handler is None:
+                access_logger.info(line)
+            else:
+                handler.write_line(line)
 
     @staticmethod
     def _line(
         scope: Scope, request_id: str, exchange: _Exchange, done: float, by_client: bool
-    ) -> dict[str, Any]:
+    ) -> str:
         key = scope.get("path_params", {}).get("key")
         byte_range = _header(scope, b"range")
         ttfb = None if exchange.first_byte is None else exchange.first_byte - exchange.started
-        return {
-            "request_id": request_id,
-            "method": scope["method"],
-            "path": scope["path"] if key is None else None,
-            "key": key,
-            "range": byte_range[:_MAX_LOGGED_RANGE] if byte_range else None,
-            "status": exchange.status or 500,
-            "bytes_sent": exchange.bytes,
-            "duration_ms": round((done - exchange.started) * 1000, 3),
-            "ttfb_ms": None if ttfb is None else round(ttfb * 1000, 3),
-            "client_aborted": by_client,
-            "aborted": exchange.aborted,
-        }
+        return access_line(
+            request_id=request_id,
+            method=scope["method"],
+            path=scope["path"] if key is None else None,
+            key=key,
+            byte_range=byte_range[:_MAX_LOGGED_RANGE] if byte_range else None,
+            status=exchange.status or 500,
+            bytes_sent=exchange.bytes,
+            duration_ms=round((done - exchange.started) * 1000, 3),
+            ttfb_ms=None if ttfb is None else round(ttfb * 1000, 3),
+            client_aborted=by_client,
+            aborted=exchange.aborted,
+        )
+
+
+# What json.dumps writes a str with (its C encoder, ASCII-only output): quotes and escapes.
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
+_BOOL = {True: "true", False: "false"}
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
+def access_line(
+    *,
+    request_id: str,
+    method: str,
+    path: str | None,
+    key: str | None,
+    byte_range: str | None,
+    status: int,
+    bytes_sent: int,
+    duration_ms: float,
+    ttfb_ms: float | None,
+    client_aborted: bool,
+    aborted: bool,
+) -> str:
+    """One access-log line: exactly what ``json.dumps`` makes of these fields as a dict (in
+    this order, ``range`` for ``byte_range``), without building the dict and the encoder
+    ``json.dumps`` builds per call (~7 µs of a 64 KiB range)."""
+    return (
+        f'{{"request_id": {_quote(request_id)}, "method": {_quote(method)}, '
+        f'"path": {_text(path)}, "key": {_text(key)}, "range": {_text(byte_range)}, '
+        f'"status": {int(status)}, "bytes_sent": {int(bytes_sent)}, '
+        f'"duration_ms": {float(duration_ms)!r}, '
+        f'"ttfb_ms": {"null" if ttfb_ms is None else repr(float(ttfb_ms))}, '
+        f'"client_aborted": {_BOOL[client_aborted]}, "aborted": {_BOOL[aborted]}}}'
+    )
