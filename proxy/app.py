@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -22,11 +23,12 @@ from starlette.responses import JSONResponse, Response
 
 from proxy import metrics
 from proxy.config import Settings
-from proxy.observability import Observability, access_logger
+from proxy.observability import LineHandler, Observability, access_logger
 from proxy.routes import OBJECT_METHODS, OBJECT_PREFIX, add_object_routes
 from proxy.storage import errors
 from proxy.storage.base import AsyncStorage, Storage
 from proxy.storage.local import AsyncLocalStorage, LocalStorage
+from proxy.storage.openfiles import OpenFiles
 from proxy.version import __version__
 
 logger = logging.getLogger("proxy")
@@ -110,12 +112,27 @@ async def _open_storage(settings: Settings, stack: AsyncExitStack) -> Storage | 
             return storage
         return await s3.aopen_s3(settings, stack)
     if settings.sync:
-        local = LocalStorage(settings.local_root)
+        local = LocalStorage(settings.local_root, settings.local_open_files)
         stack.callback(local.close)
+        await _expire_open_files(local.open_files, stack)
         return local
-    alocal = AsyncLocalStorage(settings.local_root)
+    alocal = AsyncLocalStorage(settings.local_root, settings.local_open_files)
     stack.push_async_callback(alocal.aclose)
+    await _expire_open_files(alocal.open_files, stack)
     return alocal
+
+
+async def _expire_open_files(files: OpenFiles, stack: AsyncExitStack) -> None:
+    """Close cached descriptors that went unused, on an idle server too (a deleted file's
+    space comes back only when its last descriptor is closed)."""
+
+    async def expire() -> None:
+        while True:
+            await asyncio.sleep(files.idle / 2)
+            files.expire()
+
+    task = asyncio.create_task(expire())
+    stack.callback(task.cancel)
 
 
 class Readiness:
@@ -226,8 +243,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _log_to_stdout(logger_: logging.Logger) -> None:
     """One JSON object per line on stdout, unless the host application configured the logger."""
     if not logger_.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger_.addHandler(handler)
+        logger_.addHandler(LineHandler(sys.stdout))  # no formatter: the message alone
         logger_.setLevel(logging.INFO)
         logger_.propagate = False

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
         description="local backend: sync = def endpoints (threadpool), async = async def",
     )
     local_root: Path = DEFAULT_LOCAL_ROOT
+    # Descriptors of recently served files kept open, checked by a stat on each use (0: none).
+    local_open_files: int = Field(default=64, ge=0, le=4096)
 
     # S3: credentials come only from the standard AWS chain (env, profile, container/instance role).
     s3_client: Literal["aiobotocore", "boto3"] = "aiobotocore"

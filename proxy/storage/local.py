@@ -16,6 +16,7 @@ import stat
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 
 import anyio.to_thread
 
@@ -23,9 +24,16 @@ from proxy.http.hint import ReadHint
 from proxy.http.ranges import ByteRange
 from proxy.metrics import BACKEND_CALLS
 from proxy.storage.base import ChunkSize, ObjectMeta, chunk_limit
-from proxy.storage.errors import AccessDenied, BackendUnavailable, BodyTruncated, ObjectNotFound
+from proxy.storage.errors import (
+    AccessDenied,
+    BackendUnavailable,
+    BodyTruncated,
+    ObjectNotFound,
+    StorageError,
+)
 from proxy.storage.keys import check_key
 from proxy.storage.mediatypes import media_type_for
+from proxy.storage.openfiles import OpenFiles, Signature, signature
 
 # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer appears; it is
 # rejected after fstat, and regular files ignore the flag.
@@ -50,14 +58,19 @@ def map_os_errors() -> Iterator[None]:
     """
     try:
         yield
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise ObjectNotFound() from exc
-    except PermissionError as exc:
-        raise AccessDenied() from exc
     except OSError as exc:
-        if exc.errno in _NOT_FOUND_ERRNOS:
-            raise ObjectNotFound() from exc
-        raise BackendUnavailable(f"{BackendUnavailable.message} ({exc.strerror})") from exc
+        raise storage_error(exc) from exc
+
+
+def storage_error(exc: OSError) -> StorageError:
+    """``map_os_errors``' translation, for hot paths where a ``with`` costs too much."""
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return ObjectNotFound()
+    if isinstance(exc, PermissionError):
+        return AccessDenied()
+    if exc.errno in _NOT_FOUND_ERRNOS:
+        return ObjectNotFound()
+    return BackendUnavailable(f"{BackendUnavailable.message} ({exc.strerror})")
 
 
 def _resolve_root(root: str | os.PathLike[str]) -> str:
@@ -78,14 +91,13 @@ def _under(root: str, path: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _open_under(root: str, key: str) -> int:
-    """Open ``key`` (links followed) and check that the file opened lies under ``root``.
+def _open_under(root: str, path: str) -> int:
+    """Open ``path`` (links followed) and check that the file opened lies under ``root``.
 
     The check reads the opened descriptor's own path, so no link swapped in between a check
     and the open can escape (one readlink instead of realpath's lstat per path component).
     Without /proc, realpath first and refuse any link in the last component (O_NOFOLLOW).
     """
-    path = os.path.join(root, check_key(key))
     if not _HAVE_FD_PATHS:
         path = os.path.realpath(path)
         if not _under(root, path):
@@ -115,20 +127,29 @@ def _meta(key: str, st: os.stat_result) -> ObjectMeta:
     )
 
 
-def _open_object(root: str, key: str) -> tuple[int, ObjectMeta]:
-    """Open ``key`` under ``root`` and describe it from the open descriptor (no second lookup)."""
-    BACKEND_CALLS.labels("local", "open").inc()
-    with map_os_errors():
-        fd = _open_under(root, key)
-        try:
-            st = os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            raise
+def _open_fresh(root: str, key: str, path: str) -> tuple[int, ObjectMeta, Signature]:
+    """Open ``path`` under ``root`` and describe it from the open descriptor (no second
+    lookup); the signature tells ``OpenFiles`` whether it is the file its ``stat`` saw."""
+    fd = _open_under(root, path)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise ObjectNotFound()  # a directory, FIFO or device is not an object
-    return fd, _meta(key, st)
+    return fd, _meta(key, st), signature(st)
+
+
+def _open_object(root: str, key: str, files: OpenFiles) -> tuple[int, ObjectMeta]:
+    """A descriptor of ``key`` under ``root`` (the caller's to close) and its metadata."""
+    BACKEND_CALLS.labels("local", "open").inc()
+    path = os.path.join(root, check_key(key))
+    try:
+        return files.open(key, path, partial(_open_fresh, root, key, path))
+    except OSError as exc:
+        raise storage_error(exc) from exc
 
 
 def _read_step(fd: int, offset: int, stop: int, chunk_size: int) -> bytes:
@@ -229,17 +250,26 @@ class AsyncLocalBody(_FileBody):
         self._fd = _close_fd(self._fd)
 
 
+DEFAULT_OPEN_FILES = 64
+
+
 class _Root:
-    """What both storage flavours hold: the root directory, resolved once."""
+    """What both storage flavours hold: the root directory, resolved once, and the
+    descriptors of recently served files (``open_files`` of them at most; 0: none kept)."""
 
-    __slots__ = ("_root",)
+    __slots__ = ("_files", "_root")
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], open_files: int = DEFAULT_OPEN_FILES) -> None:
         self._root = _resolve_root(root)
+        self._files = OpenFiles(open_files)
 
     @property
     def root(self) -> str:
         return self._root
+
+    @property
+    def open_files(self) -> OpenFiles:
+        return self._files
 
 
 class LocalStorage(_Root):
@@ -248,13 +278,13 @@ class LocalStorage(_Root):
     __slots__ = ()
 
     def open(self, key: str, hint: ReadHint | None = None) -> LocalBody:
-        return LocalBody(*_open_object(self._root, key))
+        return LocalBody(*_open_object(self._root, key, self._files))
 
     def check(self) -> None:
         _check_root(self._root)
 
     def close(self) -> None:
-        pass  # nothing is held between requests
+        self._files.close()
 
 
 class AsyncLocalStorage(_Root):
@@ -263,10 +293,11 @@ class AsyncLocalStorage(_Root):
     __slots__ = ()
 
     async def open(self, key: str, hint: ReadHint | None = None) -> AsyncLocalBody:
-        return AsyncLocalBody(*_open_object(self._root, key))  # on the loop: see the docstring
+        # On the loop: see the module's docstring.
+        return AsyncLocalBody(*_open_object(self._root, key, self._files))
 
     async def acheck(self) -> None:
         await anyio.to_thread.run_sync(_check_root, self._root)
 
     async def aclose(self) -> None:
-        pass  # nothing is held between requests
+        self._files.close()
