@@ -3,6 +3,7 @@ on the logger could change them, through the logging module as soon as something
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -147,6 +148,39 @@ async def test_levels_filters_and_formatters_are_honoured(stream: io.StringIO) -
     await request(app, "/formatted")
     assert stream.getvalue().startswith("access {")
     assert '"path": "/formatted"' in stream.getvalue()
+
+
+class Flushes(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[str] = []  # what had been written at each flush
+
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+
+
+@pytest.mark.anyio
+async def test_lines_of_one_loop_pass_are_flushed_together_at_its_end(
+    stream: io.StringIO,
+) -> None:
+    out = Flushes()
+    access_logger.handlers = [LineHandler(out)]
+    app = Observability(tiny_app, metrics_on=False)
+    for path in ("/a", "/b", "/c"):
+        await request(app, path)  # nothing here suspends: one pass of the loop
+    assert out.flushed == []
+    await asyncio.sleep(0)  # the loop's next pass
+    assert len(out.flushed) == 1
+    assert [json.loads(line)["path"] for line in out.flushed[0].splitlines()] == ["/a", "/b", "/c"]
+    await request(app, "/d")
+    await asyncio.sleep(0)
+    assert len(out.flushed) == 2 and out.flushed[1].endswith('"aborted": false}\n')
+
+
+def test_lines_written_off_any_loop_are_flushed_at_once() -> None:
+    out = Flushes()
+    LineHandler(out).write_line('{"x": 1}')
+    assert out.flushed == ['{"x": 1}\n']
 
 
 @pytest.mark.anyio
