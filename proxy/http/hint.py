@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from proxy.http.ranges import RangeSpec, parse_range
 
 # Requests that may well end in 304/412: metadata first, the body only when it is needed.
-_PRECONDITIONS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+_PRECONDITIONS = frozenset(
+    ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,7 @@ WHOLE = ReadHint(body=True)
 
 def read_hint(method: str, headers: Mapping[str, str], max_ranges: int) -> ReadHint:
     """The fetch most likely to serve this request without a second storage call."""
-    if method != "GET" or any(name in headers for name in _PRECONDITIONS):
+    if method != "GET" or not _PRECONDITIONS.isdisjoint(headers):
         return METADATA_ONLY
     value = headers.get("range")
     if value is None:

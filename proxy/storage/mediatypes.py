@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import posixpath
 import re
@@ -78,6 +79,7 @@ _ACTIVE = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=256)  # asked per request, of a handful of types
 def is_active_content(media_type: str) -> bool:
     """Whether an object of this type could run script if rendered inline."""
     return bool(_ACTIVE.fullmatch(media_type.split(";", 1)[0].strip().lower()))
