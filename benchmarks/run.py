@@ -1,7 +1,7 @@
 """The proxy against its peers, on loopback: one command prepares, measures, reports, cleans up.
 
   python benchmarks/run.py [--size-mib 1024] [--runs 5] [--scenarios big,ranges,...]
-                           [--targets proxy-local,nginx,...] [--quick]
+                           [--targets proxy-local,nginx,...] [--quick] [--profile DIR]
 
 Writes a random object (and a tiny one) to a temporary directory, uploads both to a public-read
 SeaweedFS bucket, starts every server, runs each scenario --runs times (servers interleaved
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from fleet import RELAYED, Fleet
 from procs import free_port, spawn, stop, wait_http
+from profiles import recording
 from report import Results, markdown, write
 from scenarios import (
     ALIASES,
@@ -55,6 +56,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--targets", default=",".join(target.name for target in TARGETS))
     parser.add_argument("--quick", action="store_true", help="64 MiB, 1 run, 2 s: smoke test")
     parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy the proxies during each scenario's first run into DIR (see profiles.py)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.size_mib, args.runs, args.seconds = 64, 1, 2.0
@@ -125,11 +132,22 @@ def measure_once(scenario: Scenario, config: Config, server: Server, run_index: 
     return measured
 
 
+def py_spy() -> str | None:
+    """py-spy from PATH or next to this Python (a virtualenv's bin)."""
+    return shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+
+
 def run_scenario(
-    scenario: Scenario, config: Config, fleet: Fleet, runs: int, results: Results
+    scenario: Scenario,
+    config: Config,
+    fleet: Fleet,
+    runs: int,
+    results: Results,
+    profile: Path | None = None,
 ) -> None:
     """Run the scenario `runs` times; within each run every server once, in the same order,
-    each first left to become idle (or restarted when it does not)."""
+    each first left to become idle (or restarted when it does not). With profile, the proxies'
+    first runs are recorded by py-spy into that directory."""
     for run_index in range(runs):
         for key in fleet.keys(relayed=scenario.name == "disconnect"):
             server = fleet.servers[key]
@@ -141,7 +159,15 @@ def run_scenario(
                 server = fleet.relaunch(key, reason + str(run_index + 1))
             elif busy > BUSY_NOTE_S:
                 print(f"  ({key} was still busy for {busy:.1f} s before this run)", flush=True)
-            measured = measure_once(scenario, config, server, run_index)
+            spy = py_spy() if profile is not None and server.target.role == "proxy" else None
+            if spy is None or run_index > 0 or server.pid is None:
+                measured = measure_once(scenario, config, server, run_index)
+            else:
+                assert profile is not None
+                name = f"{scenario.name}-{key}"
+                raw, summary = profile / f"{name}.raw", profile / f"{name}.txt"
+                with recording(server.pid, raw, summary, spy):
+                    measured = measure_once(scenario, config, server, run_index)
             for metric, value in measured.items():
                 results.setdefault(metric, {}).setdefault(server.target.name, []).append(value)
 
@@ -182,6 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing := missing_tools():
         print(f"missing tools; install them with: apt-get install -y {' '.join(missing)}")
         return 2
+    if args.profile is not None:
+        if py_spy() is None:
+            print("--profile needs py-spy: pip install py-spy")
+            return 2
+        args.profile.mkdir(parents=True, exist_ok=True)
     by_name = {target.name: target for target in TARGETS}
     scenario_by_name = {scenario.name: scenario for scenario in SCENARIOS}
     targets = [by_name[name] for name in pick(args.targets, dict(by_name), "targets")]
@@ -204,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = Config(size, args.seconds, 20, idle_timeout_s=10.0, relay_log=relay_log)
         for scenario in scenarios:
             print(f"{scenario.name}: {args.runs} run(s)", flush=True)
-            run_scenario(scenario, config, fleet, args.runs, results)
+            run_scenario(scenario, config, fleet, args.runs, results, args.profile)
         print("stopping the servers", flush=True)
     text, verdicts = markdown(results, [t.name for t in targets], settings, fleet.notes)
     write(args.results, text, results, verdicts, settings, fleet.notes)
