@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,13 +38,6 @@ def root(tmp_path: Path) -> Path:
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "secret.txt").write_bytes(b"outside the root")
     return root
-
-
-@pytest.fixture
-def storage(root: Path) -> Iterator[LocalStorage]:
-    storage = LocalStorage(root)
-    yield storage
-    storage.close()
 
 
 def read_all(body: LocalBody, chunk_size: int = 65536) -> bytes:

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -66,13 +65,6 @@ def opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(local, "_open_fresh", counting)
     return opened
-
-
-@pytest.fixture
-def storage(root: Path) -> Iterator[LocalStorage]:
-    storage = LocalStorage(root)
-    yield storage
-    storage.close()
 
 
 def test_a_kept_descriptor_serves_the_next_request(storage: LocalStorage, opens: list[str]) -> None:
