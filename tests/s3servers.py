@@ -256,9 +256,12 @@ def put_object(
     data: bytes,
     content_type: str | None,
     bucket: str = BUCKET,
+    content_encoding: str | None = None,
 ) -> str:
     """Upload one object (creating the bucket if needed); returns its ETag (with quotes)."""
     extra: dict[str, str] = {} if content_type is None else {"ContentType": content_type}
+    if content_encoding is not None:
+        extra["ContentEncoding"] = content_encoding
     with contextlib.closing(s3_client(server)) as client:
         ensure_bucket(client, bucket)
         response = client.put_object(Bucket=bucket, Key=key, Body=data, **extra)

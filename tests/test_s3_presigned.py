@@ -3,7 +3,6 @@ botocore's, botocore answering what they cannot (a rejected signature), and turn
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 
@@ -20,7 +19,7 @@ from tests.conftest import (
     sha256,
 )
 from tests.s3calls import Calls, watching
-from tests.s3servers import put_object, s3_client
+from tests.s3servers import put_object
 
 MATRIX = [(server, client) for server in S3_SERVERS for client in S3_CLIENTS]
 DATA = os.urandom(1024 * 1024 + 17)
@@ -112,14 +111,7 @@ def test_stored_bytes_pass_through_whatever_their_content_encoding(
     s3 = s3_server(request, "moto")
     key = f"presigned/encoded-{client}.json.gz"
     stored = gzip.compress(os.urandom(200_000), mtime=0)
-    with contextlib.closing(s3_client(s3)) as admin:
-        admin.put_object(
-            Bucket=s3_settings(s3, client).s3_bucket,
-            Key=key,
-            Body=stored,
-            ContentType="application/gzip",
-            ContentEncoding="gzip",
-        )
+    put_object(s3, key, stored, "application/gzip", content_encoding="gzip")
     proxy = serve(s3_settings(s3, client))
     with watching(proxy.app.state.storage, Calls()) as calls:
         whole = httpx.get(f"{proxy.url}/objects/{key}", timeout=20)
