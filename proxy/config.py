@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from proxy.storage.openfiles import DEFAULT_OPEN_FILES
+
 # Measured with benchmarks/chunk_size.py and benchmarks/run.py: see the README's "Chunk size".
 DEFAULT_CHUNK_SIZE = 1024 * 1024  # the largest read, for clients that keep up
 DEFAULT_MIN_CHUNK_SIZE = 64 * 1024  # the first read, and slow clients' reads
@@ -36,7 +38,7 @@ class Settings(BaseSettings):
     )
     local_root: Path = DEFAULT_LOCAL_ROOT
     # Descriptors of recently served files kept open, checked by a stat on each use (0: none).
-    local_open_files: int = Field(default=64, ge=0, le=4096)
+    local_open_files: int = Field(default=DEFAULT_OPEN_FILES, ge=0, le=4096)
 
     # S3: credentials come only from the standard AWS chain (env, profile, container/instance role).
     s3_client: Literal["aiobotocore", "boto3"] = "aiobotocore"

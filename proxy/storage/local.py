@@ -33,7 +33,7 @@ from proxy.storage.errors import (
 )
 from proxy.storage.keys import check_key
 from proxy.storage.mediatypes import media_type_for
-from proxy.storage.openfiles import OpenFiles, Signature, signature
+from proxy.storage.openfiles import DEFAULT_OPEN_FILES, OpenFiles, Signature, signature
 
 # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer appears; it is
 # rejected after fstat, and regular files ignore the flag.
@@ -248,9 +248,6 @@ class AsyncLocalBody(_FileBody):
         # Inline, not in a thread: aclose runs in `finally` blocks of cancelled tasks, where an
         # await would raise before the descriptor is released.
         self._fd = _close_fd(self._fd)
-
-
-DEFAULT_OPEN_FILES = 64
 
 
 class _Root:
