@@ -24,9 +24,11 @@ Chunks = Iterable[bytes] | AsyncIterable[bytes]
 # Chunks aim at what the client takes in this time: 1 MiB at 200 MB/s and more, the minimum
 # at a few MB/s. Long enough for few Python steps per byte, short enough to buffer little.
 PACE_SECONDS = 0.005
-# The average counts at least this long: socket buffers take a few MB at once from any client,
-# which over the first milliseconds would look like GB/s.
-PACE_WARMUP_SECONDS = 0.05
+# The average counts at least this long: socket buffers take a few MB at once from any client
+# (a slow reader's took ~4 MB in its first 20 ms on loopback: over 50 ms, that raised its chunks
+# to 384 KiB). Over 0.5 s such a burst stays below the minimum's worth; a client at 1 GB/s still
+# reaches 1 MiB chunks within 0.05 s.
+PACE_WARMUP_SECONDS = 0.5
 
 
 class Pacer:

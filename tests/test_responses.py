@@ -249,7 +249,7 @@ def test_pacer_keeps_small_chunks_for_a_slow_client_despite_a_fast_start() -> No
     pacer = Pacer(64 * KIB, 1024 * KIB, clock=clock)
     sizes = []
     sent = 0
-    while sent < 4 * 1024 * KIB:  # socket buffers take the first 4 MiB at once
+    while sent < 8 * 1024 * KIB:  # socket buffers take the first MBs at once (~4 measured)
         clock.now += 0.0001
         sent += pacer()
         pacer.sent(pacer())
@@ -258,8 +258,7 @@ def test_pacer_keeps_small_chunks_for_a_slow_client_despite_a_fast_start() -> No
         clock.now += 0.01 * pacer() / (64 * KIB)
         pacer.sent(pacer())
         sizes.append(pacer())
-    assert max(sizes) <= 512 * KIB  # the burst never reaches the maximum
-    assert sizes[-1] == 64 * KIB
+    assert max(sizes) == 64 * KIB  # the burst never raised the chunk size
 
 
 @pytest.mark.parametrize("rate", [20e6, 50e6, 100e6])
