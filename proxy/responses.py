@@ -24,26 +24,30 @@ Chunks = Iterable[bytes] | AsyncIterable[bytes]
 # Chunks aim at what the client takes in this time: 1 MiB at 200 MB/s and more, the minimum
 # at a few MB/s. Long enough for few Python steps per byte, short enough to buffer little.
 PACE_SECONDS = 0.005
-# The average counts at least this long: socket buffers take a few MB at once from any client
-# (a slow reader's took ~4 MB in its first 20 ms on loopback: over 50 ms, that raised its chunks
-# to 384 KiB). Over 0.5 s such a burst stays below the minimum's worth; a client at 1 GB/s still
-# reaches 1 MiB chunks within 0.05 s.
-PACE_WARMUP_SECONDS = 0.5
+# The average counts at least this long, so the first sends do not look like GB/s.
+PACE_WARMUP_SECONDS = 0.05
+# What socket buffers take at once from any client, however slow, is no sign of its speed: a slow
+# reader's took ~4 MB in its first 20 ms on loopback (Linux's tcp_wmem and tcp_rmem maxima are 4
+# and 6 MB), and counted, that raised its chunks to 384 KiB. So the average starts after this
+# much; a client at 1 GB/s still reaches 1 MiB chunks within ~20 ms. (Averaging over 0.5 s
+# instead also kept slow readers small, but cost fast 256 MiB downloads ~30% more CPU.)
+PACE_BURST_BYTES = 8 * 1024 * 1024
 
 
 class Pacer:
     """Chunk sizes that follow the client: large reads for fast clients, small buffers for slow.
 
-    The size aims at what the client took in ``PACE_SECONDS`` on average since its stream
-    began, between ``minimum`` and ``maximum``, and at most doubles per chunk. The average is
-    over the whole stream because socket buffers absorb a few MB at once, so single sends
-    look fast even for a slow reader. Measured: 1 MiB reads doubled a fast stream over
-    256 KiB, while a slow reader would keep a whole chunk waiting in the transport's buffer.
+    The size aims at what the client took in ``PACE_SECONDS`` on average, between ``minimum``
+    and ``maximum``, and at most doubles per chunk. The average runs from the moment the first
+    ``PACE_BURST_BYTES`` were sent to now (the minimum until then) because socket buffers
+    absorb a few MB at once, so single sends look fast even for a slow reader. Measured: 1 MiB
+    reads doubled a fast stream over 256 KiB, while a slow reader would keep a whole chunk
+    waiting in the transport's buffer.
     Called by the body before each read (a ``ChunkSize``), told by ``ObjectResponse`` after
     each send.
     """
 
-    __slots__ = ("_clock", "_sent", "_started", "maximum", "minimum", "size")
+    __slots__ = ("_clock", "_sent", "_since", "_since_sent", "maximum", "minimum", "size")
 
     def __init__(
         self, minimum: int, maximum: int, clock: Callable[[], float] = time.perf_counter
@@ -53,15 +57,22 @@ class Pacer:
         self.size = self.minimum
         self._clock = clock
         self._sent = 0
-        self._started = clock()
+        self._since: float | None = None  # when the average began, and the bytes sent by then
+        self._since_sent = 0
 
     def __call__(self) -> int:
         return self.size
 
     def sent(self, length: int) -> None:
         self._sent += length
-        elapsed = max(self._clock() - self._started, PACE_WARMUP_SECONDS)
-        target = int(self._sent * PACE_SECONDS / elapsed)
+        if self._sent <= PACE_BURST_BYTES:
+            return
+        now = self._clock()
+        if self._since is None:
+            self._since, self._since_sent = now, self._sent
+            return
+        elapsed = max(now - self._since, PACE_WARMUP_SECONDS)
+        target = int((self._sent - self._since_sent) * PACE_SECONDS / elapsed)
         target -= target % self.minimum  # whole multiples: page-aligned reads
         self.size = max(self.minimum, min(self.maximum, 2 * self.size, target))
 
