@@ -257,7 +257,7 @@ def _chunks(stream: Any, length: int, chunk_size: ChunkSize) -> Iterator[bytes]:
 # aiohttp's read(n) raises the response's buffer limits to n (it stops reading the socket only
 # above 2n) until the response ends: a stream that read 1 MiB chunks and then slowed down (a
 # player that buffered ahead) would keep up to ~2.3 MiB buffered. Reads of at most this keep it
-# under ~0.75 MiB and cost fast streams nothing measurable (proxy CPU per GiB alike): a read
+# under ~0.75 MiB and cost fast streams nothing measurable (proxy CPU per download alike): a read
 # returns what is buffered, rarely more than one socket read (256 KB) anyway.
 _AIOHTTP_READ_LIMIT = 256 * 1024
 
