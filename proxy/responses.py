@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import anyio
-import anyio.lowlevel
 from starlette.concurrency import iterate_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -18,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from proxy.http.plan import Plan
 from proxy.storage.base import AsyncBody, Body, ChunkSize
 from proxy.storage.errors import StorageError
+from proxy.turns import take_turn
 
 Chunks = Iterable[bytes] | AsyncIterable[bytes]
 
@@ -221,8 +221,9 @@ class ObjectResponse(Response):
                 pacer.sent(len(chunk))
             # A cached local read and a send into a socket with room both return without
             # suspending: yield once per chunk, so other requests (and the disconnect watcher)
-            # run while a fast client takes a whole object.
-            await anyio.lowlevel.checkpoint()
+            # run while a fast client takes a whole object; in turns, when many streams could
+            # step at once (proxy/turns.py).
+            await take_turn()
             if gone():
                 return  # the client left: stop reading (the response stays incomplete)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
