@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -42,11 +43,47 @@ class Tracker:
             await anyio.sleep(0)
             yield b"x" * size
 
+    def ready_chunks(self, count: int, size: int = 4) -> ReadyOnEvenSteps:
+        return ReadyOnEvenSteps(self, count, size)
+
     async def eager_chunks(self, count: int, size: int = 4) -> AsyncIterator[bytes]:
         """Never suspends, like a local read the page cache serves."""
         for _ in range(count):
             self.produced += 1
             yield b"x" * size
+
+
+class ReadyOnEvenSteps:
+    """A blocking body's chunks (``ReadyChunks``) whose every other chunk is ready at once; it
+    notes on which thread each chunk was taken."""
+
+    def __init__(self, tracker: Tracker, count: int, size: int, fail_at: int = -1) -> None:
+        self._tracker = tracker
+        self._left = count
+        self._size = size
+        self._fail_at = fail_at
+        self.threads: list[tuple[str, int]] = []  # ("ready" or "next", thread id)
+
+    def __iter__(self) -> ReadyOnEvenSteps:
+        return self
+
+    def _take(self, how: str) -> bytes:
+        if self._tracker.produced == self._fail_at:
+            raise BodyTruncated()
+        self._left -= 1
+        self._tracker.produced += 1
+        self.threads.append((how, threading.get_ident()))
+        return b"x" * self._size
+
+    def __next__(self) -> bytes:
+        if self._left <= 0:
+            raise StopIteration
+        return self._take("next")
+
+    def ready(self) -> bytes | None:
+        if self._left <= 0 or self._tracker.produced % 2:
+            return None
+        return self._take("ready")
 
 
 async def run(
@@ -74,13 +111,15 @@ async def run(
     return sent
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=["sync", "ready", "async"])
 def flavor(request: pytest.FixtureRequest) -> str:
     value: str = request.param
     return value
 
 
 def chunks_for(tracker: Tracker, flavor: str, count: int) -> Any:
+    if flavor == "ready":
+        return tracker.ready_chunks(count)
     return tracker.sync_chunks(count) if flavor == "sync" else tracker.async_chunks(count)
 
 
@@ -96,6 +135,19 @@ async def test_streams_every_chunk_then_closes(flavor: str) -> None:
     }
     assert [m["body"] for m in sent[1:]] == [b"xxxx", b"xxxx", b"xxxx", b""]
     assert [m["more_body"] for m in sent[1:]] == [True, True, True, False]
+    assert tracker.closed == 1
+
+
+@pytest.mark.anyio
+async def test_ready_chunks_are_taken_on_the_event_loop_the_rest_in_a_worker_thread() -> None:
+    tracker = Tracker()
+    chunks = ReadyOnEvenSteps(tracker, 7, 4)
+    response = ObjectResponse(plan_for(28), chunks, close=tracker.close)
+    sent = await run(response)
+    assert b"".join(m["body"] for m in sent[1:]) == b"x" * 28
+    loop_thread = threading.get_ident()
+    assert [how for how, _ in chunks.threads] == ["ready", "next"] * 3 + ["ready"]
+    assert all((thread == loop_thread) == (how == "ready") for how, thread in chunks.threads)
     assert tracker.closed == 1
 
 
@@ -165,7 +217,9 @@ async def test_failure_mid_stream_propagates_after_close(flavor: str) -> None:
         yield b"abcd"
         raise BodyTruncated()
 
-    chunks = failing() if flavor == "sync" else afailing()
+    chunks: Any = failing() if flavor == "sync" else afailing()
+    if flavor == "ready":
+        chunks = ReadyOnEvenSteps(tracker, 2, 4, fail_at=1)
     response = ObjectResponse(plan_for(8), chunks, close=tracker.close)
     with pytest.raises(BodyTruncated):
         await run(response)

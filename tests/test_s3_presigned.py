@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import threading
+import time
+from typing import Any
 
 import httpx
 import pytest
@@ -119,3 +122,72 @@ def test_stored_bytes_pass_through_whatever_their_content_encoding(
     assert sha256(whole.content) == sha256(stored)
     assert part.content == stored[:10]
     assert calls.presigned == 2
+
+
+class _ReadThreads:
+    """Presigned GETs whose replies note, for every chunk read, how and on which thread."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.reads: list[tuple[str, str]] = []  # ("ready" or "read", thread name)
+
+    def get(self, s3_key: str, range_value: str | None, etag: str | None) -> Any:
+        got = self._inner.get(s3_key, range_value, etag)
+        if got is None:
+            return None
+        fields, reply, _ = got
+        noted = _NotedReply(reply, self.reads)
+        return fields, noted, noted
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _NotedReply:
+    def __init__(self, reply: Any, reads: list[tuple[str, str]]) -> None:
+        self._reply = reply
+        self._reads = reads
+
+    def read(self, size: int) -> bytes:
+        self._reads.append(("read", threading.current_thread().name))
+        return bytes(self._reply.read(size))
+
+    def read_ready(self, size: int) -> bytes | None:
+        chunk: bytes | None = self._reply.read_ready(size)
+        if chunk is not None:
+            self._reads.append(("ready", threading.current_thread().name))
+        return chunk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reply, name)
+
+
+@pytest.mark.parametrize("server_name", S3_SERVERS)
+def test_a_slow_clients_chunks_are_read_on_the_event_loop(
+    request: pytest.FixtureRequest, serve: StartServer, server_name: str
+) -> None:
+    """boto3 flavour: while the client is slower than S3, the S3 socket holds the next chunk
+    already, and it is read on the event loop (no worker-thread hop); the bytes are the same."""
+    s3 = s3_server(request, server_name)
+    key = "presigned/slow-reader.bin"
+    data = os.urandom(32 * 1024 * 1024)  # more than socket buffers take from a slow client
+    put_object(s3, key, data, "application/octet-stream")
+    proxy = serve(s3_settings(s3, "boto3"))
+    storage = proxy.app.state.storage
+    inner = storage._presigned
+    storage._presigned = watched = _ReadThreads(inner)
+    try:
+        received = bytearray()
+        with httpx.stream("GET", f"{proxy.url}/objects/{key}", timeout=20) as response:
+            assert response.status_code == 200
+            for piece in response.iter_raw(64 * 1024):
+                received += piece
+                time.sleep(0.002)  # ~30 MB/s at most: S3 keeps ahead
+    finally:
+        storage._presigned = inner
+    assert sha256(bytes(received)) == sha256(data)
+    ready = [thread for how, thread in watched.reads if how == "ready"]
+    blocking = [thread for how, thread in watched.reads if how == "read"]
+    assert len(ready) > len(blocking)  # most chunks came without a hop
+    assert not any(thread.startswith("AnyIO worker") for thread in ready)
+    assert all(thread.startswith("AnyIO worker") for thread in blocking)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from proxy.http.hint import ReadHint
 from proxy.http.ranges import ByteRange
@@ -34,6 +34,19 @@ class ObjectMeta:
     media_type: str = DEFAULT_MEDIA_TYPE
     etag: str | None = None  # wire form, quoted: '"abc"' (strong) or 'W/"abc"' (weak)
     last_modified: datetime | None = None  # UTC, whole seconds
+
+
+@runtime_checkable
+class ReadyChunks(Protocol):
+    """What a blocking body's chunk iterator may also offer: ``ready()``, the next chunk when
+    it can be had without waiting (None when it cannot, or at the end), so the response reads
+    it on the event loop instead of in a worker thread. ``next()`` still gives every chunk."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def __next__(self) -> bytes: ...
+
+    def ready(self) -> bytes | None: ...
 
 
 class Body(Protocol):

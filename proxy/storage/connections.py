@@ -5,13 +5,20 @@ client costs ~250 µs per 64 KiB ranged GET here, urllib3's pool on top of it ~4
 
 from __future__ import annotations
 
+import fcntl
 import http.client
+import socket
 import ssl
+import struct
+import termios
 from collections import deque
 from email.message import Message
 from urllib.parse import urlsplit
 
 from proxy.storage.errors import BodyTruncated
+
+_INT = struct.Struct("i")  # FIONREAD's count: a C int
+_ZERO = bytes(_INT.size)
 
 
 class Connections:
@@ -78,7 +85,8 @@ class Connections:
     ) -> Reply:
         try:
             connection.request("GET", target, headers=headers)
-            return Reply(self, connection, connection.getresponse())
+            sock = connection.sock  # the connection lets go of it when the reply will close
+            return Reply(self, connection, connection.getresponse(), sock)
         except BaseException:
             connection.close()
             raise
@@ -102,17 +110,19 @@ class Reply:
     """A reply's status and headers (a case-insensitive mapping); its body is read with
     ``read``, which ``BodyTruncated`` ends when the body stops short of its length."""
 
-    __slots__ = ("_connection", "_connections", "_response", "headers", "status")
+    __slots__ = ("_connection", "_connections", "_response", "_sock", "headers", "status")
 
     def __init__(
         self,
         connections: Connections,
         connection: http.client.HTTPConnection,
         response: http.client.HTTPResponse,
+        sock: socket.socket | None = None,
     ) -> None:
         self._connections: Connections | None = connections
         self._connection = connection
         self._response = response
+        self._sock = sock  # what the body arrives on; over TLS an SSLSocket
         self.status = response.status
         self.headers: Message = response.headers
 
@@ -130,6 +140,27 @@ class Reply:
         if not chunk and size and self._response.length:  # http.client returns b"" early
             raise BodyTruncated()
         return chunk
+
+    def read_ready(self, size: int) -> bytes | None:
+        """Up to ``size`` bytes that the socket holds already, so the read cannot wait: when it
+        holds at least half of them (a new connection's receive buffer stalls just under 64 KiB
+        until the reader takes more), else None; None over TLS too, where the kernel counts
+        encrypted bytes. A slow client's S3 socket is full, and a fast client's often is (the
+        proxy, not S3, is the slower side): their chunks need no worker thread."""
+        sock = self._sock
+        if sock is None or isinstance(sock, ssl.SSLSocket):
+            return None
+        length = self._response.length
+        if length is not None:
+            size = min(size, length)
+        try:
+            (queued,) = _INT.unpack(fcntl.ioctl(sock.fileno(), termios.FIONREAD, _ZERO))
+        except OSError:  # closed (fileno -1) or not a socket
+            return None
+        # Bytes the reply's buffered reader holds already are not counted: enough either way.
+        if size < 1 or queued < (size + 1) // 2:
+            return None
+        return self.read(min(size, queued))
 
     def close(self) -> None:
         """Give the connection back (body read to its end) or close it; once."""

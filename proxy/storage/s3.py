@@ -210,7 +210,7 @@ class S3Body(_S3Object):
                 self._s3_key, _wire_range(byte_range), self._meta.etag
             )
             self._streams.append(closer)
-        return _chunks(stream, byte_range.length, chunk_size)
+        return _Chunks(stream, byte_range.length, chunk_size)
 
     def close(self) -> None:
         streams, self._streams = self._streams, []
@@ -242,16 +242,43 @@ class AsyncS3Body(_S3Object):
             stream.close()
 
 
-def _chunks(stream: Any, length: int, chunk_size: ChunkSize) -> Iterator[bytes]:
-    """Exactly ``length`` bytes in chunks of at most ``chunk_size``; never reads past them."""
-    remaining = length
-    while remaining > 0:
+class _Chunks:
+    """Exactly ``length`` bytes of ``stream`` in chunks of at most ``chunk_size``; never reads
+    past them. A ``ReadyChunks``: a presigned GET's reply reads on the event loop what its
+    socket holds already (``Reply.read_ready``); a StreamingBody always takes a thread."""
+
+    __slots__ = ("_chunk_size", "_read_ready", "_remaining", "_stream")
+
+    def __init__(self, stream: Any, length: int, chunk_size: ChunkSize) -> None:
+        self._stream = stream
+        self._remaining = length
+        self._chunk_size = chunk_size
+        self._read_ready = getattr(stream, "read_ready", None)
+
+    def __iter__(self) -> _Chunks:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._remaining <= 0:
+            raise StopIteration
         with map_client_errors():
-            chunk = stream.read(min(chunk_limit(chunk_size), remaining))
+            return self._took(self._stream.read(self._size()))
+
+    def ready(self) -> bytes | None:
+        if self._remaining <= 0 or self._read_ready is None:
+            return None
+        with map_client_errors():
+            chunk = self._read_ready(self._size())
+        return None if chunk is None else self._took(chunk)
+
+    def _size(self) -> int:
+        return min(chunk_limit(self._chunk_size), self._remaining)
+
+    def _took(self, chunk: bytes) -> bytes:
         if not chunk:
             raise BodyTruncated()
-        remaining -= len(chunk)
-        yield chunk
+        self._remaining -= len(chunk)
+        return chunk
 
 
 # aiohttp's read(n) raises the response's buffer limits to n (it stops reading the socket only

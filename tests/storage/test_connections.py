@@ -307,6 +307,8 @@ def test_https_origins_are_verified_with_the_given_authorities(tmp_path: Path) -
         pool = Connections(s.url, keep=4, connect_timeout=2, read_timeout=5, ssl_context=trusting)
         for _ in range(2):
             answer = pool.get("/a", {})
+            time.sleep(0.05)  # the body arrives, but the kernel counts encrypted bytes
+            assert answer.read_ready(1024) is None
             assert read_all(answer, 65536) == BODY
             answer.close()
         pool.close()
@@ -314,3 +316,63 @@ def test_https_origins_are_verified_with_the_given_authorities(tmp_path: Path) -
         with pytest.raises(ssl.SSLCertVerificationError):
             system_authorities.get("/a", {})
     assert s.connections == 2  # one kept alive for both GETs, one refused
+
+
+def test_read_ready_reads_only_what_the_socket_holds() -> None:
+    """The event loop's read: bytes only when the socket holds at least half of those asked for
+    (then up to all of them), None at once when a read would wait; plain reads go on after."""
+    release = threading.Event()
+    sent_first = 90_000
+
+    def in_two_parts(sock: socket.socket, s: Site) -> None:
+        if read_request(sock, s):
+            sock.sendall(reply(BODY)[: -len(BODY) + sent_first])
+            release.wait(10)
+            sock.sendall(BODY[sent_first:])
+            read_request(sock, s)  # until the client hangs up
+
+    with site(in_two_parts) as s:
+        pool = connections(s.url)
+        answer = pool.get("/a", {})
+        time.sleep(0.1)  # the first part arrives
+        first = answer.read_ready(65536)
+        assert first == BODY[:65536]
+        started = time.monotonic()
+        assert answer.read_ready(65536) is None  # under 24,464 bytes held: it would wait
+        assert time.monotonic() - started < 0.5
+        second = answer.read_ready(30_000) or b""  # over half of these: what is there
+        assert 0 < len(second) <= sent_first - 65536
+        assert second == BODY[65536 : 65536 + len(second)]
+        release.set()
+        rest = read_all(answer, 65536)
+        assert first + second + rest == BODY
+        assert answer.read_ready(65536) is None  # the body's end
+        answer.close()
+        pool.close()
+
+
+def test_ready_and_blocking_reads_take_turns_and_keep_the_connection() -> None:
+    """What the proxy does: a ready read when the socket holds a chunk, a blocking one (in a
+    worker thread) when not. A new connection's receive buffer (~128 KiB) can stall below a
+    64 KiB chunk until the reader takes more: then the blocking read goes on."""
+    with site(keep_alive) as s:
+        pool = connections(s.url)
+        for _ in range(2):
+            answer = pool.get("/a", {})
+            parts: list[bytes] = []
+            ready = 0
+            time.sleep(0.05)  # the server fills the socket
+            while True:
+                part = answer.read_ready(65536)
+                if part is None:
+                    part = answer.read(65536)
+                    if not part:
+                        break
+                else:
+                    ready += 1
+                parts.append(part)
+            assert b"".join(parts) == BODY
+            assert ready >= 1 and all(len(part) <= 65536 for part in parts)
+            answer.close()
+        pool.close()
+    assert s.connections == 1  # the connection went back whole after each body

@@ -1,4 +1,5 @@
-"""S3 backend units: error mapping, stored metadata, content ranges (no server needed)."""
+"""S3 backend units: error mapping, stored metadata, content ranges, chunking (no server
+needed)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ from botocore.exceptions import (
 
 from proxy.http.ranges import ByteRange
 from proxy.storage import errors
-from proxy.storage.s3 import RangeNotSatisfiable, _meta_from, _range_of, map_client_errors
+from proxy.storage.base import ReadyChunks
+from proxy.storage.s3 import (
+    RangeNotSatisfiable,
+    _Chunks,
+    _meta_from,
+    _range_of,
+    map_client_errors,
+)
 
 HOST = "http://secret-host.internal"
 
@@ -105,3 +113,61 @@ def test_meta_and_range_from_a_ranged_response() -> None:
     assert (meta.size, meta.etag, meta.last_modified) == (1000, '"abc-5"', None)
     assert _range_of(response, 1000) == ByteRange(5, 15)
     assert _range_of({"ContentLength": 1000}, 1000) == ByteRange(0, 1000)
+
+
+class Stream:
+    """A body reader: ``have`` bytes are ready at a time (``read_ready``), all of them blocking."""
+
+    def __init__(self, data: bytes, have: int) -> None:
+        self.data = data
+        self.have = have
+        self.asked: list[tuple[str, int]] = []
+
+    def read(self, size: int) -> bytes:
+        self.asked.append(("read", size))
+        chunk, self.data = self.data[:size], self.data[size:]
+        return chunk
+
+    def read_ready(self, size: int) -> bytes | None:
+        self.asked.append(("ready", size))
+        return None if size > self.have else self.read(size)
+
+
+def test_chunks_take_what_is_ready_and_never_read_past_the_range() -> None:
+    data = bytes(range(256)) * 40  # 10,240 bytes, 10,000 of them in the range
+    stream = Stream(data, have=4096)
+    sizes = [4096, 4096, 8192]  # a pacer's answers; the last one repeats
+    chunks = _Chunks(stream, 10_000, lambda: sizes.pop(0) if len(sizes) > 1 else sizes[0])
+    assert isinstance(chunks, ReadyChunks)
+    first = chunks.ready()
+    second = chunks.ready()
+    stream.have = 1000
+    assert chunks.ready() is None  # 1,808 left and asked for, 1,000 ready: it would wait
+    assert stream.asked[-1] == ("ready", 1808)  # never more than the range's rest
+    stream.have = 2000
+    third = chunks.ready()
+    assert (chunks.ready(), list(chunks)) == (None, [])  # the end
+    assert (first or b"") + (second or b"") + (third or b"") == data[:10_000]
+    assert [size for how, size in stream.asked if how == "read"] == [4096, 4096, 1808]
+
+
+def test_chunks_without_a_ready_read_always_block() -> None:
+    class Plain:
+        def __init__(self) -> None:
+            self.data = b"abcdefg"
+
+        def read(self, size: int) -> bytes:
+            chunk, self.data = self.data[:size], self.data[size:]
+            return chunk
+
+    chunks = _Chunks(Plain(), 7, 3)
+    assert chunks.ready() is None
+    assert list(chunks) == [b"abc", b"def", b"g"]
+
+
+@pytest.mark.parametrize("how", ["ready", "next"])
+def test_chunks_of_a_body_that_ends_early_raise_body_truncated(how: str) -> None:
+    chunks = _Chunks(Stream(b"abc", have=10), 5, 4)
+    assert next(chunks) == b"abc"
+    with pytest.raises(errors.BodyTruncated):
+        chunks.ready() if how == "ready" else next(chunks)
