@@ -212,14 +212,44 @@ class LocalBody(_FileBody):
     __slots__ = ()
 
     def iter_range(self, byte_range: ByteRange, chunk_size: ChunkSize) -> Iterator[bytes]:
-        offset = byte_range.start
-        while offset < byte_range.stop:
-            chunk = _read_step(self._fd, offset, byte_range.stop, chunk_limit(chunk_size))
-            offset += len(chunk)
-            yield chunk
+        return _FileChunks(self, byte_range, chunk_size)
 
     def close(self) -> None:
         self._fd = _close_fd(self._fd)
+
+
+class _FileChunks:
+    """A ``LocalBody``'s chunks of a range, read with ``pread`` (blocking, in a worker thread);
+    a ``ReadyChunks``: a chunk the page cache holds is ready (``_read_cached``), so the response
+    reads it on the event loop, as the async twin does."""
+
+    __slots__ = ("_body", "_chunk_size", "_offset", "_stop")
+
+    def __init__(self, body: _FileBody, byte_range: ByteRange, chunk_size: ChunkSize) -> None:
+        self._body = body  # its descriptor is read at each step: closed, the read raises
+        self._offset = byte_range.start
+        self._stop = byte_range.stop
+        self._chunk_size = chunk_size
+
+    def __iter__(self) -> _FileChunks:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._offset >= self._stop:
+            raise StopIteration
+        limit = chunk_limit(self._chunk_size)
+        return self._took(_read_step(self._body._fd, self._offset, self._stop, limit))
+
+    def ready(self) -> bytes | None:
+        if self._offset >= self._stop:
+            return None
+        limit = chunk_limit(self._chunk_size)
+        chunk = _read_cached(self._body._fd, self._offset, self._stop, limit)
+        return None if chunk is None else self._took(chunk)
+
+    def _took(self, chunk: bytes) -> bytes:
+        self._offset += len(chunk)
+        return chunk
 
 
 class AsyncLocalBody(_FileBody):

@@ -258,7 +258,9 @@ async def test_protocol_conformance(root: Path) -> None:
         storage.check()
         body: Body = storage.open("notes.txt")
         assert isinstance(body.meta, ObjectMeta)
-        assert inspect.isgeneratorfunction(type(body).iter_range)
+        chunks = body.iter_range(ByteRange(0, 3), 2)
+        assert iter(chunks) is chunks  # an iterator: each read happens on next()
+        assert list(chunks) == [b"\x00\x01", b"\x02"]
         body.close()
     for astorage in async_storages:
         assert inspect.iscoroutinefunction(astorage.open)

@@ -13,6 +13,7 @@ import pytest
 
 from proxy.http.ranges import ByteRange
 from proxy.storage import local
+from proxy.storage.base import ReadyChunks
 from proxy.storage.errors import (
     AccessDenied,
     BackendUnavailable,
@@ -374,3 +375,34 @@ async def test_async_reads_fall_back_to_a_thread(
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
     assert await read_async(AsyncLocalStorage(root), "dir/data.bin", 4096) == DATA
     assert len(calls) == -(-len(DATA) // 4096)  # one thread read per chunk
+
+
+def test_sync_chunks_the_page_cache_holds_are_ready(storage: LocalStorage) -> None:
+    """What the response reads on the event loop for the sync flavour (no worker thread)."""
+    assert read_all(storage.open("dir/data.bin")) == DATA  # now in the page cache
+    body = storage.open("dir/data.bin")
+    chunks = body.iter_range(ByteRange(10, 10240), 4096)
+    assert isinstance(chunks, ReadyChunks)
+    ready = [chunks.ready(), chunks.ready(), chunks.ready()]
+    assert [len(chunk or b"") for chunk in ready] == [4096, 4096, 2038]
+    assert (chunks.ready(), list(chunks)) == (None, [])  # the end
+    assert b"".join(chunk or b"" for chunk in ready) == DATA[10:]
+    closed = body.iter_range(ByteRange(0, 10), 4096)
+    body.close()
+    assert isinstance(closed, ReadyChunks)
+    with pytest.raises(ValueError):  # closed: the same error as a blocking read's
+        closed.ready()
+
+
+def test_sync_chunks_not_ready_are_read_blocking(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "_RWF_NOWAIT", -1)  # preadv2 fails: as if nothing were cached
+    body = storage.open("dir/data.bin")
+    chunks = body.iter_range(ByteRange(0, 10240), 4096)
+    assert isinstance(chunks, ReadyChunks)
+    assert chunks.ready() is None
+    first = next(chunks)
+    monkeypatch.setattr(local, "_RWF_NOWAIT", os.RWF_NOWAIT)
+    assert first + (chunks.ready() or b"") + b"".join(chunks) == DATA
+    body.close()
