@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from proxy.http.plan import Plan
-from proxy.storage.base import AsyncBody, Body, ChunkSize, ReadyChunks
+from proxy.storage.base import AsyncBody, Body, ChunkSize, ReadyChunks, aiter_ready
 from proxy.storage.errors import StorageError
 from proxy.turns import take_turn
 
@@ -127,23 +127,6 @@ async def _aiter_nothing() -> AsyncIterator[bytes]:
     yield  # an async generator that yields nothing
 
 
-async def _ready_first(chunks: ReadyChunks) -> AsyncIterator[bytes]:
-    """A blocking body's chunks: what ``ready()`` has is read here, on the event loop, the rest
-    in a worker thread, one hop per chunk. With 64 slow readers on the boto3 flavour, the hops'
-    completions crowded the loop (``/healthz`` p50 6-7 ms against ~1.5 ms on the others)."""
-    while True:
-        chunk = chunks.ready()
-        if chunk is None:
-            chunk = await anyio.to_thread.run_sync(_next_or_none, chunks)
-            if chunk is None:
-                return
-        yield chunk
-
-
-def _next_or_none(chunks: Iterator[bytes]) -> bytes | None:
-    return next(chunks, None)  # StopIteration cannot cross into the awaiting coroutine
-
-
 async def _nothing() -> None:
     return None
 
@@ -195,7 +178,7 @@ class ObjectResponse(Response):
             if isinstance(source, AsyncIterable):
                 chunks = aiter(source)
             elif isinstance(source, ReadyChunks):
-                chunks = _ready_first(source)
+                chunks = aiter_ready(source)
             else:
                 # One worker-thread hop per chunk: the reads of a sync body block.
                 chunks = iterate_in_threadpool(source)

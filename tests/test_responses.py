@@ -81,7 +81,9 @@ class ReadyOnEvenSteps:
         return self._take("next")
 
     def ready(self) -> bytes | None:
-        if self._left <= 0 or self._tracker.produced % 2:
+        if self._left <= 0:
+            return b""
+        if self._tracker.produced % 2:
             return None
         return self._take("ready")
 

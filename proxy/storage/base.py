@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+import anyio.to_thread
+
 from proxy.http.hint import ReadHint
 from proxy.http.ranges import ByteRange
 
@@ -39,14 +41,33 @@ class ObjectMeta:
 @runtime_checkable
 class ReadyChunks(Protocol):
     """What a blocking body's chunk iterator may also offer: ``ready()``, the next chunk when
-    it can be had without waiting (None when it cannot, or at the end), so the response reads
-    it on the event loop instead of in a worker thread. ``next()`` still gives every chunk."""
+    it can be had without waiting, None when it cannot, b"" at the end (chunks are never
+    empty), so that it is read on the event loop instead of in a worker thread (``aiter_ready``).
+    ``next()`` still gives every chunk."""
 
     def __iter__(self) -> Iterator[bytes]: ...
 
     def __next__(self) -> bytes: ...
 
     def ready(self) -> bytes | None: ...
+
+
+async def aiter_ready(chunks: ReadyChunks) -> AsyncIterator[bytes]:
+    """Blocking chunks read without blocking the event loop: what ``ready()`` has is read on the
+    loop, the rest in a worker thread, one hop per chunk. The response streams a blocking body's
+    chunks so (with 64 slow readers on the boto3 flavour, the hops' completions crowded the loop:
+    ``/healthz`` p50 6-7 ms against ~1.5 ms), and ``AsyncLocalBody`` reads its file so."""
+    while True:
+        chunk = chunks.ready()
+        if chunk is None:
+            chunk = await anyio.to_thread.run_sync(_next_or_none, chunks)
+        if not chunk:
+            return  # the end: b"" from ready(), None from a thread's next()
+        yield chunk
+
+
+def _next_or_none(chunks: Iterator[bytes]) -> bytes | None:
+    return next(chunks, None)  # StopIteration cannot cross into the awaiting coroutine
 
 
 class Body(Protocol):

@@ -117,7 +117,7 @@ class Reply:
         connections: Connections,
         connection: http.client.HTTPConnection,
         response: http.client.HTTPResponse,
-        sock: socket.socket | None = None,
+        sock: socket.socket | None,
     ) -> None:
         self._connections: Connections | None = connections
         self._connection = connection

@@ -23,7 +23,7 @@ import anyio.to_thread
 from proxy.http.hint import ReadHint
 from proxy.http.ranges import ByteRange
 from proxy.metrics import BACKEND_CALLS
-from proxy.storage.base import ChunkSize, ObjectMeta, chunk_limit
+from proxy.storage.base import ChunkSize, ObjectMeta, aiter_ready, chunk_limit
 from proxy.storage.errors import (
     AccessDenied,
     BackendUnavailable,
@@ -219,9 +219,10 @@ class LocalBody(_FileBody):
 
 
 class _FileChunks:
-    """A ``LocalBody``'s chunks of a range, read with ``pread`` (blocking, in a worker thread);
-    a ``ReadyChunks``: a chunk the page cache holds is ready (``_read_cached``), so the response
-    reads it on the event loop, as the async twin does."""
+    """The chunks of a range of either body flavour, read with ``pread`` (blocking: in a worker
+    thread); a ``ReadyChunks``: a chunk the page cache holds is ready (``_read_cached``) and is
+    read on the event loop (``aiter_ready``: by the response for ``LocalBody``, by
+    ``AsyncLocalBody`` itself)."""
 
     __slots__ = ("_body", "_chunk_size", "_offset", "_stop")
 
@@ -242,7 +243,7 @@ class _FileChunks:
 
     def ready(self) -> bytes | None:
         if self._offset >= self._stop:
-            return None
+            return b""
         limit = chunk_limit(self._chunk_size)
         chunk = _read_cached(self._body._fd, self._offset, self._stop, limit)
         return None if chunk is None else self._took(chunk)
@@ -260,19 +261,7 @@ class AsyncLocalBody(_FileBody):
     async def aiter_range(
         self, byte_range: ByteRange, chunk_size: ChunkSize
     ) -> AsyncIterator[bytes]:
-        return self._achunks(byte_range, chunk_size)
-
-    async def _achunks(self, byte_range: ByteRange, chunk_size: ChunkSize) -> AsyncIterator[bytes]:
-        offset = byte_range.start
-        while offset < byte_range.stop:
-            limit = chunk_limit(chunk_size)
-            chunk = _read_cached(self._fd, offset, byte_range.stop, limit)
-            if chunk is None:
-                chunk = await anyio.to_thread.run_sync(
-                    _read_step, self._fd, offset, byte_range.stop, limit
-                )
-            offset += len(chunk)
-            yield chunk
+        return aiter_ready(_FileChunks(self, byte_range, chunk_size))
 
     async def aclose(self) -> None:
         # Inline, not in a thread: aclose runs in `finally` blocks of cancelled tasks, where an

@@ -265,7 +265,9 @@ class _Chunks:
             return self._took(self._stream.read(self._size()))
 
     def ready(self) -> bytes | None:
-        if self._remaining <= 0 or self._read_ready is None:
+        if self._remaining <= 0:
+            return b""
+        if self._read_ready is None:
             return None
         with map_client_errors():
             chunk = self._read_ready(self._size())

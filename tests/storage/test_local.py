@@ -385,7 +385,7 @@ def test_sync_chunks_the_page_cache_holds_are_ready(storage: LocalStorage) -> No
     assert isinstance(chunks, ReadyChunks)
     ready = [chunks.ready(), chunks.ready(), chunks.ready()]
     assert [len(chunk or b"") for chunk in ready] == [4096, 4096, 2038]
-    assert (chunks.ready(), list(chunks)) == (None, [])  # the end
+    assert (chunks.ready(), list(chunks)) == (b"", [])  # the end
     assert b"".join(chunk or b"" for chunk in ready) == DATA[10:]
     closed = body.iter_range(ByteRange(0, 10), 4096)
     body.close()
