@@ -234,8 +234,9 @@ class ObjectResponse(Response):
         self, receive: Receive, send: Send, chunks: AsyncIterator[bytes]
     ) -> None:
         # uvicorn's send() returns silently after a disconnect, and an async body with data
-        # buffered (aiohttp) returns without suspending, so a cancellation alone may land late:
-        # the watcher also raises a flag that the loop checks after every send.
+        # ready (a socket that holds the chunk, aiohttp's buffer) returns without suspending, so
+        # a cancellation alone may land late: the watcher also raises a flag that the loop
+        # checks after every send.
         error: Exception | None = None
         departed = False
         async with anyio.create_task_group() as group:

@@ -20,13 +20,12 @@ from http.client import HTTPException
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
 import botocore.httpsession
 from botocore.exceptions import BotoCoreError
 
 from proxy.config import Settings
 from proxy.metrics import BACKEND_CALLS
-from proxy.storage.connections import Connections
+from proxy.storage.connections import AsyncConnections, Connections
 from proxy.storage.errors import ObjectChanged, ObjectNotFound, RangeNotSatisfiable, StorageError
 from proxy.version import __version__
 
@@ -35,10 +34,6 @@ URL_EXPIRES = 900  # seconds a presigned URL is valid for
 URL_REUSE = 300  # seconds one is used for: botocore renews temporary credentials 10-15 min
 # before they expire, so a URL signed with them stays valid for longer than it is used.
 URL_LIMIT = 1024  # keys whose URL is kept
-# aiohttp's buffer per response until a read asks for more (aiohttp's default: 256 KiB). A slow
-# client's stream reads 64 KiB chunks, so aiohttp stops reading its socket above 128 KiB, not
-# 512 KiB: ~17 MB less held with the benchmark's 50 slow readers (aiohttp's buffers, measured).
-READ_BUFSIZE = 64 * 1024
 _ERROR_BYTES = 64 * 1024  # an S3 error document is small; more is not read
 _CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 
@@ -108,7 +103,7 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 class HeaderFields(Protocol):
-    """A reply's header fields, looked up case-insensitively (aiohttp's, http.client's)."""
+    """A reply's header fields, looked up case-insensitively (http.client's, ``Fields``)."""
 
     def get(self, name: str, /) -> str | None: ...
 
@@ -151,32 +146,54 @@ def _without_body(urls: UrlCache, s3_key: str, error: Exception | None) -> None:
     urls.drop(s3_key)
 
 
-class PresignedGets:
-    """Presigned GetObject over ``Connections`` (blocking: called from FastAPI's threadpool)."""
+class _Gets:
+    """What both flavours hold: the client that presigns, the bucket, the URLs, a pool of
+    connections per origin (``connect`` makes one)."""
 
     __slots__ = ("_bucket", "_client", "_connect", "_origins", "_urls")
 
-    def __init__(self, client: Any, bucket: str, connect: Callable[[str], Connections]) -> None:
+    def __init__(self, client: Any, bucket: str, connect: Callable[[str], Any]) -> None:
         self._client = client
         self._bucket = bucket
         self._connect = connect
-        self._origins: dict[str, Connections] = {}
+        self._origins: dict[str, Any] = {}
         self._urls = UrlCache()
 
-    def _url(self, s3_key: str) -> str:
-        url = self._urls.get(s3_key)
-        if url is None:
-            url = self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": self._bucket, "Key": s3_key}, ExpiresIn=URL_EXPIRES
-            )
-            self._urls.put(s3_key, url)
-        return url
+    def _presign_args(self, s3_key: str) -> dict[str, Any]:
+        return {"Params": {"Bucket": self._bucket, "Key": s3_key}, "ExpiresIn": URL_EXPIRES}
 
-    def _origin(self, origin: str) -> Connections:
+    def _origin(self, origin: str) -> Any:
         found = self._origins.get(origin)
         if found is None:  # two threads may both make one: the one kept serves from then on
             found = self._origins.setdefault(origin, self._connect(origin))
         return found
+
+    def _answer(self, reply: Any) -> Got | None:
+        """The reply as a GetObject response when it brings a body; None when its error
+        document (still to be read) must decide."""
+        _count()
+        fields = response_fields(reply.headers) if reply.framed else None
+        if reply.status in (200, 206) and fields is not None:
+            return fields, reply, reply
+        return None
+
+    def close(self) -> None:
+        """Close the idle connections (at shutdown)."""
+        for connections in self._origins.values():
+            connections.close()
+
+
+class PresignedGets(_Gets):
+    """Presigned GetObject over ``Connections`` (blocking: called from FastAPI's threadpool)."""
+
+    __slots__ = ()
+
+    def _url(self, s3_key: str) -> str:
+        url = self._urls.get(s3_key)
+        if url is None:
+            url = self._client.generate_presigned_url("get_object", **self._presign_args(s3_key))
+            self._urls.put(s3_key, url)
+        return url
 
     def get(self, s3_key: str, range_value: str | None, etag: str | None) -> Got | None:
         try:
@@ -185,10 +202,8 @@ class PresignedGets:
         except (BotoCoreError, OSError, HTTPException, ValueError):  # timeouts are OSErrors
             self._urls.drop(s3_key)
             return None
-        _count()
-        fields = response_fields(reply.headers) if reply.framed else None
-        if reply.status in (200, 206) and fields is not None:
-            return fields, reply, reply
+        if (got := self._answer(reply)) is not None:
+            return got
         try:
             error = definite_error(reply.status, reply.read(_ERROR_BYTES) if reply.framed else b"")
         except (StorageError, OSError, HTTPException):
@@ -198,75 +213,49 @@ class PresignedGets:
         _without_body(self._urls, s3_key, error)
         return None
 
-    def close(self) -> None:
-        for connections in self._origins.values():
-            connections.close()
 
+class AsyncPresignedGets(_Gets):
+    """The async twin of ``PresignedGets``, over ``AsyncConnections``."""
 
-class AsyncPresignedGets:
-    """The async twin of ``PresignedGets`` over aiohttp."""
-
-    __slots__ = ("_bucket", "_client", "_http", "_urls")
-
-    def __init__(self, client: Any, bucket: str, http: aiohttp.ClientSession) -> None:
-        self._client = client
-        self._bucket = bucket
-        self._http = http
-        self._urls = UrlCache()
+    __slots__ = ()
 
     async def _url(self, s3_key: str) -> str:
         url = self._urls.get(s3_key)
         if url is None:
             url = await self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": self._bucket, "Key": s3_key}, ExpiresIn=URL_EXPIRES
+                "get_object", **self._presign_args(s3_key)
             )
             self._urls.put(s3_key, url)
         return url
 
     async def get(self, s3_key: str, range_value: str | None, etag: str | None) -> Got | None:
         try:
-            url = await self._url(s3_key)
-            response = await self._http.get(
-                url, headers=request_headers(range_value, etag), allow_redirects=False
-            )
-        except (BotoCoreError, aiohttp.ClientError, OSError):  # timeouts are OSErrors
+            origin, target = split_url(await self._url(s3_key))
+            reply = await self._origin(origin).get(target, request_headers(range_value, etag))
+        except (BotoCoreError, OSError, HTTPException, ValueError):  # timeouts are OSErrors
             self._urls.drop(s3_key)
             return None
-        _count()
-        fields = response_fields(response.headers)
-        if response.status in (200, 206) and fields is not None:
-            return fields, response.content, response
+        if (got := self._answer(reply)) is not None:
+            return got
         try:
-            error = definite_error(response.status, await response.content.read(_ERROR_BYTES))
-        except (aiohttp.ClientError, OSError):
+            error = definite_error(reply.status, await reply.read(_ERROR_BYTES))
+        except (StorageError, OSError, HTTPException):
             error = None
         finally:
-            response.close()
+            reply.close()
         _without_body(self._urls, s3_key, error)
         return None
 
 
-def connections(settings: Settings, cafile: str) -> Callable[[str], Connections]:
-    """How ``PresignedGets`` connects to an origin: sized and timed like botocore."""
+def connections(
+    settings: Settings, cafile: str, kind: type[Connections | AsyncConnections] = Connections
+) -> Callable[[str], Connections | AsyncConnections]:
+    """How the presigned GETs connect to an origin (``kind``: the blocking or the event
+    loop's pool), sized and timed like botocore."""
     return partial(
-        Connections,
+        kind,
         keep=settings.s3_pool_size,
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
         ssl_context=ssl.create_default_context(cafile=cafile),
-    )
-
-
-def session(settings: Settings, cafile: str) -> aiohttp.ClientSession:
-    """aiohttp's session for ``AsyncPresignedGets``, sized and timed like aiobotocore's."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
-            limit=settings.s3_pool_size, ssl=ssl.create_default_context(cafile=cafile)
-        ),
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.s3_connect_timeout, sock_read=settings.s3_read_timeout
-        ),
-        read_bufsize=READ_BUFSIZE,
-        auto_decompress=False,  # the stored bytes, whatever their Content-Encoding
-        skip_auto_headers=("Accept-Encoding",),
     )

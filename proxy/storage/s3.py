@@ -9,15 +9,13 @@ botocore answers what it cannot.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
+from functools import partial
 from typing import Any
 
-import aiobotocore.session
-import aiohttp
-import boto3.session
 import botocore.session
-from aiobotocore.config import AioConfig
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -35,6 +33,7 @@ from proxy.http.ranges import ByteRange
 from proxy.metrics import BACKEND_CALLS
 from proxy.storage import presigned
 from proxy.storage.base import ChunkSize, ObjectMeta, chunk_limit
+from proxy.storage.connections import AsyncConnections, AsyncReply
 from proxy.storage.errors import (
     AccessDenied,
     BackendTimeout,
@@ -90,11 +89,23 @@ def map_client_errors() -> Iterator[None]:
         raise BackendUnavailable() from exc
     except (TimeoutError, ConnectTimeoutError, ReadTimeoutError) as exc:
         raise BackendTimeout() from exc
-    except (IncompleteReadError, ResponseStreamingError, aiohttp.ClientPayloadError) as exc:
+    except (IncompleteReadError, ResponseStreamingError) as exc:
         raise BodyTruncated() from exc
-    except (BotoCoreError, aiohttp.ClientError) as exc:  # unreachable endpoint, no credentials
-        logger.warning("S3 unavailable: %s", type(exc).__name__)
-        raise BackendUnavailable() from exc
+    except BotoCoreError as exc:  # unreachable endpoint, no credentials
+        raise _unavailable(exc) from exc
+    except Exception as exc:
+        # aiohttp's, behind aiobotocore: imported by that flavour only (no other raises them)
+        aiohttp = sys.modules.get("aiohttp")
+        if aiohttp is None or not isinstance(exc, aiohttp.ClientError):
+            raise
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            raise BodyTruncated() from exc
+        raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: Exception) -> BackendUnavailable:
+    logger.warning("S3 unavailable: %s", type(exc).__name__)
+    return BackendUnavailable()
 
 
 def _media_type(stored: str | None, key: str) -> str:
@@ -219,7 +230,8 @@ class S3Body(_S3Object):
 
 
 class AsyncS3Body(_S3Object):
-    """The async twin of ``S3Body`` (aiobotocore; the body streams from aiohttp)."""
+    """The async twin of ``S3Body`` (aiobotocore; a presigned GET's body streams straight from
+    its socket, ``AsyncReply``; botocore's from aiohttp)."""
 
     __slots__ = ()
 
@@ -235,8 +247,8 @@ class AsyncS3Body(_S3Object):
         return _achunks(stream, byte_range.length, chunk_size)
 
     async def aclose(self) -> None:
-        # aiohttp's close() is synchronous (also behind aiobotocore's StreamingBody): it
-        # releases the connector's slot at once.
+        # Both closes are synchronous (AsyncReply's; aiohttp's, behind aiobotocore's
+        # StreamingBody, releases the connector's slot at once).
         streams, self._streams = self._streams, []
         for stream in streams:
             stream.close()
@@ -302,10 +314,13 @@ async def _aread(stream: Any, size: int) -> bytes:
 
 
 async def _achunks(stream: Any, length: int, chunk_size: ChunkSize) -> AsyncIterator[bytes]:
+    # A presigned GET's reply reads whole chunks from its socket; aiohttp's (behind
+    # aiobotocore's StreamingBody) are gathered.
+    read = stream.read if isinstance(stream, AsyncReply) else partial(_aread, stream)
     remaining = length
     while remaining > 0:
         with map_client_errors():
-            chunk = await _aread(stream, min(chunk_limit(chunk_size), remaining))
+            chunk = await read(min(chunk_limit(chunk_size), remaining))
         if not chunk:
             raise BodyTruncated()
         remaining -= len(chunk)
@@ -460,6 +475,8 @@ def _tune(session: botocore.session.Session) -> botocore.session.Session:
 
 def open_s3(settings: Settings) -> S3Storage:
     """The boto3 flavour: one client per worker process, closed by ``S3Storage.close``."""
+    import boto3.session  # each flavour imports its own library: ~16 MB less for the other
+
     botocore_session = _tune(botocore.session.Session())
     session = boto3.session.Session(
         profile_name=settings.s3_profile, botocore_session=botocore_session
@@ -480,6 +497,9 @@ def open_s3(settings: Settings) -> S3Storage:
 
 async def aopen_s3(settings: Settings, stack: AsyncExitStack) -> AsyncS3Storage:
     """The aiobotocore flavour: the client lives as long as ``stack`` (the app's lifespan)."""
+    import aiobotocore.session
+    from aiobotocore.config import AioConfig
+
     session = _tune(aiobotocore.session.AioSession(profile=settings.s3_profile))
     client = await stack.enter_async_context(
         session.create_client(
@@ -492,7 +512,7 @@ async def aopen_s3(settings: Settings, stack: AsyncExitStack) -> AsyncS3Storage:
     client.meta.events.register("after-call.s3", _count_call)
     gets = None
     if _presigning(settings, client):
-        http = presigned.session(settings, presigned.ca_file(session))
-        await stack.enter_async_context(http)
-        gets = presigned.AsyncPresignedGets(client, settings.s3_bucket, http)
+        connect = presigned.connections(settings, presigned.ca_file(session), AsyncConnections)
+        gets = presigned.AsyncPresignedGets(client, settings.s3_bucket, connect)
+        stack.callback(gets.close)
     return AsyncS3Storage(client, settings.s3_bucket, settings.s3_prefix, gets)

@@ -1,23 +1,27 @@
-"""How much of an S3 body aiohttp holds ahead of a slow consumer, on a real S3 server (moto).
+"""How much of an S3 body the async flavour holds ahead of a slow consumer, on a real S3 server
+(moto).
 
-aiohttp stops reading the socket once its buffer passes twice its limit, and its read(n) raises
-that limit to n for the rest of the response. The async flavour keeps the limit at
-``READ_BUFSIZE`` for slow streams and at most ``_AIOHTTP_READ_LIMIT`` for any stream, so a
-slow reader holds at most twice the limit plus one socket read (asyncio's: 256 KiB), whatever
-it asked for before.
+A presigned GET's reply (``AsyncReply``) reads each chunk straight from its socket: whatever S3
+sends ahead waits in the kernel's socket buffer, so the process holds nothing beyond the chunk
+it hands over. The botocore fallback streams from aiohttp, which stops reading the socket once
+its buffer passes twice its limit, and whose read(n) raises that limit to n for the rest of the
+response: reads of at most ``_AIOHTTP_READ_LIMIT`` bound it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import struct
+import termios
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import anyio
 import pytest
 
-from proxy.storage import presigned
+from proxy.storage.connections import AsyncReply
 from proxy.storage.s3 import _AIOHTTP_READ_LIMIT, _achunks, aopen_s3
 from tests.conftest import s3_settings
 from tests.s3servers import S3Server, put_object
@@ -26,6 +30,7 @@ KIB = 1024
 SOCKET_READ = 256 * KIB  # the most one read of asyncio's socket transport returns
 DATA = os.urandom(6 * 1024 * KIB)
 KEY = "buffering/slow.bin"
+FIRST = {"slow": [], "fast-then-slow": [1024 * KIB, 1024 * KIB]}
 
 
 def slow_after(first: list[int]) -> Callable[[], int]:
@@ -34,35 +39,65 @@ def slow_after(first: list[int]) -> Callable[[], int]:
     return lambda: next(sizes, 64 * KIB)
 
 
+def queued(reply: AsyncReply) -> int:
+    """Bytes the kernel holds for the reply's socket (FIONREAD)."""
+    count = fcntl.ioctl(reply._sock.fileno(), termios.FIONREAD, bytes(4))
+    return int(struct.unpack("i", count)[0])
+
+
+async def read_slowly(reader: object, first: list[int], ahead: Callable[[int], int]) -> list[int]:
+    """Read DATA in chunks, slowly; what ``ahead`` says after each chunk."""
+    received = hashlib.sha256()
+    consumed = 0
+    held = []
+    async for chunk in _achunks(reader, len(DATA), slow_after(first)):
+        received.update(chunk)
+        consumed += len(chunk)
+        await anyio.sleep(0.004)  # a slow client: the server fills what the socket takes
+        held.append(ahead(consumed))
+    assert (consumed, received.hexdigest()) == (len(DATA), hashlib.sha256(DATA).hexdigest())
+    return held
+
+
 @pytest.mark.anyio
-@pytest.mark.parametrize(
-    ("first", "bound"),
-    [
-        ([], 2 * presigned.READ_BUFSIZE + SOCKET_READ),  # slow throughout
-        ([1024 * KIB, 1024 * KIB], 2 * _AIOHTTP_READ_LIMIT + SOCKET_READ),  # fast, then slow
-    ],
-    ids=["slow", "fast-then-slow"],
-)
-async def test_a_slow_reader_has_little_buffered_ahead(
-    moto: S3Server, first: list[int], bound: int
+@pytest.mark.parametrize("first", list(FIRST.values()), ids=list(FIRST))
+async def test_a_presigned_reply_holds_nothing_ahead_of_a_slow_reader(
+    moto: S3Server, first: list[int]
 ) -> None:
     put_object(moto, KEY, DATA, "application/octet-stream")
     async with AsyncExitStack() as stack:
         storage = await aopen_s3(s3_settings(moto, "aiobotocore"), stack)
         fields, reader, closer = await storage.aget(KEY, None)
         assert fields["ContentLength"] == len(DATA)
-        assert type(reader).__name__ == "StreamReader"  # the presigned GET's aiohttp body
+        assert isinstance(reader, AsyncReply)
+        in_kernel: list[int] = []
+
+        def ahead(consumed: int) -> int:
+            in_kernel.append(queued(reader))
+            return len(DATA) - consumed - reader._remaining + len(reader._buffered)
+
         try:
-            received = hashlib.sha256()
-            consumed = 0
-            ahead = []
-            async for chunk in _achunks(reader, len(DATA), slow_after(first)):
-                received.update(chunk)
-                consumed += len(chunk)
-                await anyio.sleep(0.004)  # a slow client: the server fills what aiohttp takes
-                ahead.append(reader.total_bytes - consumed)
+            held = await read_slowly(reader, first, ahead)
         finally:
             closer.close()
-    assert (consumed, received.hexdigest()) == (len(DATA), hashlib.sha256(DATA).hexdigest())
-    assert max(ahead) <= bound
-    assert max(ahead) > presigned.READ_BUFSIZE  # the server did fill the buffer: a real test
+    assert max(held) == 0  # read from the socket, not yet handed over: nothing
+    assert max(in_kernel) > 256 * KIB  # the server did send ahead: a real test
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("first", list(FIRST.values()), ids=list(FIRST))
+async def test_the_botocore_fallback_keeps_aiohttps_buffer_small(
+    moto: S3Server, first: list[int]
+) -> None:
+    put_object(moto, KEY, DATA, "application/octet-stream")
+    async with AsyncExitStack() as stack:
+        settings = s3_settings(moto, "aiobotocore", s3_presigned_gets=False)
+        storage = await aopen_s3(settings, stack)
+        _, reader, closer = await storage.aget(KEY, None)
+        content = reader._raw_stream.content  # aiobotocore's StreamingBody over aiohttp's
+        try:
+            held = await read_slowly(reader, first, lambda done: content.total_bytes - done)
+        finally:
+            closer.close()
+    assert max(held) <= 2 * max(_AIOHTTP_READ_LIMIT, 64 * KIB) + SOCKET_READ
+    assert max(held) > 64 * KIB  # the server did fill the buffer: a real test

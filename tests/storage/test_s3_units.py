@@ -3,6 +3,9 @@ needed)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,6 +82,39 @@ def test_map_client_errors(raised: Exception, expected: type[errors.StorageError
 def test_other_exceptions_pass_through() -> None:
     with pytest.raises(KeyError), map_client_errors():
         raise KeyError("not ours")
+
+
+FLAVOUR_IMPORTS = """
+import asyncio, sys
+from contextlib import AsyncExitStack
+from proxy.config import Settings
+from proxy.storage import s3
+settings = Settings.model_validate({"backend": "s3", "s3_client": sys.argv[1],
+    "s3_bucket": "b", "s3_endpoint_url": "http://127.0.0.1:9", "s3_region": "us-east-1"})
+async def aopen():
+    async with AsyncExitStack() as stack:
+        await s3.aopen_s3(settings, stack)
+s3.open_s3(settings).close() if sys.argv[1] == "boto3" else asyncio.run(aopen())
+print(*sorted({"boto3", "aiobotocore", "aiohttp"} & set(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("flavour", "imported"),
+    [("boto3", "boto3"), ("aiobotocore", "aiobotocore aiohttp")],
+)
+def test_each_flavour_imports_only_its_own_library(flavour: str, imported: str) -> None:
+    """The other flavour's modules would cost ~16 MB of RSS (aiohttp and aiobotocore)."""
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")
+    done = subprocess.run(
+        [sys.executable, "-c", FLAVOUR_IMPORTS, flavour],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split() == imported.split()
 
 
 MODIFIED = "Sat, 21 Nov 2026 05:00:07 GMT"  # the header's text: the clients keep it raw
