@@ -477,8 +477,10 @@ def start_seaweedfs(workdir: Path) -> Iterator[S3Server]:
             "-s3.port.iceberg=0",  # defaults to the fixed port 8181
             "-s3.port.lance=0",  # defaults to the fixed port 9101
             # Volume count = free disk / volume size (default max is 8 volumes, and every
-            # bucket is a collection that grows 7 volumes on first write).
-            "-master.volumeSizeLimitMB=1024",
+            # bucket is a collection that grows 7 volumes on first write). With 1 GiB volumes a
+            # disk with 5.6 GB free had 5, and the second bucket's first PutObject failed ("No
+            # writable volumes", InternalError); 128 MB volumes need ~1.8 GB for both buckets.
+            "-master.volumeSizeLimitMB=128",
             "-volume.max=0",
             "-volume.preStopSeconds=0",  # default: 10 s pause before the volume server stops
             "-master.telemetry=false",  # default: reports to telemetry.seaweedfs.com
