@@ -1,12 +1,13 @@
-"""CPU per 64 KiB ranged GET from SeaweedFS: aiobotocore's get_object against plain aiohttp.
+"""CPU per 64 KiB ranged GET from SeaweedFS: aiobotocore's get_object against plain GETs.
 
   python benchmarks/s3_request_cost.py [--requests 1000]
 
 Starts SeaweedFS on loopback (benchmarks/seaweed.py), uploads a 256 MiB random object, then
 times, in this one process, N ranged GETs each way: aiobotocore's get_object (configured as the
 proxy configures it), aiohttp with botocore's own SigV4 signer per request, aiohttp with one
-presigned URL (what the proxy's presigned GETs do, proxy/storage/presigned.py), and aiohttp
-unsigned (the bucket is public-read). The difference is what botocore's per-request pipeline
+presigned URL (the proxy's presigned GETs until AsyncConnections), that URL over
+``AsyncConnections`` (what the proxy's presigned GETs do now, proxy/storage/presigned.py), and
+aiohttp unsigned (the bucket is public-read). The difference is what botocore's per-request pipeline
 costs on the proxy's hot path. Process CPU time, so a busy machine matters less than for
 throughput figures.
 """
@@ -32,6 +33,8 @@ from botocore.awsrequest import AWSRequest
 from seaweed import S3Site, seaweedfs_bucket
 
 from proxy.config import Settings
+from proxy.storage.connections import AsyncConnections
+from proxy.storage.presigned import split_url
 from proxy.storage.s3 import config_options
 
 SIZE = 256 * 1024 * 1024
@@ -93,6 +96,20 @@ async def measure(site: S3Site, requests: int) -> dict[str, float]:
             ("aiohttp unsigned", url, False),
         ]:
             results[label] = await cpu_per_call(partial(plain_get, target, signed), requests)
+
+    origin, target = split_url(presigned)
+    pool = AsyncConnections(origin, keep=4, connect_timeout=5.0, read_timeout=30.0)
+
+    async def own_get() -> None:
+        reply = await pool.get(target, {"Range": random_range()})
+        try:
+            assert reply.status == 206, reply.status
+            assert len(await reply.read(SPAN)) == SPAN
+        finally:
+            reply.close()
+
+    results["AsyncConnections, presigned"] = await cpu_per_call(own_get, requests)
+    pool.close()
     return results
 
 
@@ -109,7 +126,7 @@ def main() -> None:
         with seaweedfs_bucket(work, [path]) as site:
             results = asyncio.run(measure(site, args.requests))
     for label, seconds in results.items():
-        print(f"{label:26s} {seconds * 1e6:6.0f} us CPU per 64 KiB ranged GET")
+        print(f"{label:28s} {seconds * 1e6:6.0f} us CPU per 64 KiB ranged GET")
 
 
 if __name__ == "__main__":
