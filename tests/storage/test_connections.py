@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import os
 import socket
 import ssl
@@ -22,13 +20,18 @@ import pytest
 
 from proxy.storage.connections import AsyncConnections, AsyncReply, Connections, Reply
 from proxy.storage.errors import BodyTruncated
+from tests.loopback import Listener, self_signed, threaded_server
 
 
 @dataclass
 class Site:
     url: str = ""
-    connections: int = 0
+    listener: Listener | None = None
     requests: list[bytes] = field(default_factory=list)
+
+    @property
+    def connections(self) -> int:
+        return 0 if self.listener is None else self.listener.connections
 
 
 Handler = Callable[[socket.socket, Site], None]
@@ -52,43 +55,19 @@ def reply(body: bytes, extra: str = "") -> bytes:
 @contextlib.contextmanager
 def site(handler: Handler, tls: ssl.SSLContext | None = None) -> Iterator[Site]:
     state = Site()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.1)
-    scheme = "http" if tls is None else "https"
-    state.url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}"
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
 
     def serve(sock: socket.socket) -> None:
         with sock, contextlib.suppress(OSError):  # ssl.SSLError included: a refused handshake
-            sock.settimeout(10)
             if tls is not None:
                 with tls.wrap_socket(sock, server_side=True) as secure:
                     handler(secure, state)
             else:
                 handler(sock, state)
 
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                sock, _ = listener.accept()
-            except TimeoutError:
-                continue
-            state.connections += 1
-            thread = threading.Thread(target=serve, args=(sock,), daemon=True)
-            thread.start()
-            threads.append(thread)
-
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
-    try:
+    with threaded_server(serve) as listener:
+        state.listener = listener
+        state.url = f"{'http' if tls is None else 'https'}://127.0.0.1:{listener.port}"
         yield state
-    finally:
-        stop.set()
-        acceptor.join(timeout=5)
-        listener.close()
-        for thread in threads:
-            thread.join(timeout=5)
 
 
 def connections(url: str, read_timeout: float = 5.0) -> Connections:
@@ -202,43 +181,6 @@ def test_ready_and_blocking_reads_take_turns_and_keep_the_connection() -> None:
 
 # AsyncConnections, the event loop's twin: the same servers, on asyncio's loop and on uvloop
 # (the proxy's).
-
-
-def self_signed(directory: Path) -> Path:
-    """A certificate for 127.0.0.1 and its key, in one PEM file."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path = directory / "localhost.pem"
-    path.write_bytes(
-        certificate.public_bytes(serialization.Encoding.PEM)
-        + key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
 
 
 KINDS = {"blocking": {}, "asyncio": {}, "uvloop": {"use_uvloop": True}}
