@@ -81,7 +81,7 @@ async def test_a_presigned_reply_holds_nothing_ahead_of_a_slow_reader(
         finally:
             closer.close()
     assert max(held) == 0  # read from the socket, not yet handed over: nothing
-    assert max(in_kernel) > 256 * KIB  # the server did send ahead: a real test
+    assert max(in_kernel) > 2 * 64 * KIB  # S3 sent chunks ahead (the kernel held them): a real test
 
 
 @pytest.mark.anyio
