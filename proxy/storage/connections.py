@@ -17,7 +17,9 @@ import ssl
 import struct
 import termios
 from collections import deque
+from collections.abc import Callable
 from email.message import Message
+from functools import partial
 from typing import Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -33,6 +35,7 @@ class _Closable(Protocol):
 
 
 C = TypeVar("C", bound=_Closable)
+T = TypeVar("T")
 
 
 class _Pool(Generic[C]):
@@ -377,35 +380,33 @@ class AsyncReply:
 
 async def _recv(sock: socket.socket, size: int, timeout: float) -> bytes:
     """Up to ``size`` bytes: what the socket holds, else the first that arrive."""
-    while True:
-        try:
-            return sock.recv(size)
-        except (BlockingIOError, ssl.SSLWantReadError):
-            await _wait(sock, False, timeout)
-        except ssl.SSLWantWriteError:
-            await _wait(sock, True, timeout)
+    return await _retry(sock, partial(sock.recv, size), False, timeout)
 
 
 async def _send(sock: socket.socket, data: bytes, timeout: float) -> None:
     view = memoryview(data)
     while view:
-        try:
-            view = view[sock.send(view) :]
-        except (BlockingIOError, ssl.SSLWantWriteError):
-            await _wait(sock, True, timeout)
-        except ssl.SSLWantReadError:
-            await _wait(sock, False, timeout)
+        view = view[await _retry(sock, partial(sock.send, view), True, timeout) :]
 
 
 async def _handshake(sock: ssl.SSLSocket) -> None:
-    while True:  # bounded by the caller's connect timeout
+    await _retry(sock, sock.do_handshake, False, None)  # bounded by the connect timeout
+
+
+async def _retry(
+    sock: socket.socket, operation: Callable[[], T], writing: bool, timeout: float | None
+) -> T:
+    """``operation`` on a non-blocking socket, repeated once the socket is ready for what it
+    waited on: reading or writing (``writing``), or whichever TLS asks for."""
+    while True:
         try:
-            sock.do_handshake()
-            return
+            return operation()
+        except BlockingIOError:
+            await _wait(sock, writing, timeout)
         except ssl.SSLWantReadError:
-            await _wait(sock, False, None)
+            await _wait(sock, False, timeout)
         except ssl.SSLWantWriteError:
-            await _wait(sock, True, None)
+            await _wait(sock, True, timeout)
 
 
 async def _wait(sock: socket.socket, writable: bool, timeout: float | None) -> None:

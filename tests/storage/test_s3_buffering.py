@@ -10,13 +10,15 @@ response: reads of at most ``_AIOHTTP_READ_LIMIT`` bound it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import struct
 import termios
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import anyio
 import pytest
@@ -59,27 +61,34 @@ async def read_slowly(reader: object, first: list[int], ahead: Callable[[int], i
     return held
 
 
+@contextlib.asynccontextmanager
+async def slow_object(moto: S3Server, **overrides: object) -> AsyncIterator[Any]:
+    """DATA on moto, opened through the aiobotocore flavour's GetObject: its reader."""
+    put_object(moto, KEY, DATA, "application/octet-stream")
+    async with AsyncExitStack() as stack:
+        storage = await aopen_s3(s3_settings(moto, "aiobotocore", **overrides), stack)
+        fields, reader, closer = await storage.aget(KEY, None)
+        assert fields["ContentLength"] == len(DATA)
+        try:
+            yield reader
+        finally:
+            closer.close()
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("first", list(FIRST.values()), ids=list(FIRST))
 async def test_a_presigned_reply_holds_nothing_ahead_of_a_slow_reader(
     moto: S3Server, first: list[int]
 ) -> None:
-    put_object(moto, KEY, DATA, "application/octet-stream")
-    async with AsyncExitStack() as stack:
-        storage = await aopen_s3(s3_settings(moto, "aiobotocore"), stack)
-        fields, reader, closer = await storage.aget(KEY, None)
-        assert fields["ContentLength"] == len(DATA)
+    in_kernel: list[int] = []
+    async with slow_object(moto) as reader:
         assert isinstance(reader, AsyncReply)
-        in_kernel: list[int] = []
 
         def ahead(consumed: int) -> int:
             in_kernel.append(queued(reader))
             return len(DATA) - consumed - reader._remaining + len(reader._buffered)
 
-        try:
-            held = await read_slowly(reader, first, ahead)
-        finally:
-            closer.close()
+        held = await read_slowly(reader, first, ahead)
     assert max(held) == 0  # read from the socket, not yet handed over: nothing
     assert max(in_kernel) > 2 * 64 * KIB  # S3 sent chunks ahead (the kernel held them): a real test
 
@@ -89,15 +98,8 @@ async def test_a_presigned_reply_holds_nothing_ahead_of_a_slow_reader(
 async def test_the_botocore_fallback_keeps_aiohttps_buffer_small(
     moto: S3Server, first: list[int]
 ) -> None:
-    put_object(moto, KEY, DATA, "application/octet-stream")
-    async with AsyncExitStack() as stack:
-        settings = s3_settings(moto, "aiobotocore", s3_presigned_gets=False)
-        storage = await aopen_s3(settings, stack)
-        _, reader, closer = await storage.aget(KEY, None)
+    async with slow_object(moto, s3_presigned_gets=False) as reader:
         content = reader._raw_stream.content  # aiobotocore's StreamingBody over aiohttp's
-        try:
-            held = await read_slowly(reader, first, lambda done: content.total_bytes - done)
-        finally:
-            closer.close()
+        held = await read_slowly(reader, first, lambda done: content.total_bytes - done)
     assert max(held) <= 2 * max(_AIOHTTP_READ_LIMIT, 64 * KIB) + SOCKET_READ
     assert max(held) > 64 * KIB  # the server did fill the buffer: a real test
