@@ -9,12 +9,14 @@ botocore answers what it cannot.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
 from functools import partial
 from typing import Any
 
+import botocore.loaders
 import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
@@ -465,11 +467,50 @@ def _count_call(model: Any, **_: Any) -> None:
     BACKEND_CALLS.labels("s3", model.name).inc()
 
 
+# The services whose clients a session of the proxy creates: S3, and those of the credential
+# chain (assumed roles and web identity: STS; SSO profiles: SSO and SSO-OIDC; `aws login`: signin).
+ENDPOINT_SERVICES = frozenset({"s3", "sts", "sso", "sso-oidc", "signin"})
+
+
+class _FileLoader(botocore.loaders.JSONFileLoader):  # type: ignore[misc]  # untyped
+    """botocore's JSON files, but only ``ENDPOINT_SERVICES`` of its legacy endpoint table.
+
+    A session keeps endpoints.json (every service of every partition: ~7 MB of dicts) for as
+    long as it lives, to compute each client's default endpoint when the client is created;
+    requests are routed by each service's endpoint rule set. Measured on SeaweedFS (fresh
+    processes, two downloads and 5 s of ranges, then 50 slow readers): a fresh process 4 MB
+    smaller, and 5 MB less at the peak (the heap it freed is reused).
+    """
+
+    def load_file(self, file_path: str) -> Any:
+        data = super().load_file(file_path)
+        if data is None or os.path.basename(file_path) != "endpoints":
+            return data
+        partitions = [
+            {**partition, "services": _served(partition.get("services", {}))}
+            for partition in data.get("partitions", [])
+        ]
+        return {**data, "partitions": partitions}
+
+
+def _served(services: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: entry for name, entry in services.items() if name in ENDPOINT_SERVICES}
+
+
 def _tune(session: botocore.session.Session) -> botocore.session.Session:
     """Leave timestamps as the header's text: botocore parses each with dateutil, which took a
-    tenth of a ranged GET's client time; ``_meta_from`` reads the HTTP-date itself."""
+    tenth of a ranged GET's client time; ``_meta_from`` reads the HTTP-date itself. Load
+    botocore's data with ``_FileLoader`` (the search path is botocore's own: AWS_DATA_PATH)."""
     factory = session.get_component("response_parser_factory")
     factory.set_parser_defaults(timestamp_parser=str)
+    data_path = session.get_config_variable("data_path")
+    extra_paths = None
+    if data_path:
+        extra_paths = [
+            os.path.expanduser(os.path.expandvars(path)) for path in data_path.split(os.pathsep)
+        ]
+    loader = botocore.loaders.Loader(extra_search_paths=extra_paths, file_loader=_FileLoader())
+    session.register_component("data_loader", loader)
     return session
 
 

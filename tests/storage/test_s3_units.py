@@ -3,13 +3,16 @@ needed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import botocore.session
 import pytest
 from botocore.exceptions import (
     ClientError,
@@ -25,10 +28,12 @@ from proxy.http.ranges import ByteRange
 from proxy.storage import errors
 from proxy.storage.base import ReadyChunks
 from proxy.storage.s3 import (
+    ENDPOINT_SERVICES,
     RangeNotSatisfiable,
     _Chunks,
     _meta_from,
     _range_of,
+    _tune,
     map_client_errors,
 )
 
@@ -115,6 +120,50 @@ def test_each_flavour_imports_only_its_own_library(flavour: str, imported: str) 
         check=True,
     )
     assert done.stdout.split() == imported.split()
+
+
+def _services(session: botocore.session.Session) -> set[str]:
+    endpoints = session.get_component("data_loader").load_data("endpoints")
+    return {name for partition in endpoints["partitions"] for name in partition["services"]}
+
+
+def test_sessions_keep_only_the_endpoints_of_the_services_they_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """botocore's full table has hundreds of services (~7 MB of dicts kept per session)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    full = botocore.session.Session()
+    assert len(_services(full)) > 100
+    tuned = _tune(botocore.session.Session())
+    assert _services(tuned) == ENDPOINT_SERVICES & _services(full)
+    assert {"s3", "sts"} <= _services(tuned)
+    for region in ("eu-west-1", "cn-north-1", "us-gov-west-1"):  # a region of three partitions
+        for service in ("s3", "sts"):
+            ours = tuned.create_client(service, region_name=region).meta.endpoint_url
+            theirs = full.create_client(service, region_name=region).meta.endpoint_url
+            assert ours == theirs
+
+
+def test_a_data_path_of_the_user_is_still_searched(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """AWS_DATA_PATH overrides botocore's files; the endpoint table is trimmed there too."""
+    (tmp_path / "endpoints.json").write_text(
+        json.dumps(
+            {
+                "version": 3,
+                "partitions": [
+                    {"partition": "mine", "regions": {}, "services": {"s3": {}, "ec2": {}}}
+                ],
+            }
+        )
+    )
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
+    tuned = _tune(botocore.session.Session())
+    assert tuned.get_component("data_loader").load_data("endpoints")["partitions"] == [
+        {"partition": "mine", "regions": {}, "services": {"s3": {}}}
+    ]
 
 
 MODIFIED = "Sat, 21 Nov 2026 05:00:07 GMT"  # the header's text: the clients keep it raw
