@@ -88,3 +88,61 @@ def test_settings_come_from_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_invalid_settings_are_refused(name: str, value: str) -> None:
     with pytest.raises(ValueError):
         Settings.model_validate({name: value})
+
+
+ARENA_PROBE = """
+import ctypes, os, sys, tempfile, threading
+if sys.argv[1] == "proxy":
+    from proxy.__main__ import _few_malloc_arenas
+    _few_malloc_arenas()
+together = threading.Barrier(8)
+def allocate():
+    together.wait()
+    blocks = [bytearray(200_000) for _ in range(4)]  # malloc's, not pymalloc's
+    together.wait()
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+libc = ctypes.CDLL(None)
+libc.fdopen.restype = ctypes.c_void_p
+libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+with tempfile.TemporaryFile() as report:
+    stream = libc.fdopen(os.dup(report.fileno()), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    report.seek(0)
+    print(report.read().count(b"<heap nr="), os.environ.get("MALLOC_ARENA_MAX"))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+@pytest.mark.parametrize(
+    ("who", "preset", "most", "seen"),
+    [
+        ("proxy", None, 2, "2"),
+        ("python", None, 16, "None"),  # the probe can fail: 8 threads, 8 arenas + main
+        ("proxy", "4", 4, "4"),  # the user's value wins
+    ],
+)
+def test_the_proxy_keeps_glibc_to_two_malloc_arenas(
+    who: str, preset: str | None, most: int, seen: str
+) -> None:
+    env = {k: v for k, v in clean_env().items() if k != "MALLOC_ARENA_MAX"}
+    if preset is not None:
+        env["MALLOC_ARENA_MAX"] = preset
+    done = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE, who],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    heaps, variable = done.stdout.split()
+    assert variable == seen  # spawned workers read it
+    if who == "python":
+        assert int(heaps) > 2
+    else:
+        assert 1 <= int(heaps) <= most
