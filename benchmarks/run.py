@@ -38,7 +38,17 @@ from scenarios import (
     settle,
 )
 from seaweed import seaweedfs_bucket
-from servers import BIG, TARGETS, TINY, Server, Site, Target, start, start_proxy
+from servers import (
+    BIG,
+    TARGETS,
+    TINY,
+    Server,
+    Site,
+    Target,
+    deploy_python,
+    start,
+    start_proxy,
+)
 
 HERE = Path(__file__).resolve().parent
 MIB = 1024 * 1024
@@ -61,6 +71,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         metavar="DIR",
         help="py-spy the proxies during each scenario's first run into DIR (see profiles.py)",
+    )
+    parser.add_argument(
+        "--proxy-python",
+        metavar="PATH",
+        help="the proxies' interpreter (default: a new venv with `pip install .`, as deployed)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -193,14 +208,16 @@ def no_data(
 
 
 @contextlib.contextmanager
-def environment(work_dir: Path, files: Sequence[Path], need_s3: bool) -> Iterator[Site]:
+def environment(
+    work_dir: Path, files: Sequence[Path], need_s3: bool, python: str
+) -> Iterator[Site]:
     data_dir = files[0].parent
     if not need_s3:
-        yield Site(data_dir, work_dir, None)
+        yield Site(data_dir, work_dir, None, python)
         return
     print("starting SeaweedFS and uploading the objects", flush=True)
     with seaweedfs_bucket(work_dir, files) as s3:
-        yield Site(data_dir, work_dir, s3)
+        yield Site(data_dir, work_dir, s3, python)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,8 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         work_dir = Path(tmp)
         print(f"writing {args.size_mib} MiB of random data to {work_dir}", flush=True)
         files = write_data(work_dir / "data", size)
+        python, settings["proxy_python"] = args.proxy_python, "--proxy-python"
+        if python is None and any(t.role == "proxy" for t in targets):
+            print("installing the proxy into a new virtual environment (pip install .)", flush=True)
+            python, settings["proxy_python"] = deploy_python(work_dir)
         site = stack.enter_context(
-            environment(work_dir, files, any(t.backend == "s3" for t in targets))
+            environment(
+                work_dir, files, any(t.backend == "s3" for t in targets), python or sys.executable
+            )
         )
         fleet = Fleet(stack)
         relay_log = start_all(targets, site, fleet, any(s.name == "disconnect" for s in scenarios))

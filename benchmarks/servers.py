@@ -19,6 +19,8 @@ from procs import LOOPBACK, free_port, spawn, stop, wait_http
 from seaweed import S3Site
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEPLOY_TIMEOUT_S = 900.0
 BIG = "big.bin"
 TINY = "tiny.txt"
 START_TIMEOUT_S = 30.0
@@ -42,6 +44,7 @@ class Site:
     data_dir: Path
     work_dir: Path
     s3: S3Site | None
+    python: str = sys.executable  # the proxy's interpreter (see deploy_python)
 
 
 @dataclass(slots=True)
@@ -104,9 +107,32 @@ def start_proxy(target: Target, site: Site, s3_port: int | None = None) -> Serve
     port = free_port()
     suffix = "" if site.s3 is None or s3_port == site.s3.port else "-relayed"
     log = site.work_dir / f"{target.name}{suffix}.log"
-    command = [sys.executable, "-m", "proxy"]
+    command = [site.python, "-m", "proxy"]
     process = spawn(command, log, _proxy_env(target, site, port, s3_port))
     return _ready(Server(target, port, process), log)
+
+
+def deploy_python(work_dir: Path) -> tuple[str, str]:
+    """The proxy's interpreter: a new virtual environment in work_dir with the proxy installed
+    as the README's run command installs it (`pip install .`: the runtime dependencies only).
+
+    The test environment also holds the test tools, and aiobotocore imports httpx when it is
+    installed (with rich and click: ~6 MB more in the proxy's process, which a deployed proxy
+    does not carry). Returns (python, what it is); the running Python when pip fails.
+    """
+    venv = work_dir / "deploy-venv"
+    python = venv / "bin" / "python"
+    steps = [
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
+    ]
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True, timeout=DEPLOY_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as error:
+        reason = getattr(error, "stderr", None) or error
+        return sys.executable, f"the running Python (pip install . failed: {str(reason)[-200:]})"
+    return str(python), "pip install . in a new virtual environment"
 
 
 def nginx_config(root: Path, prefix: Path, port: int) -> str:
