@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import sys
@@ -30,30 +29,6 @@ def _lean_log_records() -> None:
 _lean_log_records()
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
-MALLOC_ARENAS = "2"
-
-
-def _few_malloc_arenas() -> None:
-    """At most two glibc malloc arenas (as MALLOC_ARENA_MAX=2 does; a value the user set wins).
-
-    glibc gives threads that allocate at once arenas of their own, up to 8 per core, and keeps
-    what each held at its peak: the boto3 flavour reads S3 in the threadpool. Measured on
-    SeaweedFS (fresh processes, two downloads, 5 s of ranges, then 50 slow readers): boto3
-    flavour 90 -> 86 MB at the peak, no change in CPU per download or ranged GETs per second.
-    The process itself calls mallopt (its environment was read at start); workers it spawns
-    read the variable.
-    """
-    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
-        return
-    os.environ["MALLOC_ARENA_MAX"] = MALLOC_ARENAS
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt(M_ARENA_MAX, int(MALLOC_ARENAS))
-
-
 def serve(settings: Settings) -> None:
     """Run uvicorn; on the local backend's default root, create the sample on first run."""
     root = settings.local_root
@@ -66,7 +41,6 @@ def serve(settings: Settings) -> None:
             print(f"  http://{settings.host}:{settings.port}/objects/{key}", flush=True)
     if settings.workers > 1 and settings.metrics:
         _share_metrics_between_workers()
-    _few_malloc_arenas()
     uvicorn.run(
         "proxy.app:create_app",
         factory=True,  # each worker builds its own app (and its own storage client)
