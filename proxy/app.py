@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from proxy import metrics
 from proxy.config import Settings
+from proxy.idle import TrimWhenIdle, malloc_trim
 from proxy.observability import LineHandler, Observability, access_logger
 from proxy.routes import OBJECT_METHODS, OBJECT_PREFIX, add_object_routes
 from proxy.storage import errors
@@ -235,6 +236,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     if settings.access_log:
         _log_to_stdout(access_logger)
+    if (trim := malloc_trim()) is not None:
+        app.add_middleware(TrimWhenIdle, trim=trim)
     # Outermost: sees every answer, CORS preflights and errors included.
     app.add_middleware(Observability, access_log=settings.access_log, metrics_on=settings.metrics)
     return app

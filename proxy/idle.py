@@ -1,0 +1,85 @@
+"""Give the heap back after a busy spell: ``malloc_trim(0)`` once the proxy has been idle.
+
+glibc keeps the memory a process freed in its heap, and returns only what lies at the heap's
+top: after a burst (one fast download reads 1 MiB chunks, thirty-two ranged GETs at once, fifty
+slow readers) an idle proxy stays at its peak, which is what a container's memory limit sees.
+``malloc_trim(0)`` hands every free page back to the kernel. It walks the whole heap with the
+arena locked (a few ms, up to ~19 ms measured on a 100 MB process), so it runs only when no HTTP
+request has been in progress for ``IDLE_SECONDS``, once per busy spell, on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import sys
+import time
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+IDLE_SECONDS = 1.0
+
+Trim = Callable[[int], object]
+
+
+def malloc_trim() -> Trim | None:
+    """glibc's ``malloc_trim``; None elsewhere (musl, macOS)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+class TrimWhenIdle:
+    """Pure ASGI middleware: counts the HTTP requests in progress; once none has been for
+    ``idle_seconds`` after some ran, calls ``trim(0)`` (one timer at a time, none while idle)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        trim: Trim,
+        idle_seconds: float = IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app = app
+        self.trim = trim
+        self.idle_seconds = idle_seconds
+        self.clock = clock
+        self.trims = 0
+        self._active = 0
+        self._busy = False  # requests ran since the last trim
+        self._quiet_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self._active += 1
+        self._busy = True
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._quiet_since = self.clock()
+                if self._timer is None:
+                    self._schedule(self.idle_seconds)
+
+    def _schedule(self, delay: float) -> None:
+        self._timer = asyncio.get_running_loop().call_later(delay, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._active or not self._busy:
+            return  # the request in progress schedules the next check when it ends
+        quiet = self.clock() - self._quiet_since
+        if quiet < self.idle_seconds:
+            self._schedule(self.idle_seconds - quiet)
+            return
+        self._busy = False
+        self.trim(0)
+        self.trims += 1
