@@ -244,14 +244,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         work_dir = Path(tmp)
         print(f"writing {args.size_mib} MiB of random data to {work_dir}", flush=True)
         files = write_data(work_dir / "data", size)
-        python, settings["proxy_python"] = args.proxy_python, "--proxy-python"
-        if python is None and any(t.role == "proxy" for t in targets):
+        if args.proxy_python is not None:
+            python, how = args.proxy_python, f"--proxy-python {args.proxy_python}"
+        elif any(t.role == "proxy" for t in targets):
             print("installing the proxy into a new virtual environment (pip install .)", flush=True)
-            python, settings["proxy_python"] = deploy_python(work_dir)
+            python, how = deploy_python(work_dir)
+        else:
+            python, how = sys.executable, "no proxy measured"
+        settings["proxy_python"] = how
         site = stack.enter_context(
-            environment(
-                work_dir, files, any(t.backend == "s3" for t in targets), python or sys.executable
-            )
+            environment(work_dir, files, any(t.backend == "s3" for t in targets), python)
         )
         fleet = Fleet(stack)
         relay_log = start_all(targets, site, fleet, any(s.name == "disconnect" for s in scenarios))

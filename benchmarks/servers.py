@@ -44,7 +44,7 @@ class Site:
     data_dir: Path
     work_dir: Path
     s3: S3Site | None
-    python: str = sys.executable  # the proxy's interpreter (see deploy_python)
+    python: str  # the proxies' interpreter (see deploy_python)
 
 
 @dataclass(slots=True)
@@ -128,10 +128,12 @@ def deploy_python(work_dir: Path) -> tuple[str, str]:
     ]
     try:
         for step in steps:
-            subprocess.run(step, check=True, capture_output=True, timeout=DEPLOY_TIMEOUT_S)
+            subprocess.run(
+                step, check=True, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT_S
+            )
     except (OSError, subprocess.SubprocessError) as error:
-        reason = getattr(error, "stderr", None) or error
-        return sys.executable, f"the running Python (pip install . failed: {str(reason)[-200:]})"
+        reason = getattr(error, "stderr", None) or str(error)
+        return sys.executable, f"the running Python (pip install . failed: {reason[-200:]})"
     return str(python), "pip install . in a new virtual environment"
 
 

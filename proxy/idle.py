@@ -42,13 +42,10 @@ class TrimWhenIdle:
         app: ASGIApp,
         trim: Trim,
         idle_seconds: float = IDLE_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
         self.trim = trim
         self.idle_seconds = idle_seconds
-        self.clock = clock
-        self.trims = 0
         self._active = 0
         self._busy = False  # requests ran since the last trim
         self._quiet_since = 0.0
@@ -65,7 +62,7 @@ class TrimWhenIdle:
         finally:
             self._active -= 1
             if self._active == 0:
-                self._quiet_since = self.clock()
+                self._quiet_since = time.monotonic()
                 if self._timer is None:
                     self._schedule(self.idle_seconds)
 
@@ -76,10 +73,9 @@ class TrimWhenIdle:
         self._timer = None
         if self._active or not self._busy:
             return  # the request in progress schedules the next check when it ends
-        quiet = self.clock() - self._quiet_since
+        quiet = time.monotonic() - self._quiet_since
         if quiet < self.idle_seconds:
             self._schedule(self.idle_seconds - quiet)
             return
         self._busy = False
         self.trim(0)
-        self.trims += 1

@@ -500,16 +500,11 @@ def _served(services: Mapping[str, Any]) -> dict[str, Any]:
 def _tune(session: botocore.session.Session) -> botocore.session.Session:
     """Leave timestamps as the header's text: botocore parses each with dateutil, which took a
     tenth of a ranged GET's client time; ``_meta_from`` reads the HTTP-date itself. Load
-    botocore's data with ``_FileLoader`` (the search path is botocore's own: AWS_DATA_PATH)."""
+    botocore's data (from botocore's own search path, AWS_DATA_PATH) with ``_FileLoader``."""
     factory = session.get_component("response_parser_factory")
     factory.set_parser_defaults(timestamp_parser=str)
-    data_path = session.get_config_variable("data_path")
-    extra_paths = None
-    if data_path:
-        extra_paths = [
-            os.path.expanduser(os.path.expandvars(path)) for path in data_path.split(os.pathsep)
-        ]
-    loader = botocore.loaders.Loader(extra_search_paths=extra_paths, file_loader=_FileLoader())
+    loader = botocore.loaders.create_loader(session.get_config_variable("data_path"))
+    loader.file_loader = _FileLoader()
     session.register_component("data_loader", loader)
     return session
 
