@@ -47,7 +47,6 @@ class TrimWhenIdle:
         self.trim = trim
         self.idle_seconds = idle_seconds
         self._active = 0
-        self._busy = False  # requests ran since the last trim
         self._quiet_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -56,7 +55,6 @@ class TrimWhenIdle:
             await self.app(scope, receive, send)
             return
         self._active += 1
-        self._busy = True
         try:
             await self.app(scope, receive, send)
         finally:
@@ -70,12 +68,11 @@ class TrimWhenIdle:
         self._timer = asyncio.get_running_loop().call_later(delay, self._check)
 
     def _check(self) -> None:
-        self._timer = None
-        if self._active or not self._busy:
+        self._timer = None  # only a request's end schedules a check: a trim ends the spell
+        if self._active:
             return  # the request in progress schedules the next check when it ends
         quiet = time.monotonic() - self._quiet_since
         if quiet < self.idle_seconds:
             self._schedule(self.idle_seconds - quiet)
             return
-        self._busy = False
         self.trim(0)
