@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from proxy import metrics
 from proxy.config import Settings
 from proxy.idle import TrimWhenIdle, malloc_trim
-from proxy.observability import LineHandler, Observability, access_logger
+from proxy.observability import LineHandler, Observability, access_logger, record_waiting
 from proxy.routes import OBJECT_METHODS, OBJECT_PREFIX, add_object_routes
 from proxy.storage import errors
 from proxy.storage.base import AsyncStorage, Storage
@@ -182,6 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.collect()
             gc.freeze()
             yield
+            record_waiting()  # the last requests' lines and metrics, before the loop ends
         metrics.worker_exited(os.getpid())
 
     app = FastAPI(

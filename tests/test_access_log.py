@@ -1,5 +1,6 @@
 """The access log's own handler: lines written straight to its stream while nothing configured
-on the logger could change them, through the logging module as soon as something could."""
+on the logger could change them, through the logging module as soon as something could; lines
+and metrics recorded in batches."""
 
 from __future__ import annotations
 
@@ -13,14 +14,26 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
-from proxy.observability import LineHandler, Observability, access_line, access_logger
+from proxy.app import create_app
+from proxy.config import Settings
+from proxy.observability import (
+    BATCH_SECONDS,
+    BATCH_SIZE,
+    LineHandler,
+    Observability,
+    access_line,
+    access_logger,
+    record_waiting,
+)
 from tests.conftest import MediaTree, free_port, wait_healthy
 
 
@@ -39,6 +52,13 @@ async def request(app: Observability, path: str = "/x") -> None:
         pass
 
     await app(scope, receive, send)
+
+
+async def recorded(app: Observability) -> None:
+    """Record the requests that wait for their batch, and let the handler write their lines
+    (at the end of the loop's pass)."""
+    app.record_finished()
+    await asyncio.sleep(0)
 
 
 class Records(logging.Handler):
@@ -101,6 +121,7 @@ async def test_lines_go_straight_to_the_stream(
     app = Observability(tiny_app, metrics_on=False)
     await request(app, "/a")
     await request(app, "/b")
+    await recorded(app)
     assert [(line["path"], line["status"], line["bytes_sent"]) for line in lines(stream)] == [
         ("/a", 200, 5),
         ("/b", 200, 5),
@@ -116,7 +137,9 @@ async def test_another_handler_gets_every_line_too(
     sole(stream)
     records = Records()
     access_logger.addHandler(records)
-    await request(Observability(tiny_app, metrics_on=False))
+    app = Observability(tiny_app, metrics_on=False)
+    await request(app)
+    await recorded(app)
     assert len(no_records) == 1
     assert [json.loads(m)["path"] for m in records.messages] == ["/x"]
     assert [line["path"] for line in lines(stream)] == ["/x"]
@@ -126,55 +149,134 @@ async def test_another_handler_gets_every_line_too(
 async def test_levels_filters_and_formatters_are_honoured(stream: io.StringIO) -> None:
     handler = sole(stream)
     app = Observability(tiny_app, metrics_on=False)
+
+    async def one(path: str = "/x") -> None:
+        await request(app, path)
+        await recorded(app)
+
     access_logger.setLevel(logging.WARNING)
-    await request(app)
+    await one()
     access_logger.setLevel(logging.INFO)
     access_logger.addFilter(lambda record: False)
-    await request(app)
+    await one()
     access_logger.filters = []
     handler.addFilter(lambda record: False)
-    await request(app)
+    await one()
     handler.filters = []
     handler.setLevel(logging.ERROR)
-    await request(app)
+    await one()
     handler.setLevel(logging.NOTSET)
     logging.disable(logging.INFO)
     try:
-        await request(app)
+        await one()
     finally:
         logging.disable(logging.NOTSET)
     assert stream.getvalue() == ""
     handler.setFormatter(logging.Formatter("access %(message)s"))
-    await request(app, "/formatted")
+    await one("/formatted")
     assert stream.getvalue().startswith("access {")
     assert '"path": "/formatted"' in stream.getvalue()
 
 
 class Flushes(io.StringIO):
+    """A stream that notes each write and what had been written at each flush."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.flushed: list[str] = []  # what had been written at each flush
+        self.writes = 0
+        self.flushed: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
 
     def flush(self) -> None:
         self.flushed.append(self.getvalue())
 
 
+def paths(text: str) -> list[str]:
+    return [json.loads(line)["path"] for line in text.splitlines()]
+
+
 @pytest.mark.anyio
-async def test_lines_of_one_loop_pass_are_flushed_together_at_its_end(
-    stream: io.StringIO,
-) -> None:
+async def test_lines_wait_for_their_batch_and_are_written_together(stream: io.StringIO) -> None:
     out = Flushes()
     access_logger.handlers = [LineHandler(out)]
     app = Observability(tiny_app, metrics_on=False)
     for path in ("/a", "/b", "/c"):
-        await request(app, path)  # nothing here suspends: one pass of the loop
-    assert out.flushed == []
-    await asyncio.sleep(0)  # the loop's next pass
-    assert len(out.flushed) == 1
-    assert [json.loads(line)["path"] for line in out.flushed[0].splitlines()] == ["/a", "/b", "/c"]
-    await request(app, "/d")
+        await request(app, path)
     await asyncio.sleep(0)
-    assert len(out.flushed) == 2 and out.flushed[1].endswith('"aborted": false}\n')
+    assert out.flushed == []  # the batch waits
+    await asyncio.sleep(BATCH_SECONDS * 4)
+    assert (out.writes, len(out.flushed)) == (1, 1)  # one write, one flush for the batch
+    assert paths(out.flushed[0]) == ["/a", "/b", "/c"]
+    await request(app, "/d")
+    await asyncio.sleep(BATCH_SECONDS * 4)
+    assert (out.writes, len(out.flushed)) == (2, 2)
+    assert out.flushed[1].endswith('"aborted": false}\n')
+    assert paths(out.flushed[1]) == ["/a", "/b", "/c", "/d"]
+
+
+@pytest.mark.anyio
+async def test_a_full_batch_is_recorded_at_once(stream: io.StringIO) -> None:
+    out = Flushes()
+    access_logger.handlers = [LineHandler(out)]
+    app = Observability(tiny_app, metrics_on=False)
+    for number in range(BATCH_SIZE + 1):
+        await request(app, f"/{number}")
+    await asyncio.sleep(0)  # one pass: no time for the batch's timer
+    assert len(out.flushed) == 1
+    assert paths(out.flushed[0]) == [f"/{number}" for number in range(BATCH_SIZE)]
+    await asyncio.sleep(BATCH_SECONDS * 4)
+    assert paths(out.getvalue())[-1] == f"/{BATCH_SIZE}"
+
+
+@pytest.mark.anyio
+async def test_metrics_are_counted_with_the_batch() -> None:
+    app = Observability(tiny_app, access_log=False)
+    route = {"route": "unmatched", "method": "GET", "status": "299"}
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    app.app = answer
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("proxy_requests_total", route) or 0.0
+
+    before = count()
+    await request(app)
+    await request(app)
+    assert count() == before
+    await asyncio.sleep(BATCH_SECONDS * 4)
+    assert count() == before + 2
+
+
+@pytest.mark.anyio
+async def test_record_waiting_records_what_every_app_keeps(stream: io.StringIO) -> None:
+    sole(stream)
+    first, second = (Observability(tiny_app, metrics_on=False) for _ in range(2))
+    await request(first, "/first")
+    await request(second, "/second")
+    record_waiting()  # as the app's shutdown does, before the loop ends
+    await asyncio.sleep(0)
+    assert paths(stream.getvalue()) == ["/first", "/second"]
+
+
+@pytest.mark.anyio
+async def test_the_app_records_what_waits_when_it_shuts_down(
+    tmp_path: Path, stream: io.StringIO
+) -> None:
+    sole(stream)
+    app = create_app(Settings(local_root=tmp_path, metrics=False))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            assert (await client.get("/healthz")).status_code == 200
+        assert stream.getvalue() == ""  # waiting for its batch
+    await asyncio.sleep(0)  # the handler writes at the end of the loop's pass
+    assert paths(stream.getvalue()) == ["/healthz"]  # recorded at shutdown
 
 
 def test_lines_written_off_any_loop_are_flushed_at_once() -> None:
@@ -184,12 +286,24 @@ def test_lines_written_off_any_loop_are_flushed_at_once() -> None:
 
 
 @pytest.mark.anyio
+async def test_flush_writes_the_lines_kept(stream: io.StringIO) -> None:
+    out = Flushes()
+    handler = LineHandler(out)
+    handler.write_line('{"x": 1}')
+    assert out.flushed == []
+    handler.flush()  # what logging.shutdown calls at exit
+    assert out.flushed == ['{"x": 1}\n']
+
+
+@pytest.mark.anyio
 async def test_a_broken_stream_does_not_fail_the_request(
     stream: io.StringIO, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sole(stream)
     stream.close()  # writes raise ValueError, as to a closed or broken stdout
-    await request(Observability(tiny_app, metrics_on=False))  # no exception
+    app = Observability(tiny_app, metrics_on=False)
+    await request(app)  # no exception
+    await recorded(app)
     assert "Logging error" in capsys.readouterr().err  # reported like logging reports it
 
 
