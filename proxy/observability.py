@@ -6,6 +6,7 @@ Pure ASGI (not BaseHTTPMiddleware): it only watches ``send``, so streams pass th
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import itertools
 import json
@@ -52,13 +53,13 @@ class LineHandler(logging.StreamHandler[TextIO]):
         self._flushing: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
     def write_line(self, line: str) -> None:
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            self._lines.append(line)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._write([line])
+            self._write_kept()  # with any kept on a loop that ended first, in order
             return
-        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
-            self._lines.append(line)
         if loop not in self._flushing:
             self._flushing.add(loop)
             loop.call_soon(self._flush_for, loop)
@@ -188,6 +189,7 @@ class Observability:
         self.metrics_on = metrics_on
         self._finished: list[_Finished] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
         _OBSERVERS.add(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -237,17 +239,20 @@ class Observability:
 
     def _finish(self, finished: _Finished) -> None:
         self._finished.append(finished)
-        if len(self._finished) >= BATCH_SIZE:
+        loop = asyncio.get_running_loop()
+        # A batch timed on another loop: that loop ended first (a test client's loop per request).
+        if len(self._finished) >= BATCH_SIZE or self._timer_loop not in (None, loop):
             self.record_finished()
         elif self._timer is None:
-            loop = asyncio.get_running_loop()
             self._timer = loop.call_later(BATCH_SECONDS, self.record_finished)
+            self._timer_loop = loop
 
     def record_finished(self) -> None:
         """Log and count the requests that ended and wait for their batch."""
         if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+            if self._timer_loop is not None and not self._timer_loop.is_closed():
+                self._timer.cancel()
+            self._timer = self._timer_loop = None
         finished, self._finished = self._finished, []
         for item in finished:
             self._record(*item)
@@ -311,6 +316,11 @@ def record_waiting() -> None:
     """Log and count every request that waits for its batch (at shutdown: no line is lost)."""
     for observer in list(_OBSERVERS):
         observer.record_finished()
+
+
+# Also at exit, for loops that end without the app's shutdown; before logging's own exit
+# handler (registered earlier, so run later) flushes the handlers.
+atexit.register(record_waiting)
 
 
 # What json.dumps writes a str with (its C encoder, ASCII-only output): quotes and escapes.

@@ -261,7 +261,7 @@ async def test_record_waiting_records_what_every_app_keeps(stream: io.StringIO) 
     await request(second, "/second")
     record_waiting()  # as the app's shutdown does, before the loop ends
     await asyncio.sleep(0)
-    assert paths(stream.getvalue()) == ["/first", "/second"]
+    assert sorted(paths(stream.getvalue())) == ["/first", "/second"]  # apps in any order
 
 
 @pytest.mark.anyio
@@ -277,6 +277,42 @@ async def test_the_app_records_what_waits_when_it_shuts_down(
         assert stream.getvalue() == ""  # waiting for its batch
     await asyncio.sleep(0)  # the handler writes at the end of the loop's pass
     assert paths(stream.getvalue()) == ["/healthz"]  # recorded at shutdown
+
+
+def test_a_batch_left_by_an_ended_loop_is_recorded_by_the_next_request(
+    stream: io.StringIO,
+) -> None:
+    sole(stream)
+    app = Observability(tiny_app, metrics_on=False)
+    asyncio.run(request(app, "/first"))  # its loop ends before the batch's timer
+    assert stream.getvalue() == ""
+    asyncio.run(request(app, "/second"))  # another loop: what waits is recorded at once
+    assert paths(stream.getvalue()) == ["/first", "/second"]
+
+
+EXIT_PROBE = """
+import asyncio, sys
+from proxy.observability import LineHandler, Observability, access_logger
+access_logger.addHandler(LineHandler(sys.stdout))
+access_logger.setLevel("INFO")
+access_logger.propagate = False
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hi"})
+async def ignore(message):
+    pass
+async def main():
+    scope = {"type": "http", "method": "GET", "path": "/exit", "headers": [], "query_string": b""}
+    await Observability(app, metrics_on=False)(scope, None, ignore)
+asyncio.run(main())
+"""
+
+
+def test_what_waits_is_recorded_at_exit() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert paths(done.stdout) == ["/exit"]
 
 
 def test_lines_written_off_any_loop_are_flushed_at_once() -> None:
