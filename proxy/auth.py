@@ -2,7 +2,7 @@
 
 A signed URL carries ``expires`` (Unix seconds), ``kid`` and ``sig`` =
 base64url(HMAC-SHA256(secret[kid], "v1\\n{kid}\\n{expires}\\n{key}")); it stays valid for every
-Range request of the same object until it expires. One dependency serves both flavours.
+Range request of the same object until it expires. One check serves both flavours.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from urllib.parse import quote
 
 from fastapi import Request
-from starlette.exceptions import HTTPException
 
 from proxy.config import ApiKey, Settings
 
@@ -109,12 +108,8 @@ def check_access(
 
 
 async def authorize(request: Request, key: str) -> None:
-    """FastAPI dependency of both object routers: 401/403 before any storage call."""
+    """Raise ``Denied`` (401/403, answered by the app's handler) before any storage call."""
     settings: Settings = request.app.state.settings
     if not settings.auth_enabled:
         return  # before touching the query string: parsing it costs on every request
-    try:
-        check_access(settings, key, request.headers.get("authorization"), request.query_params)
-    except Denied as denied:
-        headers = {"www-authenticate": denied.challenge} if denied.challenge else None
-        raise HTTPException(denied.status, denied.detail, headers=headers) from None
+    check_access(settings, key, request.headers.get("authorization"), request.query_params)

@@ -10,9 +10,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from proxy.storage.openfiles import DEFAULT_OPEN_FILES
+from proxy.storage.options import DEFAULT_OPEN_FILES, LocalOptions, S3Options, StorageOptions
 
-# Measured with benchmarks/chunk_size.py and benchmarks/run.py: see the README's "Chunk size".
+# Measured with benchmarks/chunk_size.py and benchmarks/run.py: see docs/design.md, "The pacer".
 DEFAULT_CHUNK_SIZE = 1024 * 1024  # the largest read, for clients that keep up
 DEFAULT_MIN_CHUNK_SIZE = 64 * 1024  # the first read, and slow clients' reads
 DEFAULT_LOCAL_ROOT = Path("media")
@@ -118,6 +118,27 @@ class Settings(BaseSettings):
     @property
     def sync(self) -> bool:
         """Whether the blocking flavour serves requests (``def`` endpoints, threadpool)."""
+        return self.storage_options().sync
+
+    def storage_options(self) -> StorageOptions:
+        """The backend's own options, taken from these settings (storage never reads them)."""
         if self.backend == "s3":
-            return self.s3_client == "boto3"
-        return self.flavor == "sync"
+            return self.s3_options()
+        return LocalOptions(self.local_root, self.local_open_files, sync=self.flavor == "sync")
+
+    def s3_options(self) -> S3Options:
+        """The ``PROXY_S3_*`` settings as the S3 backend's options."""
+        return S3Options(
+            bucket=self.s3_bucket,
+            prefix=self.s3_prefix,
+            client=self.s3_client,
+            endpoint_url=self.s3_endpoint_url,
+            region=self.s3_region,
+            profile=self.s3_profile,
+            addressing_style=self.s3_addressing_style,
+            pool_size=self.s3_pool_size,
+            connect_timeout=self.s3_connect_timeout,
+            read_timeout=self.s3_read_timeout,
+            max_attempts=self.s3_max_attempts,
+            presigned_gets=self.s3_presigned_gets,
+        )

@@ -1,31 +1,33 @@
-"""The object endpoints, side by side: ``def`` (sync storage) and ``async def`` (async storage).
+"""The object endpoint: GET and HEAD ``/objects/{key}``, a Starlette ``Route`` on the FastAPI app.
 
-Both build the same ``Plan`` with ``plan_object`` and differ only in their I/O calls. They are
-served by ``ObjectRoute``, which calls them without FastAPI's per-request dependency solving.
+The two flavours, side by side, differ only in their I/O calls: ``get_object`` (``def``, run in
+the threadpool, blocking storage) and ``aget_object`` (``async def``, async storage). Both read the
+request's fields once (``ObjectRequest``), open with a read hint, plan, and stream. A ``Route``,
+not an ``APIRoute``: FastAPI's per-request parameter solving doubled a small range's CPU (see
+docs/design.md); Starlette's routing, ``request_response`` and the app's exception handlers serve
+it, and ``document_object_routes`` describes it in the OpenAPI document.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Query, Request
-from fastapi.routing import APIRoute
+from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.responses import Response
-from starlette.routing import Match
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from proxy.auth import authorize
 from proxy.config import Settings
 from proxy.http.disposition import content_disposition, download_filename
-from proxy.http.hint import ReadHint, read_hint
 from proxy.http.plan import Plan, body_length, plan_response
+from proxy.http.request import ObjectRequest
 from proxy.responses import ObjectResponse, Pacer, aiter_plan, iter_plan
-from proxy.storage.base import AsyncStorage, ObjectMeta, Storage
+from proxy.storage.base import METADATA_ONLY, WHOLE, AsyncStorage, ObjectMeta, ReadHint, Storage
 from proxy.storage.keys import check_key
 from proxy.storage.mediatypes import is_active_content
 
@@ -42,72 +44,24 @@ register_url_convertor("objectkey", ObjectKeyConvertor())
 
 OBJECT_PREFIX = "/objects/"
 OBJECT_PATH = OBJECT_PREFIX + "{key:objectkey}"
-OBJECT_METHODS = "GET, HEAD"  # two routes: FastAPI adds no HEAD to a GET route by itself
+OBJECT_METHODS = "GET, HEAD"
 SANDBOX = "sandbox; default-src 'none'"
 
 
-# async dependencies run on the event loop; a plain `def` would cost a thread hop per request.
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-async def get_storage(request: Request) -> Storage:
-    storage: Storage = request.app.state.storage
-    return storage
-
-
-async def get_async_storage(request: Request) -> AsyncStorage:
-    storage: AsyncStorage = request.app.state.storage
-    return storage
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-StorageDep = Annotated[Storage, Depends(get_storage)]
-AsyncStorageDep = Annotated[AsyncStorage, Depends(get_async_storage)]
-Download = Annotated[
-    str | None,
-    Query(description="Present: send Content-Disposition: attachment (optionally with this name)"),
-]
-
-OBJECT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The whole object", "content": {"application/octet-stream": {}}},
-    206: {"description": "One range, or multipart/byteranges"},
-    304: {"description": "Not modified"},
-    400: {"description": "Invalid key"},
-    401: {"description": "Credentials required (bearer key or signed URL)"},
-    403: {"description": "Not allowed to read this object"},
-    404: {"description": "No such object"},
-    412: {"description": "A precondition failed"},
-    416: {"description": "Range not satisfiable"},
-}
-
-
-def header_fields(request: Request) -> dict[str, str]:
-    """The request's header fields by (lowercase) name, the first of a repeated one as
-    Starlette's ``Headers.get`` gives it; built once per request, where ``Headers`` scans every
-    field on each of the planning's dozen lookups."""
-    scope = request.scope
-    fields: dict[str, str] | None = scope.get(_HEADER_FIELDS)
-    if fields is None:
-        fields = {}
-        for name, value in scope["headers"]:
-            fields.setdefault(name.decode("latin-1"), value.decode("latin-1"))
-        scope[_HEADER_FIELDS] = fields
-    return fields
-
-
-_HEADER_FIELDS = "proxy.header_fields"  # where header_fields keeps them in the ASGI scope
-
-
-def open_arguments(request: Request, key: str, settings: Settings) -> tuple[str, ReadHint]:
-    """The checked key and what the first storage call should fetch."""
-    hint = read_hint(request.method, header_fields(request), settings.max_ranges)
-    return check_key(key), hint
+def read_hint(request: ObjectRequest) -> ReadHint:
+    """The fetch most likely to serve this request without a second storage call: S3 answers a
+    GetObject carrying the Range with the metadata the plan needs. Requests that may well end
+    in 304/412, HEAD, multipart and ``-0`` ask for metadata only."""
+    if request.method != "GET" or request.conditional:
+        return METADATA_ONLY
+    if request.range is None:
+        return WHOLE  # no Range, or one that is ignored: the whole object
+    single = request.single_range()
+    return METADATA_ONLY if single is None else ReadHint(True, single)
 
 
 def plan_object(
-    request: Request, meta: ObjectMeta, settings: Settings, download: str | None
+    request: ObjectRequest, meta: ObjectMeta, settings: Settings, download: str | None
 ) -> Plan:
     """The HTTP decisions for one request: conditionals, ranges, headers."""
     extra: tuple[tuple[str, str], ...] = ()
@@ -118,129 +72,7 @@ def plan_object(
         extra = (("content-disposition", content_disposition(name)),)
     if active:
         extra += (("content-security-policy", SANDBOX),)
-    return plan_response(
-        request.method,
-        header_fields(request),
-        meta,
-        cache_control=settings.cache_control,
-        max_ranges=settings.max_ranges,
-        extra_headers=extra,
-    )
-
-
-class ObjectRoute(APIRoute):
-    """Serves ``get_object``/``aget_object`` without FastAPI's per-request dependency solving.
-
-    Solving the dependencies below (and validating two plain strings) took a fifth of the
-    event loop's time on a 64 KiB range. The route still declares them, so OpenAPI documents
-    the operation as usual; ``handler`` passes the same values directly, after ``authorize``.
-    Anything else declared on the endpoint would be skipped silently, so it is refused here.
-    """
-
-    PARAMETERS = ("key", "request", "storage", "settings", "download")
-
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        declared = tuple(inspect.signature(endpoint).parameters)
-        dependencies = [d.dependency for d in kwargs.get("dependencies") or ()]
-        if declared != self.PARAMETERS or dependencies != [authorize]:
-            raise TypeError(f"ObjectRoute cannot serve {endpoint.__name__}{declared}")
-        self.handler = _handler(endpoint)
-        super().__init__(path, endpoint, **kwargs)
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return self.handler
-
-
-def _handler(endpoint: Callable[..., Any]) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-    blocking = not inspect.iscoroutinefunction(endpoint)
-
-    async def handler(request: Request) -> Response:
-        key: str = request.path_params["key"]
-        await authorize(request, key)
-        state = request.app.state
-        # Parsing an absent query string still cost 2% of a small range.
-        download = request.query_params.get("download") if request.scope["query_string"] else None
-        arguments = (key, request, state.storage, state.settings, download)
-        if blocking:  # a `def` endpoint runs in the threadpool, as FastAPI would run it
-            response: Response = await run_in_threadpool(endpoint, *arguments)
-            return response
-        return await endpoint(*arguments)  # type: ignore[no-any-return]
-
-    return handler
-
-
-class ObjectShortcut:
-    """Pure ASGI middleware, the innermost one: an object request goes straight to its route.
-
-    FastAPI's exception middleware, exit stack, router and request wrapper cost a third of a
-    64 KiB range's event-loop time. Here the route's own ``matches`` picks the request (so
-    paths, methods and root_path are read exactly as the router would) and its handler answers
-    it; exceptions go to the handlers registered on the app, looked up by class like
-    Starlette's ExceptionMiddleware does. Anything else (405s included) goes on to FastAPI.
-    """
-
-    def __init__(self, app: ASGIApp, routes: Sequence[ObjectRoute]) -> None:
-        self.app = app
-        self.routes = tuple(routes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for route in self.routes:
-                match, child_scope = route.matches(scope)
-                if match is Match.FULL:
-                    scope.update(child_scope)
-                    await self._serve(route, scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-    @staticmethod
-    async def _serve(route: ObjectRoute, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive, send)
-        try:
-            response = await route.handler(request)
-        except Exception as exc:
-            handler = _exception_handler(request.app.exception_handlers, exc)
-            if handler is None:
-                raise  # to ServerErrorMiddleware: logged, and a JSON 500 from its handler
-            response = await handler(request, exc)
-        await response(scope, receive, send)
-
-
-def _exception_handler(
-    handlers: Mapping[Any, Callable[[Request, Exception], Any]], exc: Exception
-) -> Callable[[Request, Exception], Awaitable[Response]] | None:
-    """The handler registered for the nearest class of ``exc``; the catch-all one is left to
-    ServerErrorMiddleware, as in Starlette."""
-    for cls in type(exc).__mro__:
-        if cls is Exception:
-            return None
-        if cls in handlers:
-            return handlers[cls]
-    return None
-
-
-def add_object_routes(app: FastAPI, sync: bool) -> None:
-    """GET and HEAD of an object (two OpenAPI operations), served by the flavour's endpoint,
-    and the ``ObjectShortcut`` to them. Call it before adding any other middleware, so that
-    the shortcut is the innermost one.
-
-    Added to the app directly: an included APIRouter costs a lookup layer per request.
-    Access control runs first, the same for both flavours (a no-op unless keys are configured).
-    """
-    endpoint = get_object if sync else aget_object
-    for method, operation_id in (("GET", "get_object"), ("HEAD", "head_object")):
-        app.router.add_api_route(
-            OBJECT_PATH,
-            endpoint,
-            methods=[method],
-            operation_id=operation_id,
-            responses=OBJECT_RESPONSES,
-            tags=["objects"],
-            dependencies=[Depends(authorize)],
-            route_class_override=ObjectRoute,
-        )
-    routes = [route for route in app.router.routes if isinstance(route, ObjectRoute)]
-    app.add_middleware(ObjectShortcut, routes=routes)
+    return plan_response(request, meta, cache_control=settings.cache_control, extra_headers=extra)
 
 
 def pacer_for(plan: Plan, settings: Settings) -> Pacer | None:
@@ -253,16 +85,13 @@ def pacer_for(plan: Plan, settings: Settings) -> Pacer | None:
 
 
 def get_object(
-    key: str,
-    request: Request,
-    storage: StorageDep,
-    settings: SettingsDep,
-    download: Download = None,
+    key: str, request: ObjectRequest, storage: Storage, settings: Settings, download: str | None
 ) -> ObjectResponse:
-    """Stream an object (blocking storage, run in FastAPI's threadpool)."""
-    body = storage.open(*open_arguments(request, key, settings))
+    """Stream an object (blocking storage, run in the threadpool)."""
+    reply = storage.open(key, read_hint(request))
+    body = reply.body
     try:
-        plan = plan_object(request, body.meta, settings, download)
+        plan = plan_object(request, reply.meta, settings, download)
         pacer = pacer_for(plan, settings)
         chunks = iter_plan(body, plan, pacer or settings.chunk_size)
         content = b"".join(chunks) if pacer is None else None
@@ -278,15 +107,16 @@ def get_object(
 
 async def aget_object(
     key: str,
-    request: Request,
-    storage: AsyncStorageDep,
-    settings: SettingsDep,
-    download: Download = None,
+    request: ObjectRequest,
+    storage: AsyncStorage,
+    settings: Settings,
+    download: str | None,
 ) -> ObjectResponse:
     """Stream an object (async storage, on the event loop)."""
-    body = await storage.open(*open_arguments(request, key, settings))
+    reply = await storage.open(key, read_hint(request))
+    body = reply.body
     try:
-        plan = plan_object(request, body.meta, settings, download)
+        plan = plan_object(request, reply.meta, settings, download)
         pacer = pacer_for(plan, settings)
         chunks = await aiter_plan(body, plan, pacer or settings.chunk_size)
         content = b"".join([chunk async for chunk in chunks]) if pacer is None else None
@@ -297,3 +127,100 @@ async def aget_object(
         await body.aclose()
         return ObjectResponse(plan, content=content)
     return ObjectResponse(plan, chunks, close=body.aclose, pacer=pacer)
+
+
+def object_endpoint(sync: bool, auth: bool) -> Callable[[Request], Awaitable[Response]]:
+    """The Starlette endpoint of ``/objects/{key}`` for the flavour: access control first when
+    it is on (``auth``; the same for both flavours), then the flavour's function."""
+
+    async def serve_object(request: Request) -> Response:
+        key: str = request.path_params["key"]
+        if auth:
+            await authorize(request, key)
+        state = request.app.state
+        settings: Settings = state.settings
+        scope = request.scope
+        # Parsing an absent query string still cost 2% of a small range.
+        download = request.query_params.get("download") if scope["query_string"] else None
+        fields = ObjectRequest.from_raw(scope["method"], scope["headers"], settings.max_ranges)
+        arguments = (check_key(key), fields, state.storage, settings, download)
+        if sync:
+            return await run_in_threadpool(get_object, *arguments)
+        return await aget_object(*arguments)
+
+    return serve_object
+
+
+class ObjectRoute(Route):
+    """A Starlette ``Route`` that names itself in the request's scope, as FastAPI's ``APIRoute``
+    does: metrics and the access log label requests with their route's template."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
+def add_object_routes(app: FastAPI, settings: Settings) -> None:
+    """GET (and HEAD, which Starlette adds to a GET route) of an object, served by the flavour's
+    endpoint, and described in the app's OpenAPI document."""
+    endpoint = object_endpoint(settings.sync, settings.auth_enabled)
+    route = ObjectRoute(OBJECT_PATH, endpoint, methods=["GET"], name="object")
+    app.router.routes.append(route)
+    document_object_routes(app)
+
+
+_OBJECT_PARAMETERS = [
+    {"name": "key", "in": "path", "required": True, "schema": {"type": "string", "title": "Key"}},
+    {
+        "name": "download",
+        "in": "query",
+        "required": False,
+        "description": "Present: send Content-Disposition: attachment (optionally with this name)",
+        "schema": {"type": "string", "title": "Download"},
+    },
+]
+_OBJECT_RESPONSES: dict[str, dict[str, Any]] = {
+    "200": {
+        "description": "The whole object",
+        "content": {"application/json": {"schema": {}}, "application/octet-stream": {}},
+    },
+    "206": {"description": "One range, or multipart/byteranges"},
+    "304": {"description": "Not modified"},
+    "400": {"description": "Invalid key"},
+    "401": {"description": "Credentials required (bearer key or signed URL)"},
+    "403": {"description": "Not allowed to read this object"},
+    "404": {"description": "No such object"},
+    "412": {"description": "A precondition failed"},
+    "416": {"description": "Range not satisfiable"},
+}
+
+
+def _operation(operation_id: str, summary: str) -> dict[str, Any]:
+    return {
+        "tags": ["objects"],
+        "summary": summary,
+        "description": "Stream an object, whole or in ranges (RFC 9110 §14), with conditionals.",
+        "operationId": operation_id,
+        "parameters": _OBJECT_PARAMETERS,
+        "responses": _OBJECT_RESPONSES,
+    }
+
+
+def document_object_routes(app: FastAPI) -> None:
+    """Add GET and HEAD ``/objects/{key}`` to the OpenAPI document FastAPI generates (FastAPI's
+    "Extending OpenAPI" recipe: the object route is a Starlette ``Route``, which it skips)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schema["paths"]["/objects/{key}"] = {
+                "get": _operation("get_object", "Get Object"),
+                "head": _operation("head_object", "Head Object"),
+            }
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -37,7 +37,7 @@ def s3_client(settings: Settings) -> Any:
     """A boto3 S3 client built from the proxy's own ``PROXY_S3_*`` settings."""
     # The proxy's own client options (timeouts, retries, checksums, addressing), a little more
     # patient: the store may have only just started.
-    options = config_options(settings)
+    options = config_options(settings.s3_options())
     options["retries"] = {
         "total_max_attempts": max(settings.s3_max_attempts, 5),
         "mode": "standard",

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from proxy.app import create_app
 from proxy.config import Settings
 from proxy.storage.mediatypes import media_type_for
-from tests.s3servers import (
+from proxy.testing.s3servers import (
     BUCKET,
     REGION,
     S3Server,

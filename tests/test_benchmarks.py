@@ -1,7 +1,8 @@
 """The benchmark harness itself stays runnable: a quick run against the proxy and nginx.
 
 Figures are not asserted here (speed is measured by benchmarks/, not by timed tests); only that
-the command works end to end, measures both servers and gets nothing but 206s for ranges.
+the command works end to end, measures both servers and gets nothing but 206s for ranges, and
+that a full run's benchmarks/RESULTS.md says when, where and on which commit it ran.
 """
 
 from __future__ import annotations
@@ -10,11 +11,25 @@ import importlib.util
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 from tests.clients.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """benchmarks/<name>.py, which imports as a script's sibling, not as a package's module."""
+    spec = importlib.util.spec_from_file_location(
+        f"_benchmarks_{name}", ROOT / f"benchmarks/{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while they are made
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_quick_benchmark_run(tmp_path: Path) -> None:
@@ -71,3 +86,70 @@ def test_profile_summary_counts_self_and_inclusive_shares() -> None:
     assert "| `main (app.py)` | 10.0% |" in self_part
     assert "| `main (app.py)` | 100.0% |" in inclusive_part
     assert "| `handle (app.py)` | 90.0% |" in inclusive_part  # lines of one function add up
+
+
+REPORT = """Benchmark 2026-11-22 04:23 UTC: 2 x AMD EPYC, 23.5 GiB RAM.
+
+| metric (median) | proxy-local | nginx |
+| --- | --- | --- |
+| big: MB/s | 2,696 | 2,200 |
+"""
+
+
+def test_results_file_says_when_where_and_on_which_code_then_gives_the_report() -> None:
+    report = benchmark_module("report")
+    provenance = report.Provenance(
+        started=datetime(2026, 11, 22, 4, 2, 31, tzinfo=UTC),
+        finished=datetime(2026, 11, 22, 4, 23, 5, tzinfo=UTC),
+        cpu="AMD EPYC 7B13",
+        cores=2,
+        commit="624a562-dirty",
+        command=".venv/bin/python benchmarks/run.py --runs 5",
+    )
+    document = report.results_document(REPORT, provenance)
+    head, body = document.split("\n\n- Date:", 1)
+    assert head.startswith("# Benchmark results\n\n")
+    assert "overwrites this file" in head
+    assert body.startswith(
+        " 2026-11-22 04:02–04:23 UTC\n"
+        "- CPU: AMD EPYC 7B13, 2 cores\n"
+        "- Commit: 624a562-dirty\n"
+        "- Command: `.venv/bin/python benchmarks/run.py --runs 5`\n"
+        "\n"
+    )
+    assert document.endswith("\n\n" + REPORT)
+
+
+def test_results_file_gives_both_dates_of_a_run_past_midnight() -> None:
+    report = benchmark_module("report")
+    provenance = report.Provenance(
+        started=datetime(2026, 11, 21, 23, 50, tzinfo=UTC),
+        finished=datetime(2026, 11, 22, 0, 11, tzinfo=UTC),
+        cpu="unknown",
+        cores=None,
+        commit="unknown",
+        command="python benchmarks/run.py",
+    )
+    document = report.results_document(REPORT, provenance)
+    assert "- Date: 2026-11-21 23:50–2026-11-22 00:11 UTC\n" in document
+    assert "- CPU: unknown, ? cores\n" in document
+
+
+def test_results_file_names_the_commit_and_whether_the_tree_differed(tmp_path: Path) -> None:
+    report = benchmark_module("report")
+    assert report.git_commit(tmp_path) == "unknown"  # not a repository
+
+    def git(*args: str) -> str:
+        command = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args]
+        return subprocess.run(
+            command, cwd=tmp_path, check=True, capture_output=True, text=True
+        ).stdout
+
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("one\n")
+    git("add", "a.txt")
+    git("commit", "-q", "-m", "one")
+    short = git("rev-parse", "--short", "HEAD").strip()
+    assert report.git_commit(tmp_path) == short
+    (tmp_path / "a.txt").write_text("two\n")
+    assert report.git_commit(tmp_path) == short + "-dirty"

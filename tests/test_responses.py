@@ -10,8 +10,8 @@ import anyio
 import pytest
 from starlette.types import Message
 
+from proxy.http.codec import ByteRange
 from proxy.http.plan import Part, Plan
-from proxy.http.ranges import ByteRange
 from proxy.responses import PACE_SECONDS, ObjectResponse, Pacer
 from proxy.storage.errors import BodyTruncated
 

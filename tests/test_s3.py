@@ -24,6 +24,17 @@ import httpx
 import pytest
 
 from proxy.storage.s3 import AsyncS3Storage, S3Storage
+from proxy.testing.s3servers import (
+    ACCESS_KEY,
+    BUCKET,
+    LIMITED_ACCESS_KEY,
+    LIMITED_PROFILE,
+    LIMITED_SECRET_KEY,
+    REGION,
+    SECRET_KEY,
+    S3Server,
+    put_object,
+)
 from tests.conftest import (
     S3_CLIENTS,
     S3_SERVERS,
@@ -38,17 +49,6 @@ from tests.conftest import (
 )
 from tests.fake_s3 import black_hole, closed_port, slow_down, truncating
 from tests.s3calls import Calls, watching
-from tests.s3servers import (
-    ACCESS_KEY,
-    BUCKET,
-    LIMITED_ACCESS_KEY,
-    LIMITED_PROFILE,
-    LIMITED_SECRET_KEY,
-    REGION,
-    SECRET_KEY,
-    S3Server,
-    put_object,
-)
 
 CLIP = "video/clip.mp4"
 CLIP_SIZE = 3145851

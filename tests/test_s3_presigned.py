@@ -1,5 +1,6 @@
-"""Presigned GETs through real proxies on real S3 servers: one URL per key, the same bytes as
-botocore's, botocore answering what they cannot (a rejected signature), and turned off."""
+"""Presigned GETs through real proxies on real S3 servers: one URL per key, the same bytes and
+the same typed reply as botocore's, botocore answering what they cannot (a rejected signature),
+and turned off."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ import gzip
 import os
 import threading
 import time
+from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 
+from proxy.http.codec import ByteRange, Range
+from proxy.storage.base import METADATA_ONLY, WHOLE, ObjectMeta, ReadHint
+from proxy.storage.options import S3Options
+from proxy.storage.s3 import aopen_s3, open_s3
+from proxy.testing.s3servers import BUCKET, REGION, put_object
 from tests.conftest import (
     S3_CLIENTS,
     S3_SERVERS,
@@ -22,7 +30,6 @@ from tests.conftest import (
     sha256,
 )
 from tests.s3calls import Calls, watching
-from tests.s3servers import put_object
 
 MATRIX = [(server, client) for server in S3_SERVERS for client in S3_CLIENTS]
 DATA = os.urandom(1024 * 1024 + 17)
@@ -132,12 +139,10 @@ class _ReadThreads:
         self.reads: list[tuple[str, str]] = []  # ("ready" or "read", thread name)
 
     def get(self, s3_key: str, range_value: str | None, etag: str | None) -> Any:
-        got = self._inner.get(s3_key, range_value, etag)
-        if got is None:
+        answer = self._inner.get(s3_key, range_value, etag)
+        if answer is None:
             return None
-        fields, reply, _ = got
-        noted = _NotedReply(reply, self.reads)
-        return fields, noted, noted
+        return replace(answer, stream=_NotedReply(answer.stream, self.reads))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -191,3 +196,80 @@ def test_a_slow_clients_chunks_are_read_on_the_event_loop(
     assert len(ready) > len(blocking)  # most chunks came without a hop
     assert not any(thread.startswith("AnyIO worker") for thread in ready)
     assert all(thread.startswith("AnyIO worker") for thread in blocking)
+
+
+def _range_hint(spec: str) -> ReadHint:
+    return ReadHint(body=True, range=Range.from_header(spec, 1))
+
+
+HINTS = {
+    "whole": (WHOLE, ByteRange(0, len(DATA))),
+    "range": (_range_hint("bytes=1000-65535"), ByteRange(1000, 65536)),
+    "suffix": (_range_hint("bytes=-17"), ByteRange(len(DATA) - 17, len(DATA))),
+    "open-ended": (_range_hint("bytes=1048000-"), ByteRange(1048000, len(DATA))),
+    "metadata": (METADATA_ONLY, None),
+}
+PINNED = ByteRange(10, 20)  # read after the open: a GET pinned to the reply's ETag
+
+Opened = tuple[ObjectMeta, ByteRange | None, bytes, bytes]
+"""A reply's meta and range, the bytes its body held, and PINNED read afterwards."""
+
+
+def open_with_boto3(options: S3Options, key: str, hint: ReadHint) -> Opened:
+    storage = open_s3(options)
+    try:
+        assert (storage.presigned is not None) == options.presigned_gets
+        reply = storage.open(key, hint)
+        try:
+            held = b"".join(reply.body.iter_range(reply.range, 4096)) if reply.range else b""
+            later = b"".join(reply.body.iter_range(PINNED, 4096))
+        finally:
+            reply.body.close()
+    finally:
+        storage.close()
+    return reply.meta, reply.range, held, later
+
+
+async def open_with_aiobotocore(options: S3Options, key: str, hint: ReadHint) -> Opened:
+    async with AsyncExitStack() as stack:
+        storage = await aopen_s3(options, stack)
+        assert (storage.presigned is not None) == options.presigned_gets
+        reply = await storage.open(key, hint)
+        try:
+            held = b""
+            if reply.range:
+                held = b"".join([c async for c in await reply.body.aiter_range(reply.range, 4096)])
+            later = b"".join([c async for c in await reply.body.aiter_range(PINNED, 4096)])
+        finally:
+            await reply.body.aclose()
+    return reply.meta, reply.range, held, later
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("server_name", S3_SERVERS)
+@pytest.mark.parametrize("hint_name", list(HINTS))
+async def test_presigned_and_botocore_open_the_same_reply(
+    request: pytest.FixtureRequest, server_name: str, hint_name: str
+) -> None:
+    """Every way a GET can go (either flavour, presigned or botocore) opens one typed reply:
+    the same metadata, the range its body holds, and those bytes."""
+    s3 = s3_server(request, server_name)
+    key = f"presigned/same-reply-{hint_name}.bin"
+    put_object(s3, key, DATA, "application/octet-stream")
+    hint, expected_range = HINTS[hint_name]
+    opened = []
+    for presigned_gets in (True, False):
+        options = S3Options(
+            bucket=BUCKET,
+            endpoint_url=s3.endpoint_url,
+            region=REGION,
+            addressing_style="path",
+            presigned_gets=presigned_gets,
+        )
+        opened.append(open_with_boto3(replace(options, client="boto3"), key, hint))
+        opened.append(await open_with_aiobotocore(options, key, hint))
+    meta = opened[0][0]
+    assert (meta.key, meta.size, meta.media_type) == (key, len(DATA), "application/octet-stream")
+    assert meta.etag is not None and meta.last_modified is not None
+    held = DATA[expected_range.start : expected_range.stop] if expected_range else b""
+    assert opened == [(meta, expected_range, held, DATA[10:20])] * 4

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from proxy.testing.s3servers import S3Server, put_object
 from tests.conftest import S3_CLIENTS, StartServer, s3_server, s3_settings, sha256
 from tests.loopback import self_signed, tls_relay
 from tests.s3calls import Calls, watching
-from tests.s3servers import S3Server, put_object
 
 DATA = os.urandom(3 * 1024 * 1024 + 5)
 SPECS = {"bytes=0-99": DATA[:100], "bytes=1000-65535": DATA[1000:65536], "bytes=-17": DATA[-17:]}

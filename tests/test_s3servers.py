@@ -25,8 +25,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from tests import fake_s3
-from tests.s3servers import (
+from proxy.testing.s3servers import (
     ACCESS_KEY,
     BUCKET,
     LIMITED_ACCESS_KEY,
@@ -41,6 +40,7 @@ from tests.s3servers import (
     start_seaweedfs,
     upload_tree,
 )
+from tests import fake_s3
 
 ONE_REQUEST = {"total_max_attempts": 1}
 

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import Depends, Request
+from starlette.routing import Route
 
 from proxy.app import create_app
-from proxy.auth import authorize
 from proxy.config import Settings
-from proxy.http.hint import ReadHint
-from proxy.routes import OBJECT_PATH, ObjectRoute, aget_object, get_object
+from proxy.routes import OBJECT_PATH
 from proxy.storage import errors
-from proxy.storage.base import Body
+from proxy.storage.base import METADATA_ONLY, Body, ReadHint, Reply
 from tests.conftest import FLAVORS, MediaTree, StartServer, settings_for
 
 BIG = 256 * 1024 * 1024
@@ -98,7 +96,7 @@ class FailingStorage:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def open(self, key: str, hint: ReadHint | None = None) -> Body:
+    def open(self, key: str, hint: ReadHint = METADATA_ONLY) -> Reply[Body]:
         raise self.error
 
     def check(self) -> None:
@@ -134,21 +132,22 @@ def test_storage_errors_map_to_json_statuses(
         assert response.headers["retry-after"] == "1"
 
 
-def test_object_route_refuses_what_its_handler_would_skip() -> None:
-    # ObjectRoute passes exactly these arguments and runs `authorize` itself: an endpoint
-    # declaring anything else, or a route without `authorize`, would be served wrongly.
-    def extra(
-        key: str, request: Request, storage: object, settings: object, download: str, more: int
-    ) -> None:
-        raise AssertionError("never called")
-
-    with pytest.raises(TypeError, match="ObjectRoute cannot serve extra"):
-        ObjectRoute(OBJECT_PATH, extra, dependencies=[Depends(authorize)])
-    with pytest.raises(TypeError, match="ObjectRoute cannot serve get_object"):
-        ObjectRoute(OBJECT_PATH, get_object)
-    for endpoint in (get_object, aget_object):
-        route = ObjectRoute(OBJECT_PATH, endpoint, dependencies=[Depends(authorize)])
-        assert route.get_route_handler() is route.handler
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_object_route_is_the_apps_own_route(media: MediaTree, flavor: str) -> None:
+    # Served by the app's router, request_response and exception handlers: one Starlette Route
+    # for GET (and the HEAD Starlette adds), no middleware routing around them; the OpenAPI
+    # document still describes both operations.
+    app = create_app(settings_for(media, flavor))
+    routes = [r for r in app.router.routes if isinstance(r, Route) and r.path == OBJECT_PATH]
+    assert len(routes) == 1
+    assert routes[0].methods == {"GET", "HEAD"}
+    assert all(m.cls.__module__ != "proxy.routes" for m in app.user_middleware)
+    operations = app.openapi()["paths"]["/objects/{key}"]
+    assert {method: op["operationId"] for method, op in operations.items()} == {
+        "get": "get_object",
+        "head": "head_object",
+    }
+    assert [p["name"] for p in operations["get"]["parameters"]] == ["key", "download"]
 
 
 @pytest.mark.anyio

@@ -7,15 +7,61 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from proxy.http.conditional import Outcome, evaluate, format_http_date, if_range_matches
-from proxy.http.ranges import ByteRange, parse_range, resolve, unsatisfied_range
+from proxy.http.codec import ByteRange, ContentRange, Range, format_http_date
+from proxy.http.conditional import Outcome, evaluate, if_range_matches
+from proxy.http.request import ObjectRequest
 
 Headers = tuple[tuple[str, str], ...]
+
+# Multi-range policy (RFC 9110 §14.2, §17.15): at most ``max_ranges`` specs are parsed (more and
+# the header is ignored, so the whole object is sent: ``Range.from_header``); satisfiable specs
+# are clipped, sorted and coalesced when they overlap or touch; a set whose clipped lengths add
+# up to more than 2 * size + _SLACK is served whole instead of amplified. One range left => a
+# plain 206.
+_SLACK = 1024
+
+
+def resolve(range_: Range, size: int) -> tuple[ByteRange, ...] | None:
+    """Resolve a Range against a ``size``-byte representation (RFC 9110 §14.1.2).
+
+    Returns the sorted, coalesced ranges to send; ``()`` when none is satisfiable (416); or
+    None when the whole representation should be sent with 200 instead: an empty
+    representation asked for a non-zero suffix, or an egregious overlapping set (§17.15).
+    """
+    ranges: list[ByteRange] = []
+    empty_suffix = False
+    total = 0
+    for spec in range_.specs:
+        if spec.first is None:
+            suffix = spec.last or 0
+            if suffix == 0:  # `-0` asks for no byte at all: unsatisfiable
+                continue
+            if size == 0:  # satisfiable, but there is no byte to describe in a 206
+                empty_suffix = True
+                continue
+            byte_range = ByteRange(max(size - suffix, 0), size)
+        else:
+            if spec.first >= size:
+                continue
+            stop = size if spec.last is None else min(spec.last + 1, size)
+            byte_range = ByteRange(spec.first, stop)
+        ranges.append(byte_range)
+        total += byte_range.length
+    if empty_suffix or total > 2 * size + _SLACK:
+        return None
+    ranges.sort(key=lambda r: r.start)
+    merged: list[ByteRange] = []
+    for byte_range in ranges:
+        if merged and byte_range.start <= merged[-1].stop:  # overlapping or adjacent
+            last = merged[-1]
+            merged[-1] = ByteRange(last.start, max(last.stop, byte_range.stop))
+        else:
+            merged.append(byte_range)
+    return tuple(merged)
 
 
 class Representation(Protocol):
@@ -67,8 +113,13 @@ def _validators(meta: Representation) -> Headers:
     return tuple(headers)
 
 
+def error_body(code: str, detail: str) -> bytes:
+    """The one JSON error body of the proxy: ``{"error": code, "detail": text}``."""
+    return json.dumps({"error": code, "detail": detail}, separators=(",", ":")).encode()
+
+
 def _error(status: int, code: str, detail: str, headers: Headers, head_only: bool) -> Plan:
-    body = json.dumps({"error": code, "detail": detail}, separators=(",", ":")).encode()
+    body = error_body(code, detail)
     top = (("content-type", "application/json"), ("content-length", str(len(body))))
     return Plan(status, top + headers, tail=b"" if head_only else body)
 
@@ -80,19 +131,15 @@ def _not_modified(validators: Headers, cache_control: str) -> Plan:
     return Plan(304, validators + cache)
 
 
-def _select(
-    method: str, headers: Mapping[str, str], meta: Representation, max_ranges: int
-) -> tuple[ByteRange, ...] | None:
+def _select(request: ObjectRequest, meta: Representation) -> tuple[ByteRange, ...] | None:
     """The ranges to send with 206, ``()`` for 416, or None for the whole object (§14.2)."""
-    range_value = headers.get("range")
-    if method != "GET" or range_value is None:  # Range is ignored on HEAD (§14.2)
+    if request.method != "GET" or request.range is None:  # Range is ignored on HEAD (§14.2)
         return None
     # https://www.rfc-editor.org/rfc/rfc9110#section-13.1.5: a false If-Range => whole object
-    if_range = headers.get("if-range")
+    if_range = request.if_range
     if if_range is not None and not if_range_matches(if_range, meta.etag, meta.last_modified):
         return None
-    specs = parse_range(range_value, max_ranges)
-    return None if specs is None else resolve(specs, meta.size)
+    return resolve(request.range, meta.size)
 
 
 def _multipart(
@@ -114,32 +161,30 @@ def _multipart(
 
 
 def plan_response(
-    method: str,
-    headers: Mapping[str, str],
+    request: ObjectRequest,
     meta: Representation,
     *,
     cache_control: str = "",
-    max_ranges: int = 16,
     extra_headers: Headers = (),
 ) -> Plan:
     """Decide the response to a GET or HEAD of ``meta`` (RFC 9110 §13.2.2 then §14).
 
-    ``headers`` is looked up with lowercase names. HEAD gets the status and headers GET
-    without Range would get, and no body.
+    HEAD gets the status and headers GET without Range would get, and no body.
     """
-    head_only = method == "HEAD"
+    head_only = request.method == "HEAD"
     validators = _validators(meta)
 
-    outcome = evaluate(method, headers, meta.etag, meta.last_modified)
-    if outcome is Outcome.NOT_MODIFIED:
-        return _not_modified(validators, cache_control)
-    if outcome is Outcome.PRECONDITION_FAILED:
-        detail = "a precondition in the request headers failed"
-        return _error(412, "precondition_failed", detail, validators, head_only)
+    if request.conditional:
+        outcome = evaluate(request, meta.etag, meta.last_modified)
+        if outcome is Outcome.NOT_MODIFIED:
+            return _not_modified(validators, cache_control)
+        if outcome is Outcome.PRECONDITION_FAILED:
+            detail = "a precondition in the request headers failed"
+            return _error(412, "precondition_failed", detail, validators, head_only)
 
-    ranges = _select(method, headers, meta, max_ranges)
+    ranges = _select(request, meta)
     if ranges == ():
-        range_header = (("content-range", unsatisfied_range(meta.size)),)
+        range_header = (("content-range", ContentRange(None, meta.size).to_header()),)
         detail = "no requested range overlaps the object"
         return _error(416, "range_not_satisfiable", detail, range_header, head_only)
 

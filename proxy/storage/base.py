@@ -1,6 +1,9 @@
-"""The storage contract: ``open(key)`` gives an object's metadata and a body that streams ranges.
+"""The storage contract: ``open(key, hint)`` answers with a ``Reply``: the object's metadata, the
+range already fetched with it, and a body that streams any range of that version.
 
-Backends do not inherit from these Protocols; ``tests/storage/test_contract.py`` checks them.
+Backends do not inherit from these Protocols; ``tests/storage/test_contract.py`` checks them. A
+backend may wrap another one (``open`` in, ``open`` out): a cache or a router of several
+backends implements the same Protocol as what it wraps.
 """
 
 from __future__ import annotations
@@ -8,12 +11,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import anyio.to_thread
 
-from proxy.http.hint import ReadHint
-from proxy.http.ranges import ByteRange
+from proxy.http.codec import ByteRange, Range
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
 
@@ -36,6 +38,92 @@ class ObjectMeta:
     media_type: str = DEFAULT_MEDIA_TYPE
     etag: str | None = None  # wire form, quoted: '"abc"' (strong) or 'W/"abc"' (weak)
     last_modified: datetime | None = None  # UTC, whole seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ReadHint:
+    """What ``open`` should fetch along with the metadata, so that a remote backend serves the
+    likely response in one round trip: nothing (``body`` False), the whole body (``range``
+    None) or the one range the request names (a ``Range`` of one spec, as the client sent it)."""
+
+    body: bool
+    range: Range | None = None
+
+
+METADATA_ONLY = ReadHint(body=False)
+WHOLE = ReadHint(body=True)
+
+
+class Body(Protocol):
+    """An opened object's bytes. ``close()`` is always called exactly once by the response."""
+
+    def iter_range(self, byte_range: ByteRange, chunk_size: ChunkSize) -> Iterator[bytes]:
+        """The bytes of ``byte_range`` in chunks of at most ``chunk_size`` bytes.
+
+        A backend that must call out to start the read (S3's ranged GET) does so in this call,
+        so its failures come before the response starts; the iterator raises ``BodyTruncated``
+        when the object ends before ``byte_range.stop``.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+class AsyncBody(Protocol):
+    """The async twin of ``Body``."""
+
+    async def aiter_range(
+        self, byte_range: ByteRange, chunk_size: ChunkSize
+    ) -> AsyncIterator[bytes]:
+        """Start the read (awaited: failures come before the response starts), then stream."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+B = TypeVar("B", covariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(Generic[B]):
+    """What every backend answers an open with, however the bytes came (a file, a presigned
+    GET, botocore): the metadata, the body, and ``range``, the bytes the body already holds
+    (fetched with the metadata: reading exactly them costs no further call), None if none."""
+
+    meta: ObjectMeta
+    body: B
+    range: ByteRange | None = None
+
+
+class Storage(Protocol):
+    """A blocking backend, served from ``def`` path operations (FastAPI's threadpool)."""
+
+    def open(self, key: str, hint: ReadHint = METADATA_ONLY) -> Reply[Body]:
+        """Open ``key`` (already checked by ``proxy.storage.keys.check_key``).
+
+        ``hint`` says what the response will most likely read (see ``ReadHint``). Raises a
+        ``StorageError`` subclass: ``ObjectNotFound`` for a missing key or a directory,
+        ``InvalidKey``, ``AccessDenied``, ``BackendUnavailable``, ``BackendTimeout``.
+        """
+        ...
+
+    def check(self) -> None:
+        """Raise a ``StorageError`` unless the backend is reachable (readiness, cheap)."""
+        ...
+
+    def close(self) -> None:
+        """Release the backend's resources at shutdown."""
+        ...
+
+
+class AsyncStorage(Protocol):
+    """The async twin of ``Storage``, served from ``async def`` path operations."""
+
+    async def open(self, key: str, hint: ReadHint = METADATA_ONLY) -> Reply[AsyncBody]: ...
+
+    async def acheck(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 @runtime_checkable
@@ -68,68 +156,3 @@ async def aiter_ready(chunks: ReadyChunks) -> AsyncIterator[bytes]:
 
 def _next_or_none(chunks: Iterator[bytes]) -> bytes | None:
     return next(chunks, None)  # StopIteration cannot cross into the awaiting coroutine
-
-
-class Body(Protocol):
-    """An opened object. ``close()`` is always called exactly once by the response."""
-
-    @property
-    def meta(self) -> ObjectMeta: ...
-
-    def iter_range(self, byte_range: ByteRange, chunk_size: ChunkSize) -> Iterator[bytes]:
-        """The bytes of ``byte_range`` in chunks of at most ``chunk_size`` bytes.
-
-        A backend that must call out to start the read (S3's ranged GET) does so in this call,
-        so its failures come before the response starts; the iterator raises ``BodyTruncated``
-        when the object ends before ``byte_range.stop``.
-        """
-        ...
-
-    def close(self) -> None: ...
-
-
-class AsyncBody(Protocol):
-    """The async twin of ``Body``."""
-
-    @property
-    def meta(self) -> ObjectMeta: ...
-
-    async def aiter_range(
-        self, byte_range: ByteRange, chunk_size: ChunkSize
-    ) -> AsyncIterator[bytes]:
-        """Start the read (awaited: failures come before the response starts), then stream."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-class Storage(Protocol):
-    """A blocking backend, served from ``def`` path operations (FastAPI's threadpool)."""
-
-    def open(self, key: str, hint: ReadHint | None = None) -> Body:
-        """Open ``key`` (already checked by ``proxy.storage.keys.check_key``).
-
-        ``hint`` says what the response will most likely read, so that a remote backend can
-        fetch it along with the metadata (one round trip); None means metadata only. Raises a
-        ``StorageError`` subclass: ``ObjectNotFound`` for a missing key or a directory,
-        ``InvalidKey``, ``AccessDenied``, ``BackendUnavailable``, ``BackendTimeout``.
-        """
-        ...
-
-    def check(self) -> None:
-        """Raise a ``StorageError`` unless the backend is reachable (readiness, cheap)."""
-        ...
-
-    def close(self) -> None:
-        """Release the backend's resources at shutdown."""
-        ...
-
-
-class AsyncStorage(Protocol):
-    """The async twin of ``Storage``, served from ``async def`` path operations."""
-
-    async def open(self, key: str, hint: ReadHint | None = None) -> AsyncBody: ...
-
-    async def acheck(self) -> None: ...
-
-    async def aclose(self) -> None: ...

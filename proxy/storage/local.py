@@ -20,10 +20,19 @@ from functools import partial
 
 import anyio.to_thread
 
-from proxy.http.hint import ReadHint
-from proxy.http.ranges import ByteRange
+from proxy.http.codec import ByteRange
 from proxy.metrics import BACKEND_CALLS
-from proxy.storage.base import ChunkSize, ObjectMeta, aiter_ready, chunk_limit
+from proxy.storage.base import (
+    METADATA_ONLY,
+    AsyncBody,
+    Body,
+    ChunkSize,
+    ObjectMeta,
+    ReadHint,
+    Reply,
+    aiter_ready,
+    chunk_limit,
+)
 from proxy.storage.errors import (
     AccessDenied,
     BackendUnavailable,
@@ -33,7 +42,8 @@ from proxy.storage.errors import (
 )
 from proxy.storage.keys import check_key
 from proxy.storage.mediatypes import media_type_for
-from proxy.storage.openfiles import DEFAULT_OPEN_FILES, OpenFiles, Signature, signature
+from proxy.storage.openfiles import OpenFiles, Signature, signature
+from proxy.storage.options import DEFAULT_OPEN_FILES
 
 # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer appears; it is
 # rejected after fstat, and regular files ignore the flag.
@@ -189,17 +199,12 @@ def _close_fd(fd: int) -> int:
 
 
 class _FileBody:
-    """What both body flavours hold: a descriptor read with ``pread`` (no seek state) and meta."""
+    """What both body flavours hold: a descriptor read with ``pread`` (no seek state)."""
 
-    __slots__ = ("_fd", "_meta")
+    __slots__ = ("_fd",)
 
-    def __init__(self, fd: int, meta: ObjectMeta) -> None:
+    def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._meta = meta
-
-    @property
-    def meta(self) -> ObjectMeta:
-        return self._meta
 
     @property
     def closed(self) -> bool:
@@ -293,8 +298,9 @@ class LocalStorage(_Root):
 
     __slots__ = ()
 
-    def open(self, key: str, hint: ReadHint | None = None) -> LocalBody:
-        return LocalBody(*_open_object(self._root, key, self._files))
+    def open(self, key: str, hint: ReadHint = METADATA_ONLY) -> Reply[Body]:
+        fd, meta = _open_object(self._root, key, self._files)
+        return Reply(meta, LocalBody(fd))
 
     def check(self) -> None:
         _check_root(self._root)
@@ -308,9 +314,10 @@ class AsyncLocalStorage(_Root):
 
     __slots__ = ()
 
-    async def open(self, key: str, hint: ReadHint | None = None) -> AsyncLocalBody:
+    async def open(self, key: str, hint: ReadHint = METADATA_ONLY) -> Reply[AsyncBody]:
         # On the loop: see the module's docstring.
-        return AsyncLocalBody(*_open_object(self._root, key, self._files))
+        fd, meta = _open_object(self._root, key, self._files)
+        return Reply(meta, AsyncLocalBody(fd))
 
     async def acheck(self) -> None:
         await anyio.to_thread.run_sync(_check_root, self._root)

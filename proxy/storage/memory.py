@@ -12,9 +12,17 @@ from datetime import UTC, datetime
 
 import anyio.lowlevel
 
-from proxy.http.hint import ReadHint
-from proxy.http.ranges import ByteRange
-from proxy.storage.base import ChunkSize, ObjectMeta, chunk_limit
+from proxy.http.codec import ByteRange
+from proxy.storage.base import (
+    METADATA_ONLY,
+    AsyncBody,
+    Body,
+    ChunkSize,
+    ObjectMeta,
+    ReadHint,
+    Reply,
+    chunk_limit,
+)
 from proxy.storage.errors import BodyTruncated, ObjectNotFound
 from proxy.storage.keys import check_key
 from proxy.storage.mediatypes import media_type_for
@@ -63,17 +71,13 @@ class _Objects:
 
 
 class _Buffer:
-    """What both body flavours hold: the bytes, their meta and whether ``close`` was called."""
+    """What both body flavours hold: the stored bytes and whether ``close`` was called."""
 
     __slots__ = ("_stored", "closed")
 
     def __init__(self, stored: _Stored) -> None:
         self._stored = stored
         self.closed = False
-
-    @property
-    def meta(self) -> ObjectMeta:
-        return self._stored.meta
 
     def _chunks(self, byte_range: ByteRange, chunk_size: ChunkSize) -> Iterator[bytes]:
         if chunk_limit(chunk_size) < 1:
@@ -124,8 +128,9 @@ class MemoryStorage(_Objects):
 
     __slots__ = ()
 
-    def open(self, key: str, hint: ReadHint | None = None) -> MemoryBody:
-        return MemoryBody(self._lookup(key))
+    def open(self, key: str, hint: ReadHint = METADATA_ONLY) -> Reply[Body]:
+        stored = self._lookup(key)
+        return Reply(stored.meta, MemoryBody(stored))
 
     def check(self) -> None:
         pass  # always reachable
@@ -139,8 +144,9 @@ class AsyncMemoryStorage(_Objects):
 
     __slots__ = ()
 
-    async def open(self, key: str, hint: ReadHint | None = None) -> AsyncMemoryBody:
-        return AsyncMemoryBody(self._lookup(key))
+    async def open(self, key: str, hint: ReadHint = METADATA_ONLY) -> Reply[AsyncBody]:
+        stored = self._lookup(key)
+        return Reply(stored.meta, AsyncMemoryBody(stored))
 
     async def acheck(self) -> None:
         pass  # always reachable

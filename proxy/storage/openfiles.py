@@ -22,8 +22,6 @@ from collections.abc import Callable
 
 from proxy.storage.base import ObjectMeta
 
-DEFAULT_OPEN_FILES = 64  # PROXY_LOCAL_OPEN_FILES
-
 # What a rewrite, replace, truncate, chmod or rename changes (ctime: any inode change).
 Signature = tuple[int, int, int, int, int]
 

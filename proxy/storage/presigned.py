@@ -4,29 +4,29 @@ botocore's get_object spends ~1.4 ms of CPU per call (validation, endpoint rules
 signing, parsing) against ~0.3 ms for the HTTP exchange itself (benchmarks/s3_request_cost.py).
 botocore still presigns the URL (its signer, endpoint and addressing rules, the standard
 credential chain) once per key every few minutes; Range and If-Match travel as unsigned headers.
-A reply that is neither a body nor a definite answer returns None: the caller asks botocore,
-whose retry policy and error mapping then decide.
+A reply with a body becomes an ``S3Answer``; a definite error (``proxy.storage.s3answer``) is
+raised; anything else returns None: the caller asks botocore, whose retries and mapping decide.
 """
 
 from __future__ import annotations
 
-import re
 import ssl
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from http.client import HTTPException
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import botocore.httpsession
 from botocore.exceptions import BotoCoreError
 
-from proxy.config import Settings
 from proxy.metrics import BACKEND_CALLS
 from proxy.storage.connections import AsyncConnections, Connections
-from proxy.storage.errors import ObjectChanged, ObjectNotFound, RangeNotSatisfiable, StorageError
+from proxy.storage.errors import StorageError
+from proxy.storage.options import S3Options
+from proxy.storage.s3answer import S3Answer, definite_error
 from proxy.version import __version__
 
 USER_AGENT = f"media-object-proxy/{__version__}"  # fixed: botocore builds its own per call
@@ -35,10 +35,6 @@ URL_REUSE = 300  # seconds one is used for: botocore renews temporary credential
 # before they expire, so a URL signed with them stays valid for longer than it is used.
 URL_LIMIT = 1024  # keys whose URL is kept
 _ERROR_BYTES = 64 * 1024  # an S3 error document is small; more is not read
-_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
-
-Got = tuple[Mapping[str, Any], Any, Any]
-"""What a GET gives: botocore-shaped response fields, the reader of its body, what closes it."""
 
 
 class UrlCache:
@@ -102,43 +98,11 @@ def split_url(url: str) -> tuple[str, str]:
     return f"{scheme}//{netloc}", f"/{path}"
 
 
-class HeaderFields(Protocol):
-    """A reply's header fields, looked up case-insensitively (http.client's, ``Fields``)."""
-
-    def get(self, name: str, /) -> str | None: ...
-
-
-def response_fields(headers: HeaderFields) -> dict[str, Any] | None:
-    """botocore's GetObject fields from the reply's headers; None without a length."""
-    length = headers.get("Content-Length")
-    if length is None or not length.isdigit():
-        return None
-    return {
-        "ContentLength": int(length),
-        "ContentRange": headers.get("Content-Range"),
-        "ContentType": headers.get("Content-Type"),
-        "ETag": headers.get("ETag"),
-        "LastModified": headers.get("Last-Modified"),
-    }
-
-
-def definite_error(status: int, document: bytes) -> Exception | None:
-    """The error a failed GET answers by itself; None: botocore must (retries, credentials)."""
-    if status == 412:
-        return ObjectChanged()
-    if status == 416:
-        return RangeNotSatisfiable()
-    code = _CODE.search(document)
-    if status == 404 and code is not None and code.group(1) == b"NoSuchKey":
-        return ObjectNotFound()
-    return None
-
-
 def _count() -> None:
     BACKEND_CALLS.labels("s3", "GetObject").inc()
 
 
-def _without_body(urls: UrlCache, s3_key: str, error: Exception | None) -> None:
+def _without_body(urls: UrlCache, s3_key: str, error: StorageError | None) -> None:
     """After a reply that brought no body: raise its definite error; otherwise forget the
     key's URL (a rejected or expired one must not be tried again) and let botocore answer."""
     if error is not None:
@@ -168,14 +132,13 @@ class _Gets:
             found = self._origins.setdefault(origin, self._connect(origin))
         return found
 
-    def _answer(self, reply: Any) -> Got | None:
-        """The reply as a GetObject response when it brings a body; None when its error
+    def _answer(self, reply: Any) -> S3Answer | None:
+        """The reply as GetObject's answer when it brings a body; None when its error
         document (still to be read) must decide."""
         _count()
-        fields = response_fields(reply.headers) if reply.framed else None
-        if reply.status in (200, 206) and fields is not None:
-            return fields, reply, reply
-        return None
+        if reply.status not in (200, 206) or not reply.framed:
+            return None
+        return S3Answer.from_headers(reply.headers, reply)
 
     def close(self) -> None:
         """Close the idle connections (at shutdown)."""
@@ -195,15 +158,15 @@ class PresignedGets(_Gets):
             self._urls.put(s3_key, url)
         return url
 
-    def get(self, s3_key: str, range_value: str | None, etag: str | None) -> Got | None:
+    def get(self, s3_key: str, range_value: str | None, etag: str | None) -> S3Answer | None:
         try:
             origin, target = split_url(self._url(s3_key))
             reply = self._origin(origin).get(target, request_headers(range_value, etag))
         except (BotoCoreError, OSError, HTTPException, ValueError):  # timeouts are OSErrors
             self._urls.drop(s3_key)
             return None
-        if (got := self._answer(reply)) is not None:
-            return got
+        if (answer := self._answer(reply)) is not None:
+            return answer
         try:
             error = definite_error(reply.status, reply.read(_ERROR_BYTES) if reply.framed else b"")
         except (StorageError, OSError, HTTPException):
@@ -228,15 +191,15 @@ class AsyncPresignedGets(_Gets):
             self._urls.put(s3_key, url)
         return url
 
-    async def get(self, s3_key: str, range_value: str | None, etag: str | None) -> Got | None:
+    async def get(self, s3_key: str, range_value: str | None, etag: str | None) -> S3Answer | None:
         try:
             origin, target = split_url(await self._url(s3_key))
             reply = await self._origin(origin).get(target, request_headers(range_value, etag))
         except (BotoCoreError, OSError, HTTPException, ValueError):  # timeouts are OSErrors
             self._urls.drop(s3_key)
             return None
-        if (got := self._answer(reply)) is not None:
-            return got
+        if (answer := self._answer(reply)) is not None:
+            return answer
         try:
             error = definite_error(reply.status, await reply.read(_ERROR_BYTES))
         except (StorageError, OSError, HTTPException):
@@ -248,14 +211,14 @@ class AsyncPresignedGets(_Gets):
 
 
 def connections(
-    settings: Settings, cafile: str, kind: type[Connections | AsyncConnections] = Connections
+    options: S3Options, cafile: str, kind: type[Connections | AsyncConnections] = Connections
 ) -> Callable[[str], Connections | AsyncConnections]:
     """How the presigned GETs connect to an origin (``kind``: the blocking or the event
     loop's pool), sized and timed like botocore."""
     return partial(
         kind,
-        keep=settings.s3_pool_size,
-        connect_timeout=settings.s3_connect_timeout,
-        read_timeout=settings.s3_read_timeout,
+        keep=options.pool_size,
+        connect_timeout=options.connect_timeout,
+        read_timeout=options.read_timeout,
         ssl_context=ssl.create_default_context(cafile=cafile),
     )

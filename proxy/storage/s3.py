@@ -1,149 +1,35 @@
 """S3 backends: ``S3Storage`` (boto3, blocking) and ``AsyncS3Storage`` (aiobotocore), twins.
 
-A GET with one range or none is ONE GetObject whose response carries the metadata; HEAD,
+A GET with one range or none is ONE GetObject whose answer carries the metadata; HEAD,
 revalidations and multipart use HeadObject, then ranged GETs pinned to its ETag (IfMatch).
 GetObject goes out as a presigned GET (``proxy.storage.presigned``) unless that is turned off;
-botocore answers what it cannot.
+botocore answers what it cannot. Either way the GET comes back as one ``S3Answer``.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
 
-import botocore.loaders
-import botocore.session
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectTimeoutError,
-    IncompleteReadError,
-    ReadTimeoutError,
-    ResponseStreamingError,
-)
-
-from proxy.config import Settings
-from proxy.http.conditional import parse_http_date
-from proxy.http.hint import ReadHint
-from proxy.http.ranges import ByteRange
-from proxy.metrics import BACKEND_CALLS
+from proxy.http.codec import ByteRange, Range
 from proxy.storage import presigned
-from proxy.storage.base import ChunkSize, ObjectMeta, chunk_limit
+from proxy.storage.base import METADATA_ONLY, ChunkSize, ObjectMeta, ReadHint, Reply, chunk_limit
 from proxy.storage.connections import AsyncConnections, AsyncReply
-from proxy.storage.errors import (
-    AccessDenied,
-    BackendTimeout,
-    BackendUnavailable,
-    BodyTruncated,
-    ObjectChanged,
-    ObjectNotFound,
-    RangeNotSatisfiable,
-)
-from proxy.storage.mediatypes import media_type_for
+from proxy.storage.errors import BodyTruncated, RangeNotSatisfiable
+from proxy.storage.options import S3Options
+from proxy.storage.s3answer import S3Answer, map_client_errors, meta_from
+from proxy.storage.s3client import aiobotocore_client, boto3_client, config_options
 
-__all__ = ["AsyncS3Storage", "RangeNotSatisfiable", "S3Storage", "aopen_s3", "open_s3"]
-
-logger = logging.getLogger("proxy.s3")
-
-# What S3 stores when an upload names no type: no information, so the key's extension decides.
-_GENERIC_TYPES = frozenset({"", "binary/octet-stream", "application/octet-stream"})
-
-_NOT_FOUND = frozenset({"NoSuchKey", "NotFound", "404"})
-_DENIED = frozenset({"AccessDenied", "Forbidden", "403", "AllAccessDisabled"})
-_CHANGED = frozenset({"PreconditionFailed", "412"})
-_UNSATISFIABLE = frozenset({"InvalidRange", "416"})
-_TIMEOUT = frozenset({"RequestTimeout", "RequestTimeoutException"})
-_THROTTLED = frozenset(
-    {"SlowDown", "ServiceUnavailable", "503", "Throttling", "ThrottlingException"}
-    | {"RequestLimitExceeded", "TooManyRequests", "InternalError", "500"}
-)
-
-
-@contextmanager
-def map_client_errors() -> Iterator[None]:
-    """Translate botocore and aiohttp errors into the ``StorageError`` tree (most specific
-    first).
-
-    Messages are the tree's defaults: botocore's text names endpoints, buckets and keys.
-    """
-    try:
-        yield
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _NOT_FOUND:
-            raise ObjectNotFound() from exc
-        if code in _DENIED:
-            raise AccessDenied() from exc
-        if code in _CHANGED:
-            raise ObjectChanged() from exc
-        if code in _UNSATISFIABLE:
-            raise RangeNotSatisfiable() from exc
-        if code in _TIMEOUT:
-            raise BackendTimeout() from exc
-        if code not in _THROTTLED:  # NoSuchBucket, InvalidAccessKeyId: the operator's to fix
-            logger.warning("S3 error %s", code)
-        raise BackendUnavailable() from exc
-    except (TimeoutError, ConnectTimeoutError, ReadTimeoutError) as exc:
-        raise BackendTimeout() from exc
-    except (IncompleteReadError, ResponseStreamingError) as exc:
-        raise BodyTruncated() from exc
-    except BotoCoreError as exc:  # unreachable endpoint, no credentials
-        raise _unavailable(exc) from exc
-    except Exception as exc:
-        # aiohttp's, behind aiobotocore: imported by that flavour only (no other raises them)
-        aiohttp = sys.modules.get("aiohttp")
-        if aiohttp is None or not isinstance(exc, aiohttp.ClientError):
-            raise
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            raise BodyTruncated() from exc
-        raise _unavailable(exc) from exc
-
-
-def _unavailable(exc: Exception) -> BackendUnavailable:
-    logger.warning("S3 unavailable: %s", type(exc).__name__)
-    return BackendUnavailable()
-
-
-def _media_type(stored: str | None, key: str) -> str:
-    """The stored ContentType wins; a missing or generic one falls back to the extension."""
-    if stored and stored.split(";", 1)[0].strip().lower() not in _GENERIC_TYPES:
-        return stored
-    return media_type_for(key)
-
-
-def _etag(value: str | None) -> str | None:
-    if not value:
-        return None
-    return value if value.startswith(('"', 'W/"')) else f'"{value}"'
-
-
-def _meta_from(key: str, response: Mapping[str, Any]) -> ObjectMeta:
-    """ObjectMeta from a GetObject or HeadObject response (a ranged one included)."""
-    content_range = response.get("ContentRange")
-    size = int(content_range.rsplit("/", 1)[1]) if content_range else response["ContentLength"]
-    modified = response.get("LastModified")  # the header's text: see _tune
-    return ObjectMeta(
-        key=key,
-        size=size,
-        media_type=_media_type(response.get("ContentType"), key),
-        etag=_etag(response.get("ETag")),
-        last_modified=parse_http_date(modified) if modified else None,
-    )
-
-
-def _range_of(response: Mapping[str, Any], size: int) -> ByteRange:
-    """The bytes a GetObject response carries: its Content-Range, or the whole object."""
-    content_range = response.get("ContentRange")
-    if not content_range:
-        return ByteRange(0, size)
-    first, last = content_range.split(" ", 1)[1].split("/", 1)[0].split("-")
-    return ByteRange(int(first), int(last) + 1)
+__all__ = [
+    "AsyncS3Storage",
+    "RangeNotSatisfiable",
+    "S3Storage",
+    "aopen_s3",
+    "config_options",
+    "open_s3",
+]
 
 
 def _get_args(
@@ -157,8 +43,9 @@ def _get_args(
     return args
 
 
-def _wire_range(byte_range: ByteRange) -> str:
-    return f"bytes={byte_range.start}-{byte_range.stop - 1}"
+def _range_value(hint: ReadHint) -> str | None:
+    """The range ``open`` asks S3 for: the client's, as it came (never more bytes)."""
+    return None if hint.range is None else hint.range.to_header()
 
 
 def _release(stream: Any) -> None:
@@ -177,14 +64,11 @@ def _release(stream: Any) -> None:
 class _Prefetch:
     """What ``open`` fetched along with the metadata: a stream of ``byte_range``, or nothing."""
 
-    __slots__ = ("byte_range", "closer", "stream")
+    __slots__ = ("byte_range", "stream")
 
-    def __init__(
-        self, byte_range: ByteRange | None = None, stream: Any = None, closer: Any = None
-    ) -> None:
+    def __init__(self, byte_range: ByteRange | None = None, stream: Any = None) -> None:
         self.byte_range = byte_range
         self.stream = stream
-        self.closer = closer
 
     def take(self, byte_range: ByteRange) -> Any:
         """The prefetched stream if it holds exactly ``byte_range`` (once), else None."""
@@ -195,20 +79,17 @@ class _Prefetch:
 
 
 class _S3Object:
-    """What both body flavours hold: the storage, the object's key and meta, its streams."""
+    """What both body flavours hold: the storage, the object's key and the ETag that later
+    reads are pinned to, what ``open`` fetched, the streams to release."""
 
-    __slots__ = ("_meta", "_prefetch", "_s3_key", "_storage", "_streams")
+    __slots__ = ("_etag", "_prefetch", "_s3_key", "_storage", "_streams")
 
-    def __init__(self, storage: Any, s3_key: str, meta: ObjectMeta, prefetch: _Prefetch) -> None:
+    def __init__(self, storage: Any, s3_key: str, etag: str | None, prefetch: _Prefetch) -> None:
         self._storage = storage
         self._s3_key = s3_key
-        self._meta = meta
+        self._etag = etag
         self._prefetch = prefetch
-        self._streams: list[Any] = [] if prefetch.closer is None else [prefetch.closer]
-
-    @property
-    def meta(self) -> ObjectMeta:
-        return self._meta
+        self._streams: list[Any] = [] if prefetch.stream is None else [prefetch.stream]
 
 
 class S3Body(_S3Object):
@@ -219,10 +100,9 @@ class S3Body(_S3Object):
     def iter_range(self, byte_range: ByteRange, chunk_size: ChunkSize) -> Iterator[bytes]:
         stream = self._prefetch.take(byte_range)
         if stream is None:
-            _, stream, closer = self._storage.get(
-                self._s3_key, _wire_range(byte_range), self._meta.etag
-            )
-            self._streams.append(closer)
+            range_value = Range.of(byte_range).to_header()
+            stream = self._storage.get(self._s3_key, range_value, self._etag).stream
+            self._streams.append(stream)
         return _Chunks(stream, byte_range.length, chunk_size)
 
     def close(self) -> None:
@@ -242,10 +122,9 @@ class AsyncS3Body(_S3Object):
     ) -> AsyncIterator[bytes]:
         stream = self._prefetch.take(byte_range)
         if stream is None:
-            _, stream, closer = await self._storage.aget(
-                self._s3_key, _wire_range(byte_range), self._meta.etag
-            )
-            self._streams.append(closer)
+            range_value = Range.of(byte_range).to_header()
+            stream = (await self._storage.aget(self._s3_key, range_value, self._etag)).stream
+            self._streams.append(stream)
         return _achunks(stream, byte_range.length, chunk_size)
 
     async def aclose(self) -> None:
@@ -259,7 +138,8 @@ class AsyncS3Body(_S3Object):
 class _Chunks:
     """Exactly ``length`` bytes of ``stream`` in chunks of at most ``chunk_size``; never reads
     past them. A ``ReadyChunks``: a presigned GET's reply reads on the event loop what its
-    socket holds already (``Reply.read_ready``); a StreamingBody always takes a thread."""
+    socket holds already (``connections.Reply.read_ready``); a StreamingBody always takes a
+    thread."""
 
     __slots__ = ("_chunk_size", "_read_ready", "_remaining", "_stream")
 
@@ -356,10 +236,8 @@ class _Bucket:
         return self._prefix + key
 
 
-def _prefetched(key: str, got: presigned.Got) -> tuple[ObjectMeta, _Prefetch]:
-    response, stream, closer = got
-    meta = _meta_from(key, response)
-    return meta, _Prefetch(_range_of(response, meta.size), stream, closer)
+def _prefetched(key: str, answer: S3Answer) -> tuple[ObjectMeta, _Prefetch]:
+    return meta_from(key, answer), _Prefetch(answer.byte_range, answer.stream)
 
 
 class S3Storage(_Bucket):
@@ -367,28 +245,30 @@ class S3Storage(_Bucket):
 
     __slots__ = ()
 
-    def get(self, s3_key: str, range_value: str | None, etag: str | None = None) -> presigned.Got:
+    def get(self, s3_key: str, range_value: str | None, etag: str | None = None) -> S3Answer:
         """GetObject: presigned when it can, else (or when that cannot answer) botocore's."""
         if self._presigned is not None:
-            got = self._presigned.get(s3_key, range_value, etag)
-            if got is not None:
-                return got  # type: ignore[no-any-return]
+            answer: S3Answer | None = self._presigned.get(s3_key, range_value, etag)
+            if answer is not None:
+                return answer
         with map_client_errors():
             response = self._client.get_object(**_get_args(self._bucket, s3_key, range_value, etag))
-        return response, response["Body"], response["Body"]
+        return S3Answer.from_botocore(response)
 
-    def open(self, key: str, hint: ReadHint | None = None) -> S3Body:
+    def open(self, key: str, hint: ReadHint = METADATA_ONLY) -> Reply[S3Body]:
         s3_key = self._s3_key(key)
-        if hint is not None and hint.body:
+        if hint.body:
             try:
-                meta, prefetch = _prefetched(key, self.get(s3_key, hint.s3_range()))
+                meta, prefetch = _prefetched(key, self.get(s3_key, _range_value(hint)))
             except RangeNotSatisfiable:
                 pass  # the plan answers 416 (or an empty 200) from HeadObject's metadata
             else:
-                return S3Body(self, s3_key, meta, prefetch)
+                body = S3Body(self, s3_key, meta.etag, prefetch)
+                return Reply(meta, body, prefetch.byte_range)
         with map_client_errors():
             response = self._client.head_object(Bucket=self._bucket, Key=s3_key)
-        return S3Body(self, s3_key, _meta_from(key, response), _Prefetch())
+        meta = meta_from(key, S3Answer.from_botocore(response))
+        return Reply(meta, S3Body(self, s3_key, meta.etag, _Prefetch()))
 
     def check(self) -> None:
         with map_client_errors():
@@ -405,31 +285,31 @@ class AsyncS3Storage(_Bucket):
 
     __slots__ = ()
 
-    async def aget(
-        self, s3_key: str, range_value: str | None, etag: str | None = None
-    ) -> presigned.Got:
+    async def aget(self, s3_key: str, range_value: str | None, etag: str | None = None) -> S3Answer:
         if self._presigned is not None:
-            got = await self._presigned.get(s3_key, range_value, etag)
-            if got is not None:
-                return got  # type: ignore[no-any-return]
+            answer: S3Answer | None = await self._presigned.get(s3_key, range_value, etag)
+            if answer is not None:
+                return answer
         with map_client_errors():
             response = await self._client.get_object(
                 **_get_args(self._bucket, s3_key, range_value, etag)
             )
-        return response, response["Body"], response["Body"]
+        return S3Answer.from_botocore(response)
 
-    async def open(self, key: str, hint: ReadHint | None = None) -> AsyncS3Body:
+    async def open(self, key: str, hint: ReadHint = METADATA_ONLY) -> Reply[AsyncS3Body]:
         s3_key = self._s3_key(key)
-        if hint is not None and hint.body:
+        if hint.body:
             try:
-                meta, prefetch = _prefetched(key, await self.aget(s3_key, hint.s3_range()))
+                meta, prefetch = _prefetched(key, await self.aget(s3_key, _range_value(hint)))
             except RangeNotSatisfiable:
                 pass  # the plan answers 416 (or an empty 200) from HeadObject's metadata
             else:
-                return AsyncS3Body(self, s3_key, meta, prefetch)
+                body = AsyncS3Body(self, s3_key, meta.etag, prefetch)
+                return Reply(meta, body, prefetch.byte_range)
         with map_client_errors():
             response = await self._client.head_object(Bucket=self._bucket, Key=s3_key)
-        return AsyncS3Body(self, s3_key, _meta_from(key, response), _Prefetch())
+        meta = meta_from(key, S3Answer.from_botocore(response))
+        return Reply(meta, AsyncS3Body(self, s3_key, meta.etag, _Prefetch()))
 
     async def acheck(self) -> None:
         with map_client_errors():
@@ -439,116 +319,26 @@ class AsyncS3Storage(_Bucket):
         pass  # the clients are closed by the lifespan's exit stack
 
 
-def config_options(settings: Settings) -> dict[str, Any]:
-    """botocore Config options, shared by both clients."""
-    return {
-        "max_pool_connections": settings.s3_pool_size,
-        "connect_timeout": settings.s3_connect_timeout,
-        "read_timeout": settings.s3_read_timeout,
-        "retries": {"total_max_attempts": settings.s3_max_attempts, "mode": "standard"},
-        "s3": {"addressing_style": settings.s3_addressing_style},
-        # boto3 >= 1.36 checksums by default, which several S3-compatible stores reject, and a
-        # streaming proxy cannot validate a whole-object checksum before sending anyway.
-        "request_checksum_calculation": "when_required",
-        "response_checksum_validation": "when_required",
-        # A fixed User-Agent: botocore otherwise assembles its own twice per request (a tenth
-        # of a ranged GET's client time).
-        "user_agent": presigned.USER_AGENT,
-        # SigV4 everywhere: botocore would presign with the deprecated SigV2 for custom endpoints.
-        "signature_version": "s3v4",
-    }
+def _presigning(options: S3Options, client: Any) -> bool:
+    return options.presigned_gets and presigned.usable(client.meta.endpoint_url)
 
 
-def _presigning(settings: Settings, client: Any) -> bool:
-    return settings.s3_presigned_gets and presigned.usable(client.meta.endpoint_url)
-
-
-def _count_call(model: Any, **_: Any) -> None:
-    BACKEND_CALLS.labels("s3", model.name).inc()
-
-
-# The services whose clients a session of the proxy creates: S3, and those of the credential
-# chain (assumed roles and web identity: STS; SSO profiles: SSO and SSO-OIDC; `aws login`: signin).
-ENDPOINT_SERVICES = frozenset({"s3", "sts", "sso", "sso-oidc", "signin"})
-
-
-class _FileLoader(botocore.loaders.JSONFileLoader):  # type: ignore[misc]  # untyped
-    """botocore's JSON files, but only ``ENDPOINT_SERVICES`` of its legacy endpoint table.
-
-    A session keeps endpoints.json (every service of every partition: ~7 MB of dicts) for as
-    long as it lives, to compute each client's default endpoint when the client is created;
-    requests are routed by each service's endpoint rule set. Measured on SeaweedFS (fresh
-    processes, two downloads and 5 s of ranges, then 50 slow readers): a fresh process 4 MB
-    smaller, and 5 MB less at the peak (the heap it freed is reused).
-    """
-
-    def load_file(self, file_path: str) -> Any:
-        data = super().load_file(file_path)
-        if data is None or os.path.basename(file_path) != "endpoints":
-            return data
-        partitions = [
-            {**partition, "services": _served(partition.get("services", {}))}
-            for partition in data.get("partitions", [])
-        ]
-        return {**data, "partitions": partitions}
-
-
-def _served(services: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: entry for name, entry in services.items() if name in ENDPOINT_SERVICES}
-
-
-def _tune(session: botocore.session.Session) -> botocore.session.Session:
-    """Leave timestamps as the header's text: botocore parses each with dateutil, which took a
-    tenth of a ranged GET's client time; ``_meta_from`` reads the HTTP-date itself. Load
-    botocore's data (from botocore's own search path, AWS_DATA_PATH) with ``_FileLoader``."""
-    factory = session.get_component("response_parser_factory")
-    factory.set_parser_defaults(timestamp_parser=str)
-    loader = botocore.loaders.create_loader(session.get_config_variable("data_path"))
-    loader.file_loader = _FileLoader()
-    session.register_component("data_loader", loader)
-    return session
-
-
-def open_s3(settings: Settings) -> S3Storage:
+def open_s3(options: S3Options) -> S3Storage:
     """The boto3 flavour: one client per worker process, closed by ``S3Storage.close``."""
-    import boto3.session  # each flavour imports its own library: ~16 MB less for the other
-
-    botocore_session = _tune(botocore.session.Session())
-    session = boto3.session.Session(
-        profile_name=settings.s3_profile, botocore_session=botocore_session
-    )
-    client = session.client(
-        "s3",
-        region_name=settings.s3_region,
-        endpoint_url=settings.s3_endpoint_url,
-        config=Config(**config_options(settings)),
-    )
-    client.meta.events.register("after-call.s3", _count_call)
+    client, session = boto3_client(options)
     gets = None
-    if _presigning(settings, client):
-        connect = presigned.connections(settings, presigned.ca_file(botocore_session))
-        gets = presigned.PresignedGets(client, settings.s3_bucket, connect)
-    return S3Storage(client, settings.s3_bucket, settings.s3_prefix, gets)
+    if _presigning(options, client):
+        connect = presigned.connections(options, presigned.ca_file(session))
+        gets = presigned.PresignedGets(client, options.bucket, connect)
+    return S3Storage(client, options.bucket, options.prefix, gets)
 
 
-async def aopen_s3(settings: Settings, stack: AsyncExitStack) -> AsyncS3Storage:
+async def aopen_s3(options: S3Options, stack: AsyncExitStack) -> AsyncS3Storage:
     """The aiobotocore flavour: the client lives as long as ``stack`` (the app's lifespan)."""
-    import aiobotocore.session
-    from aiobotocore.config import AioConfig
-
-    session = _tune(aiobotocore.session.AioSession(profile=settings.s3_profile))
-    client = await stack.enter_async_context(
-        session.create_client(
-            "s3",
-            region_name=settings.s3_region,
-            endpoint_url=settings.s3_endpoint_url,
-            config=AioConfig(**config_options(settings)),
-        )
-    )
-    client.meta.events.register("after-call.s3", _count_call)
+    client, session = await aiobotocore_client(options, stack)
     gets = None
-    if _presigning(settings, client):
-        connect = presigned.connections(settings, presigned.ca_file(session), AsyncConnections)
-        gets = presigned.AsyncPresignedGets(client, settings.s3_bucket, connect)
+    if _presigning(options, client):
+        connect = presigned.connections(options, presigned.ca_file(session), AsyncConnections)
+        gets = presigned.AsyncPresignedGets(client, options.bucket, connect)
         stack.callback(gets.close)
-    return AsyncS3Storage(client, settings.s3_bucket, settings.s3_prefix, gets)
+    return AsyncS3Storage(client, options.bucket, options.prefix, gets)

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from proxy.storage.mediatypes import media_type_for
+from proxy.testing.s3servers import S3Server, upload_tree
 from tests.conftest import MediaTree, RunningServer, StartServer, s3_settings, settings_for
-from tests.s3servers import S3Server, upload_tree
 
 DURATION = 8.0  # seconds of every generated clip
 BIG_SIZE = 256 * 1024 * 1024

@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from proxy.http.conditional import parse_http_date
+from proxy.http.codec import parse_http_date
 from proxy.http.plan import plan_response
+from proxy.http.request import ObjectRequest
 from proxy.storage.base import ObjectMeta
 from tests.fuzz import model
 from tests.fuzz.model import Conditions, RangeExpectation, Spec
@@ -66,7 +67,7 @@ def test_plan_matches_the_model(
     headers = {name.lower(): value for name, value in cond.fields()}
     if range_specs is not None:
         headers["range"] = "bytes=" + ",".join(spec.text() for spec in range_specs)
-    plan = plan_response(method, headers, meta, max_ranges=MAX_RANGES)
+    plan = plan_response(ObjectRequest.from_fields(method, headers, MAX_RANGES), meta)
 
     stored = (ETAG, stored_weak)
     status = model.precondition_status(method, cond, stored, LM)

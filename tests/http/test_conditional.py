@@ -1,4 +1,5 @@
-"""Entity tags, HTTP dates and the precondition ladder (RFC 9110 §13, §5.6.7, §8.8.3)."""
+"""Entity tags, HTTP dates (``proxy.http.codec``) and the precondition ladder
+(``proxy.http.conditional``): RFC 9110 §13, §5.6.7, §8.8.3."""
 
 from __future__ import annotations
 
@@ -9,18 +10,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.http.conditional import (
+from proxy.http.codec import (
     EntityTag,
-    Outcome,
-    evaluate,
     format_http_date,
-    if_range_matches,
+    lenient_etag,
     parse_etag,
     parse_etag_list,
     parse_http_date,
+    quote_etag,
     strong_match,
+    utc_seconds,
     weak_match,
 )
+from proxy.http.conditional import Outcome, evaluate, if_range_matches
+from proxy.http.request import ObjectRequest
 
 LM = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 LM_TEXT = "Wed, 01 May 2024 12:00:00 GMT"
@@ -29,6 +32,13 @@ AFTER = "Wed, 01 May 2024 12:00:01 GMT"
 ETAG = '"abc"'
 
 PROCEED, NOT_MODIFIED, FAILED = Outcome.PROCEED, Outcome.NOT_MODIFIED, Outcome.PRECONDITION_FAILED
+
+
+def check(
+    method: str, headers: dict[str, str], etag: str | None, last_modified: datetime | None
+) -> Outcome:
+    """``evaluate`` on a request with these header fields (lowercase names)."""
+    return evaluate(ObjectRequest.from_fields(method, headers), etag, last_modified)
 
 
 # --- entity tags ------------------------------------------------------------------------------
@@ -116,6 +126,57 @@ def test_parse_etag_list(value: str, expected: object) -> None:
 def test_parse_etag_list_huge_is_linear() -> None:
     assert len(parse_etag_list('"a",' * 100_000)) == 100_000
     assert parse_etag_list('"' + "x," * 500_000) == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("abc", '"abc"'),  # S3-compatible stores may send it bare
+        ('"abc"', '"abc"'),
+        ('W/"abc"', 'W/"abc"'),
+        ('"d41d8cd98f00b204e9800998ecf8427e-2"', '"d41d8cd98f00b204e9800998ecf8427e-2"'),
+        ("W/abc", '"W/abc"'),  # not a weak tag's wire form: quoted like any token
+        ("", None),
+        (None, None),
+    ],
+)
+def test_quote_etag(value: str | None, expected: str | None) -> None:
+    assert quote_etag(value) == expected
+    if expected is not None:
+        assert quote_etag(expected) == expected  # idempotent
+        assert parse_etag(expected) is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('"abc"', S('"abc"')),
+        ('W/"abc"', S('"abc"', True)),
+        ("abc", S('"abc"')),
+        ("W/abc", S('"abc"', True)),
+        (" abc\t", S('"abc"')),
+        ("a b", None),
+        ('a"b', None),
+        ("a,b", None),
+        ("", None),
+        ("W/", None),
+    ],
+)
+def test_lenient_etag(value: str, expected: EntityTag | None) -> None:
+    assert lenient_etag(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("dt", "expected"),
+    [
+        (datetime(2024, 5, 1, 12, 0, 0, 999_999, tzinfo=UTC), LM),
+        (datetime(2024, 5, 1, 12, 0, 0), LM),  # naive: taken as UTC
+        (datetime(2024, 5, 1, 14, 0, 0, 1, tzinfo=timezone(timedelta(hours=2))), LM),
+    ],
+)
+def test_utc_seconds(dt: datetime, expected: datetime) -> None:
+    assert utc_seconds(dt) == expected
+    assert utc_seconds(dt).tzinfo is UTC
 
 
 # --- dates --------------------------------------------------------------------------------
@@ -297,29 +358,40 @@ def test_parse_http_date_rejects_mutations(dt: datetime, index: int, char: str) 
 def test_evaluate(
     method: str, headers: dict[str, str], etag: str | None, expected: Outcome
 ) -> None:
-    assert evaluate(method, headers, etag, LM) is expected
+    assert check(method, headers, etag, LM) is expected
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"range": "bytes=0-1"}, {"if-range": '"x"', "range": "bytes=0-1"}, {"x-if-match": '"x"'}],
+)
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+def test_evaluate_unconditional_request_proceeds(method: str, headers: dict[str, str]) -> None:
+    assert not ObjectRequest.from_fields(method, headers).conditional
+    assert check(method, headers, ETAG, LM) is PROCEED
+    assert check(method, headers, None, None) is PROCEED
 
 
 def test_evaluate_without_last_modified_ignores_dates() -> None:
     headers = {"if-unmodified-since": BEFORE}
-    assert evaluate("GET", headers, ETAG, None) is PROCEED
-    assert evaluate("GET", {"if-modified-since": AFTER}, ETAG, None) is PROCEED
+    assert check("GET", headers, ETAG, None) is PROCEED
+    assert check("GET", {"if-modified-since": AFTER}, ETAG, None) is PROCEED
 
 
 def test_evaluate_compares_whole_seconds() -> None:
     # Last-Modified is sent with whole seconds, so a client echoing it must get 304.
     lm = LM.replace(microsecond=500_000)
-    assert evaluate("GET", {"if-modified-since": LM_TEXT}, None, lm) is NOT_MODIFIED
-    assert evaluate("GET", {"if-unmodified-since": LM_TEXT}, None, lm) is PROCEED
+    assert check("GET", {"if-modified-since": LM_TEXT}, None, lm) is NOT_MODIFIED
+    assert check("GET", {"if-unmodified-since": LM_TEXT}, None, lm) is PROCEED
     naive = datetime(2024, 5, 1, 12, 0, 0)
-    assert evaluate("GET", {"if-modified-since": LM_TEXT}, None, naive) is NOT_MODIFIED
+    assert check("GET", {"if-modified-since": LM_TEXT}, None, naive) is NOT_MODIFIED
 
 
 @given(st.integers(-5, 5), st.sampled_from(["GET", "HEAD", "POST"]))
 def test_evaluate_dates_match_reference(offset: int, method: str) -> None:
     date = format_http_date(LM + timedelta(seconds=offset))
-    ims = evaluate(method, {"if-modified-since": date}, None, LM)
-    ius = evaluate(method, {"if-unmodified-since": date}, None, LM)
+    ims = check(method, {"if-modified-since": date}, None, LM)
+    ius = check(method, {"if-unmodified-since": date}, None, LM)
     assert ims is (NOT_MODIFIED if offset >= 0 and method != "POST" else PROCEED)
     assert ius is (FAILED if offset < 0 else PROCEED)
 
@@ -333,10 +405,10 @@ def test_if_none_match_matches_reference(listed: list[str], stored: str | None) 
         return tag.removeprefix("W/")
 
     expected = stored is not None and any(opaque(t) == opaque(stored) for t in listed)
-    outcome = evaluate("GET", {"if-none-match": ", ".join(listed)}, stored, None)
+    outcome = check("GET", {"if-none-match": ", ".join(listed)}, stored, None)
     assert outcome is (NOT_MODIFIED if expected else PROCEED)
     strong = stored is not None and not stored.startswith("W/") and stored in listed
-    outcome = evaluate("GET", {"if-match": ", ".join(listed)}, stored, None)
+    outcome = check("GET", {"if-match": ", ".join(listed)}, stored, None)
     assert outcome is (PROCEED if strong else FAILED)
 
 

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.http.plan import Part, Plan, body_length, plan_response
-from proxy.http.ranges import ByteRange
+from proxy.http.codec import ByteRange
+from proxy.http.plan import Part, Plan, body_length, error_body, plan_response
+from proxy.http.request import ObjectRequest
 from proxy.storage.base import ObjectMeta
 from tests.http.plans import assemble, header
 
@@ -30,6 +31,20 @@ PRECONDITION_BODY = (
     b'{"error":"precondition_failed","detail":"a precondition in the request headers failed"}'
 )
 RANGE_BODY = b'{"error":"range_not_satisfiable","detail":"no requested range overlaps the object"}'
+
+
+def plan_for(
+    method: str,
+    headers: dict[str, str],
+    meta: ObjectMeta,
+    *,
+    max_ranges: int = 16,
+    cache_control: str = "",
+    extra_headers: tuple[tuple[str, str], ...] = (),
+) -> Plan:
+    """``plan_response`` for a request with these header fields (lowercase names)."""
+    request = ObjectRequest.from_fields(method, headers, max_ranges)
+    return plan_response(request, meta, cache_control=cache_control, extra_headers=extra_headers)
 
 
 def full_headers(meta: ObjectMeta = META, length: int = 10) -> tuple[tuple[str, str], ...]:
@@ -75,23 +90,23 @@ def fixed_boundary(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_plain_get() -> None:
-    plan = plan_response("GET", {}, META)
+    plan = plan_for("GET", {}, META)
     assert plan == Plan(200, full_headers(), (Part(b"", ByteRange(0, 10)),))
     assert assemble(plan, DATA) == DATA
 
 
 def test_plain_head() -> None:
-    assert plan_response("HEAD", {}, META) == Plan(200, full_headers())
+    assert plan_for("HEAD", {}, META) == Plan(200, full_headers())
 
 
 def test_optional_headers() -> None:
     extra = (("content-disposition", 'attachment; filename="v.mp4"'),)
-    plan = plan_response("GET", {}, META, cache_control="public, max-age=60", extra_headers=extra)
+    plan = plan_for("GET", {}, META, cache_control="public, max-age=60", extra_headers=extra)
     assert plan.headers == full_headers() + (("cache-control", "public, max-age=60"),) + extra
 
 
 def test_bare_object_has_no_validators() -> None:
-    plan = plan_response("GET", {}, BARE)
+    plan = plan_for("GET", {}, BARE)
     assert plan.headers == (
         ("content-type", "application/octet-stream"),
         ("content-length", "4"),
@@ -102,7 +117,7 @@ def test_bare_object_has_no_validators() -> None:
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_empty_object(method: str) -> None:
-    plan = plan_response(method, {}, EMPTY)
+    plan = plan_for(method, {}, EMPTY)
     assert plan.status == 200
     assert header(plan, "content-length") == "0"
     assert plan.parts == () and plan.tail == b""
@@ -131,7 +146,7 @@ def test_empty_object(method: str) -> None:
 def test_single_range(
     range_value: str, status: int, content_range: str | None, data: bytes
 ) -> None:
-    plan = plan_response("GET", {"range": range_value}, META)
+    plan = plan_for("GET", {"range": range_value}, META)
     assert plan.status == status
     assert assemble(plan, DATA) == data
     assert header(plan, "content-length") == str(len(data)) == str(body_length(plan))
@@ -144,7 +159,7 @@ def test_single_range(
 
 @pytest.mark.parametrize("range_value", ["bytes=10-", "bytes=10-20", "bytes=-0", "bytes=99-,-0"])
 def test_unsatisfiable(range_value: str) -> None:
-    plan = plan_response("GET", {"range": range_value}, META)
+    plan = plan_for("GET", {"range": range_value}, META)
     assert plan == Plan(
         416,
         (
@@ -157,28 +172,37 @@ def test_unsatisfiable(range_value: str) -> None:
     assert json.loads(plan.tail)["error"] == "range_not_satisfiable"
 
 
+def test_max_ranges_comes_from_the_request() -> None:
+    three = {"range": "bytes=0-0,4-4,8-8"}
+    assert plan_for("GET", three, META, max_ranges=3).status == 206
+    plan = plan_for("GET", three, META, max_ranges=2)  # more than max_ranges: ignored
+    assert plan == Plan(200, full_headers(), (Part(b"", ByteRange(0, 10)),))
+    plan = plan_for("GET", {"range": "bytes=10-"}, META, max_ranges=0)  # not even a 416
+    assert plan.status == 200
+
+
 @pytest.mark.parametrize(
     ("range_value", "status"),
     [("bytes=0-0", 416), ("bytes=0-", 416), ("bytes=-0", 416), ("bytes=-1", 200)],
 )
 def test_ranges_on_empty_object(range_value: str, status: int) -> None:
-    plan = plan_response("GET", {"range": range_value}, EMPTY)
+    plan = plan_for("GET", {"range": range_value}, EMPTY)
     assert plan.status == status
     assert header(plan, "content-range") == ("bytes */0" if status == 416 else None)
     assert plan.parts == ()
 
 
 def test_head_ignores_range() -> None:
-    assert plan_response("HEAD", {"range": "bytes=0-1"}, META) == Plan(200, full_headers())
-    assert plan_response("HEAD", {"range": "bytes=99-"}, META) == Plan(200, full_headers())
+    assert plan_for("HEAD", {"range": "bytes=0-1"}, META) == Plan(200, full_headers())
+    assert plan_for("HEAD", {"range": "bytes=99-"}, META) == Plan(200, full_headers())
 
 
 def test_egregious_range_set_is_served_whole() -> None:
     big = ObjectMeta("big", 100, "video/mp4")
     # 12 copies send 1200 bytes, within 2 * 100 + 1024; 13 copies (1300) are egregious.
-    plan = plan_response("GET", {"range": "bytes=" + ",".join(["0-"] * 12)}, big)
+    plan = plan_for("GET", {"range": "bytes=" + ",".join(["0-"] * 12)}, big)
     assert plan.status == 206 and header(plan, "content-range") == "bytes 0-99/100"
-    plan = plan_response("GET", {"range": "bytes=" + ",".join(["0-"] * 13)}, big)
+    plan = plan_for("GET", {"range": "bytes=" + ",".join(["0-"] * 13)}, big)
     assert plan.status == 200
     assert plan.parts == (Part(b"", ByteRange(0, 100)),)
 
@@ -197,18 +221,18 @@ def test_egregious_range_set_is_served_whole() -> None:
     ],
 )
 def test_if_range(if_range: str, status: int) -> None:
-    plan = plan_response("GET", {"range": "bytes=2-3", "if-range": if_range}, META)
+    plan = plan_for("GET", {"range": "bytes=2-3", "if-range": if_range}, META)
     assert plan.status == status
     assert assemble(plan, DATA) == (b"23" if status == 206 else DATA)
 
 
 def test_if_range_false_skips_416() -> None:
-    plan = plan_response("GET", {"range": "bytes=99-", "if-range": '"old"'}, META)
+    plan = plan_for("GET", {"range": "bytes=99-", "if-range": '"old"'}, META)
     assert plan.status == 200
 
 
 def test_if_range_without_range_is_ignored() -> None:
-    assert plan_response("GET", {"if-range": '"old"'}, META).status == 200
+    assert plan_for("GET", {"if-range": '"old"'}, META).status == 200
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
@@ -223,15 +247,13 @@ def test_if_range_without_range_is_ignored() -> None:
     ],
 )
 def test_not_modified(method: str, headers: dict[str, str]) -> None:
-    plan = plan_response(
-        method, headers, META, cache_control="no-cache", extra_headers=(("x", "y"),)
-    )
+    plan = plan_for(method, headers, META, cache_control="no-cache", extra_headers=(("x", "y"),))
     assert plan == Plan(304, VALIDATORS + (("cache-control", "no-cache"),))
 
 
 def test_not_modified_without_etag_sends_last_modified() -> None:
     meta = ObjectMeta("k", 3, last_modified=LM)
-    plan = plan_response("GET", {"if-modified-since": LM_TEXT}, meta)
+    plan = plan_for("GET", {"if-modified-since": LM_TEXT}, meta)
     assert plan == Plan(304, (("last-modified", LM_TEXT),))
 
 
@@ -246,7 +268,7 @@ def test_not_modified_without_etag_sends_last_modified() -> None:
     ],
 )
 def test_precondition_failed(headers: dict[str, str]) -> None:
-    plan = plan_response("GET", headers, META)
+    plan = plan_for("GET", headers, META)
     expected_headers = (
         ("content-type", "application/json"),
         ("content-length", str(len(PRECONDITION_BODY))),
@@ -256,21 +278,48 @@ def test_precondition_failed(headers: dict[str, str]) -> None:
         "error": "precondition_failed",
         "detail": "a precondition in the request headers failed",
     }
-    head = plan_response("HEAD", headers, META)
+    head = plan_for("HEAD", headers, META)
     assert head == Plan(412, expected_headers)
 
 
 def test_precondition_passes_then_range_applies() -> None:
     headers = {"if-match": '"v1"', "if-none-match": '"v0"', "range": "bytes=1-2"}
-    plan = plan_response("GET", headers, META)
+    plan = plan_for("GET", headers, META)
     assert plan.status == 206 and assemble(plan, DATA) == b"12"
+
+
+# --- the error body -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "detail", "expected"),
+    [
+        ("not_found", "no such object", b'{"error":"not_found","detail":"no such object"}'),
+        ("x", "", b'{"error":"x","detail":""}'),
+        ("x", 'say "hi"\\', b'{"error":"x","detail":"say \\"hi\\"\\\\"}'),
+        ("x", "caf\u00e9 \u65e5\n", b'{"error":"x","detail":"caf\\u00e9 \\u65e5\\n"}'),
+    ],
+)
+def test_error_body(code: str, detail: str, expected: bytes) -> None:
+    body = error_body(code, detail)
+    assert body == expected
+    assert body.isascii()
+    assert json.loads(body) == {"error": code, "detail": detail}
+
+
+def test_error_bodies_of_plans() -> None:
+    precondition = error_body("precondition_failed", "a precondition in the request headers failed")
+    assert precondition == PRECONDITION_BODY
+    assert error_body("range_not_satisfiable", "no requested range overlaps the object") == (
+        RANGE_BODY
+    )
 
 
 # --- multipart --------------------------------------------------------------------------------
 
 
 def test_multipart_exact_bytes(fixed_boundary: str) -> None:
-    plan = plan_response("GET", {"range": "bytes=7-8,0-1"}, META, cache_control="private")
+    plan = plan_for("GET", {"range": "bytes=7-8,0-1"}, META, cache_control="private")
     body = assemble(plan, DATA)
     assert body == (
         b"--" + fixed_boundary.encode() + b"\r\n"
@@ -299,8 +348,8 @@ def test_multipart_exact_bytes(fixed_boundary: str) -> None:
 
 
 def test_multipart_boundary_is_random() -> None:
-    first = header(plan_response("GET", {"range": "bytes=0-0,2-2"}, META), "content-type")
-    second = header(plan_response("GET", {"range": "bytes=0-0,2-2"}, META), "content-type")
+    first = header(plan_for("GET", {"range": "bytes=0-0,2-2"}, META), "content-type")
+    second = header(plan_for("GET", {"range": "bytes=0-0,2-2"}, META), "content-type")
     assert first is not None and re.fullmatch(r"multipart/byteranges; boundary=[0-9a-f]{32}", first)
     assert first != second
 
@@ -308,7 +357,7 @@ def test_multipart_boundary_is_random() -> None:
 def test_multipart_parses_with_email() -> None:
     data = bytes(range(65, 91)) * 4  # printable, so the email parser keeps it verbatim
     meta = ObjectMeta("k", len(data), "text/plain", None, None)
-    plan = plan_response("GET", {"range": "bytes=0-4, 10-19, -6"}, meta)
+    plan = plan_for("GET", {"range": "bytes=0-4, 10-19, -6"}, meta)
     content_type = header(plan, "content-type")
     assert content_type is not None
     raw = f"Content-Type: {content_type}\r\n\r\n".encode() + assemble(plan, data)
@@ -338,10 +387,10 @@ specs = st.one_of(
 @given(st.binary(min_size=0, max_size=50), st.lists(specs, min_size=1, max_size=6))
 def test_any_range_request_is_consistent(data: bytes, range_specs: list[str]) -> None:
     meta = ObjectMeta("k", len(data), "application/x-test", '"t"', LM)
-    plan = plan_response("GET", {"range": "bytes=" + ",".join(range_specs)}, meta)
+    plan = plan_for("GET", {"range": "bytes=" + ",".join(range_specs)}, meta)
     body = assemble(plan, data)
     assert header(plan, "content-length") == str(len(body)) == str(body_length(plan))
-    head = plan_response("HEAD", {}, meta)
+    head = plan_for("HEAD", {}, meta)
     assert head.parts == () and head.tail == b""
 
     # Reference model: the set of requested offsets, by enumeration.

@@ -13,8 +13,17 @@ from typing import Protocol
 
 import pytest
 
-from proxy.http.ranges import ByteRange
-from proxy.storage.base import AsyncBody, AsyncStorage, Body, ObjectMeta, Storage
+from proxy.http.codec import ByteRange
+from proxy.storage.base import (
+    METADATA_ONLY,
+    AsyncBody,
+    AsyncStorage,
+    Body,
+    ObjectMeta,
+    ReadHint,
+    Reply,
+    Storage,
+)
 from proxy.storage.errors import BodyTruncated, InvalidKey, ObjectNotFound
 from proxy.storage.local import AsyncLocalStorage, LocalStorage
 from proxy.storage.memory import AsyncMemoryStorage, MemoryStorage
@@ -42,14 +51,15 @@ class AsyncClosableBody(AsyncBody, Protocol):
 
 
 class Handle:
-    """A body of either flavour, driven from async tests."""
+    """An opened object of either flavour, driven from async tests."""
 
-    def __init__(self, body: ClosableBody | AsyncClosableBody) -> None:
+    def __init__(self, meta: ObjectMeta, body: ClosableBody | AsyncClosableBody) -> None:
+        self._meta = meta
         self._body = body
 
     @property
     def meta(self) -> ObjectMeta:
-        return self._body.meta
+        return self._meta
 
     @property
     def closed(self) -> bool:
@@ -63,8 +73,9 @@ class Handle:
 
 
 class SyncHandle(Handle):
-    def __init__(self, body: ClosableBody) -> None:
-        super().__init__(body)
+    def __init__(self, reply: Reply[Body]) -> None:
+        body: ClosableBody = reply.body  # type: ignore[assignment]  # every backend here has it
+        super().__init__(reply.meta, body)
         self.body = body
 
     async def read(self, byte_range: ByteRange, chunk_size: int) -> list[bytes]:
@@ -75,8 +86,9 @@ class SyncHandle(Handle):
 
 
 class AsyncHandle(Handle):
-    def __init__(self, body: AsyncClosableBody) -> None:
-        super().__init__(body)
+    def __init__(self, reply: Reply[AsyncBody]) -> None:
+        body: AsyncClosableBody = reply.body  # type: ignore[assignment]
+        super().__init__(reply.meta, body)
         self.body = body
 
     async def read(self, byte_range: ByteRange, chunk_size: int) -> list[bytes]:
@@ -90,12 +102,55 @@ class Opener(Protocol):
     async def __call__(self, key: str) -> Handle: ...
 
 
-def make_sync(backend: str, root: Path) -> MemoryStorage | LocalStorage:
-    return MemoryStorage(SOURCE) if backend == "memory" else LocalStorage(root)
+class Counted:
+    """A layer over a blocking storage (``open`` in, ``open`` out), as a cache or a router of
+    mounts would be: the contract must hold through it unchanged."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.opens = 0
+
+    def open(self, key: str, hint: ReadHint = METADATA_ONLY) -> Reply[Body]:
+        self.opens += 1
+        return self.inner.open(key, hint)
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
-def make_async(backend: str, root: Path) -> AsyncMemoryStorage | AsyncLocalStorage:
-    return AsyncMemoryStorage(SOURCE) if backend == "memory" else AsyncLocalStorage(root)
+class AsyncCounted:
+    """The async twin of ``Counted``."""
+
+    def __init__(self, inner: AsyncStorage) -> None:
+        self.inner = inner
+        self.opens = 0
+
+    async def open(self, key: str, hint: ReadHint = METADATA_ONLY) -> Reply[AsyncBody]:
+        self.opens += 1
+        return await self.inner.open(key, hint)
+
+    async def acheck(self) -> None:
+        await self.inner.acheck()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def make_sync(backend: str, root: Path) -> Storage:
+    name, _, layer = backend.partition("+")
+    storage: Storage = MemoryStorage(SOURCE) if name == "memory" else LocalStorage(root)
+    return Counted(storage) if layer else storage
+
+
+def make_async(backend: str, root: Path) -> AsyncStorage:
+    name, _, layer = backend.partition("+")
+    storage: AsyncStorage = (
+        AsyncMemoryStorage(SOURCE) if name == "memory" else AsyncLocalStorage(root)
+    )
+    return AsyncCounted(storage) if layer else storage
 
 
 @pytest.fixture
@@ -108,7 +163,11 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(
-    params=[("memory", "sync"), ("memory", "async"), ("local", "sync"), ("local", "async")],
+    params=[
+        (backend, flavour)
+        for backend in ("memory", "local", "memory+counted", "local+counted")
+        for flavour in ("sync", "async")
+    ],
     ids=lambda p: "-".join(p),
 )
 async def open_handle(request: pytest.FixtureRequest, root: Path) -> AsyncIterator[Opener]:
@@ -251,13 +310,20 @@ async def test_storage_close(root: Path) -> None:
 
 async def test_protocol_conformance(root: Path) -> None:
     # The annotations make mypy check the classes against the Protocols structurally.
-    storages: list[Storage] = [MemoryStorage(SOURCE), LocalStorage(root)]
-    async_storages: list[AsyncStorage] = [AsyncMemoryStorage(SOURCE), AsyncLocalStorage(root)]
+    counted, acounted = Counted(LocalStorage(root)), AsyncCounted(AsyncLocalStorage(root))
+    storages: list[Storage] = [MemoryStorage(SOURCE), LocalStorage(root), counted]
+    async_storages: list[AsyncStorage] = [
+        AsyncMemoryStorage(SOURCE),
+        AsyncLocalStorage(root),
+        acounted,
+    ]
     for storage in storages:
         assert callable(storage.open) and callable(storage.close)
         storage.check()
-        body: Body = storage.open("notes.txt")
-        assert isinstance(body.meta, ObjectMeta)
+        reply: Reply[Body] = storage.open("notes.txt")
+        assert isinstance(reply.meta, ObjectMeta)
+        assert reply.range is None  # nothing fetched with the metadata: a file reads any range
+        body: Body = reply.body
         chunks = body.iter_range(ByteRange(0, 3), 2)
         assert iter(chunks) is chunks  # an iterator: each read happens on next()
         assert list(chunks) == [b"\x00\x01", b"\x02"]
@@ -266,14 +332,17 @@ async def test_protocol_conformance(root: Path) -> None:
         assert inspect.iscoroutinefunction(astorage.open)
         assert inspect.iscoroutinefunction(astorage.aclose)
         await astorage.acheck()
-        abody: AsyncBody = await astorage.open("notes.txt")
-        assert isinstance(abody.meta, ObjectMeta)
+        areply: Reply[AsyncBody] = await astorage.open("notes.txt")
+        assert isinstance(areply.meta, ObjectMeta)
+        assert areply.range is None
+        abody: AsyncBody = areply.body
         # A coroutine that starts the read and returns the chunk iterator.
         assert inspect.iscoroutinefunction(type(abody).aiter_range)
         assert inspect.iscoroutinefunction(abody.aclose)
         iterator: AsyncIterator[bytes] = await abody.aiter_range(ByteRange(0, 3), 2)
         assert [chunk async for chunk in iterator] == [b"\x00\x01", b"\x02"]
         await abody.aclose()
+    assert (counted.opens, acounted.opens) == (1, 1)  # the layers saw each open
 
 
 # The memory double's own promises, relied on by the HTTP-logic tests.
@@ -288,10 +357,10 @@ def test_memory_explicit_media_type_and_put() -> None:
     assert (meta.size, meta.media_type) == (4, "application/octet-stream")
     new = storage.open("a.bin")
     # A body opened before a put keeps the bytes it was opened with, like an S3 GET.
-    assert list(old.iter_range(ByteRange(0, 3), 2)) == [b"ab", b"c"]
-    assert list(new.iter_range(ByteRange(0, 4), 4)) == [b"abcd"]
-    for body in (old, text, new):
-        body.close()
+    assert list(old.body.iter_range(ByteRange(0, 3), 2)) == [b"ab", b"c"]
+    assert list(new.body.iter_range(ByteRange(0, 4), 4)) == [b"abcd"]
+    for reply in (old, text, new):
+        reply.body.close()
 
 
 def test_memory_etag_derives_from_content() -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import anyio.to_thread
 import pytest
 
-from proxy.http.ranges import ByteRange
+from proxy.http.codec import ByteRange
 from proxy.storage import local
-from proxy.storage.base import ReadyChunks
+from proxy.storage.base import Body, ReadyChunks, Reply
 from proxy.storage.errors import (
     AccessDenied,
     BackendUnavailable,
@@ -21,7 +21,7 @@ from proxy.storage.errors import (
     ObjectNotFound,
     StorageError,
 )
-from proxy.storage.local import AsyncLocalStorage, LocalBody, LocalStorage, map_os_errors
+from proxy.storage.local import AsyncLocalBody, AsyncLocalStorage, LocalStorage, map_os_errors
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
 
@@ -41,12 +41,13 @@ def root(tmp_path: Path) -> Path:
     return root
 
 
-def read_all(body: LocalBody, chunk_size: int = 65536) -> bytes:
-    return b"".join(body.iter_range(ByteRange(0, body.meta.size), chunk_size))
+def read_all(reply: Reply[Body], chunk_size: int = 65536) -> bytes:
+    return b"".join(reply.body.iter_range(ByteRange(0, reply.meta.size), chunk_size))
 
 
 def test_reads_file_in_exact_chunks(storage: LocalStorage) -> None:
-    body = storage.open("dir/data.bin")
+    body_reply = storage.open("dir/data.bin")
+    body = body_reply.body
     chunks = list(body.iter_range(ByteRange(10, 10240), 4096))
     body.close()
     assert [len(chunk) for chunk in chunks] == [4096, 4096, 2038]
@@ -57,9 +58,10 @@ def test_symlink_inside_root_is_served(storage: LocalStorage, root: Path) -> Non
     (root / "link.bin").symlink_to(root / "dir" / "data.bin")
     (root / "alias").symlink_to("dir")
     for key in ("link.bin", "alias/data.bin"):
-        body = storage.open(key)
-        assert read_all(body) == DATA
-        assert body.meta.media_type == "application/octet-stream"
+        body_reply = storage.open(key)
+        body = body_reply.body
+        assert read_all(body_reply) == DATA
+        assert body_reply.meta.media_type == "application/octet-stream"
         body.close()
 
 
@@ -173,7 +175,8 @@ def test_error_messages_hold_no_path(storage: LocalStorage, root: Path) -> None:
 
 
 def test_truncated_while_reading(storage: LocalStorage, root: Path) -> None:
-    body = storage.open("dir/data.bin")
+    body_reply = storage.open("dir/data.bin")
+    body = body_reply.body
     chunks = body.iter_range(ByteRange(0, 10240), 4096)
     assert next(chunks) == DATA[:4096]
     os.truncate(root / "dir" / "data.bin", 5000)
@@ -186,9 +189,11 @@ def test_truncated_while_reading(storage: LocalStorage, root: Path) -> None:
 @pytest.mark.anyio
 async def test_async_truncated_while_reading(root: Path) -> None:
     storage = AsyncLocalStorage(root)
-    body = await storage.open("dir/data.bin")
+    body_reply = await storage.open("dir/data.bin")
+    body = body_reply.body
+    assert isinstance(body, AsyncLocalBody)
     os.truncate(root / "dir" / "data.bin", 100)
-    assert body.meta.size == 10240  # metadata stays what was true at open
+    assert body_reply.meta.size == 10240  # metadata stays what was true at open
     received = []
     with pytest.raises(BodyTruncated):
         async for chunk in await body.aiter_range(ByteRange(0, 10240), 64):
@@ -199,9 +204,10 @@ async def test_async_truncated_while_reading(root: Path) -> None:
 
 
 def etag_of(storage: LocalStorage, key: str) -> str | None:
-    body = storage.open(key)
+    body_reply = storage.open(key)
+    body = body_reply.body
     body.close()
-    return body.meta.etag
+    return body_reply.meta.etag
 
 
 def test_etag_changes_on_same_size_rewrite(storage: LocalStorage, root: Path) -> None:
@@ -232,16 +238,18 @@ def test_etag_changes_when_file_is_replaced(storage: LocalStorage, root: Path) -
 def test_last_modified_is_whole_utc_seconds(storage: LocalStorage, root: Path) -> None:
     path = root / "dir" / "data.bin"
     os.utime(path, ns=(0, 1_700_000_000_987_654_321))
-    body = storage.open("dir/data.bin")
+    body_reply = storage.open("dir/data.bin")
+    body = body_reply.body
     body.close()
-    assert body.meta.last_modified == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+    assert body_reply.meta.last_modified == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
 
 
 def test_close_releases_the_descriptor(storage: LocalStorage) -> None:
     before = open_fds()
-    body = storage.open("dir/data.bin")
+    body_reply = storage.open("dir/data.bin")
+    body = body_reply.body
     assert len(open_fds() - before) == 2  # the body's, and the one kept for the next request
-    assert read_all(body) == DATA
+    assert read_all(body_reply) == DATA
     body.close()
     body.close()
     assert len(open_fds() - before) == 1
@@ -252,9 +260,10 @@ def test_close_releases_the_descriptor(storage: LocalStorage) -> None:
 def test_without_open_files_only_the_body_holds_a_descriptor(root: Path) -> None:
     storage = LocalStorage(root, open_files=0)
     before = open_fds()
-    body = storage.open("dir/data.bin")
+    body_reply = storage.open("dir/data.bin")
+    body = body_reply.body
     assert len(open_fds() - before) == 1
-    assert read_all(body) == DATA
+    assert read_all(body_reply) == DATA
     body.close()
     assert open_fds() == before
 
@@ -263,7 +272,8 @@ def test_without_open_files_only_the_body_holds_a_descriptor(root: Path) -> None
 async def test_async_close_releases_the_descriptor(root: Path) -> None:
     storage = AsyncLocalStorage(root)
     before = open_fds()
-    body = await storage.open("dir/data.bin")
+    body_reply = await storage.open("dir/data.bin")
+    body = body_reply.body
     assert len(open_fds() - before) == 2
     await body.aclose()
     await body.aclose()
@@ -276,8 +286,9 @@ def test_root_is_resolved_once(tmp_path: Path, root: Path) -> None:
     (tmp_path / "root-link").symlink_to(root)
     storage = LocalStorage(tmp_path / "root-link")
     assert storage.root == str(root)
-    body = storage.open("dir/data.bin")
-    assert read_all(body, 1000) == DATA
+    body_reply = storage.open("dir/data.bin")
+    body = body_reply.body
+    assert read_all(body_reply, 1000) == DATA
     body.close()
 
 
@@ -292,8 +303,9 @@ def test_root_must_be_an_existing_directory(tmp_path: Path, root: Path, name: st
 
 def test_percent_names_are_plain_file_names(storage: LocalStorage, root: Path) -> None:
     (root / "%2e%2e").write_bytes(b"weird")
-    body = storage.open("%2e%2e")
-    assert read_all(body) == b"weird"
+    body_reply = storage.open("%2e%2e")
+    body = body_reply.body
+    assert read_all(body_reply) == b"weird"
     body.close()
 
 
@@ -325,8 +337,9 @@ def test_links_are_checked_either_way(link_check: str, storage: LocalStorage, ro
     (root / "link.bin").symlink_to(root / "dir" / "data.bin")
     (root / "escape.txt").symlink_to(root.parent / "secret.txt")
     (root / "escape").symlink_to(root.parent / "outside")
-    body = storage.open("link.bin")
-    assert read_all(body) == DATA
+    body_reply = storage.open("link.bin")
+    body = body_reply.body
+    assert read_all(body_reply) == DATA
     body.close()
     fds = open_fds()
     for key in ("escape.txt", "escape/x.txt", "dir"):
@@ -336,9 +349,10 @@ def test_links_are_checked_either_way(link_check: str, storage: LocalStorage, ro
 
 
 async def read_async(storage: AsyncLocalStorage, key: str, chunk_size: int) -> bytes:
-    body = await storage.open(key)
+    body_reply = await storage.open(key)
+    body = body_reply.body
     try:
-        chunks = await body.aiter_range(ByteRange(0, body.meta.size), chunk_size)
+        chunks = await body.aiter_range(ByteRange(0, body_reply.meta.size), chunk_size)
         return b"".join([chunk async for chunk in chunks])
     finally:
         await body.aclose()
@@ -380,7 +394,8 @@ async def test_async_reads_fall_back_to_a_thread(
 def test_sync_chunks_the_page_cache_holds_are_ready(storage: LocalStorage) -> None:
     """What the response reads on the event loop for the sync flavour (no worker thread)."""
     assert read_all(storage.open("dir/data.bin")) == DATA  # now in the page cache
-    body = storage.open("dir/data.bin")
+    body_reply = storage.open("dir/data.bin")
+    body = body_reply.body
     chunks = body.iter_range(ByteRange(10, 10240), 4096)
     assert isinstance(chunks, ReadyChunks)
     ready = [chunks.ready(), chunks.ready(), chunks.ready()]
@@ -398,7 +413,8 @@ def test_sync_chunks_not_ready_are_read_blocking(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(local, "_RWF_NOWAIT", -1)  # preadv2 fails: as if nothing were cached
-    body = storage.open("dir/data.bin")
+    body_reply = storage.open("dir/data.bin")
+    body = body_reply.body
     chunks = body.iter_range(ByteRange(0, 10240), 4096)
     assert isinstance(chunks, ReadyChunks)
     assert chunks.ready() is None

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.app import _expire_open_files
-from proxy.http.ranges import ByteRange
+from proxy.http.codec import ByteRange
 from proxy.storage import local
 from proxy.storage.errors import AccessDenied, ObjectNotFound
+from proxy.storage.factory import expire_open_files
 from proxy.storage.local import AsyncLocalStorage, LocalBody, LocalStorage
 from proxy.storage.openfiles import OpenFiles
 
@@ -28,12 +28,13 @@ def open_fds() -> set[str]:
 
 
 def read(storage: LocalStorage, key: str) -> tuple[bytes, str | None]:
-    body: LocalBody = storage.open(key)
+    body_reply = storage.open(key)
+    body: LocalBody = body_reply.body  # type: ignore[assignment]
     try:
-        data = b"".join(body.iter_range(ByteRange(0, body.meta.size), 65536))
+        data = b"".join(body.iter_range(ByteRange(0, body_reply.meta.size), 65536))
     finally:
         body.close()
-    return data, body.meta.etag
+    return data, body_reply.meta.etag
 
 
 class Clock:
@@ -68,12 +69,14 @@ def opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_a_kept_descriptor_serves_the_next_request(storage: LocalStorage, opens: list[str]) -> None:
-    first = storage.open("a.bin")
-    second = storage.open("a.bin")
+    first_reply = storage.open("a.bin")
+    first = first_reply.body
+    second_reply = storage.open("a.bin")
+    second = second_reply.body
     assert opens == ["a.bin"]
-    assert second.meta is first.meta  # described once
+    assert second_reply.meta is first_reply.meta  # described once
     first.close()  # each request owns its own descriptor (a dup): closing one leaves the other
-    data = b"".join(second.iter_range(ByteRange(0, second.meta.size), 4096))
+    data = b"".join(second.iter_range(ByteRange(0, second_reply.meta.size), 4096))
     second.close()
     assert hashlib.sha256(data).digest() == hashlib.sha256(OLD).digest()
     assert len(storage.open_files) == 1
@@ -221,8 +224,9 @@ async def test_the_app_closes_idle_descriptors_on_an_idle_server(root: Path) -> 
     storage._files = OpenFiles(8, idle=0.2)
     before = open_fds()
     async with AsyncExitStack() as stack:
-        await _expire_open_files(storage.open_files, stack)
-        body = await storage.open("a.bin")
+        await expire_open_files(storage.open_files, stack)
+        body_reply = await storage.open("a.bin")
+        body = body_reply.body
         await body.aclose()
         assert len(open_fds() - before) == 1
         for _ in range(100):  # no request comes: the app's task closes it

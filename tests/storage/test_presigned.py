@@ -1,11 +1,13 @@
-"""Presigned GET units: the URL cache, the reply's fields and verdicts, when plain GETs apply."""
+"""Presigned GET units: the URL cache, the reply's answer and verdicts, when plain GETs apply."""
 
 from __future__ import annotations
 
 import pytest
 
+from proxy.http.codec import ByteRange, ContentRange
 from proxy.storage import errors, presigned
 from proxy.storage.presigned import UrlCache
+from proxy.storage.s3answer import S3Answer, definite_error
 
 
 class Clock:
@@ -49,7 +51,7 @@ def test_request_headers() -> None:
     assert presigned.request_headers("bytes=0-9", '"e"') == agent | both
 
 
-def test_response_fields_are_botocores_names() -> None:
+def test_an_answer_from_the_replys_header_fields() -> None:
     headers = {
         "Content-Length": "10",
         "Content-Range": "bytes 0-9/100",
@@ -57,15 +59,35 @@ def test_response_fields_are_botocores_names() -> None:
         "ETag": '"abc"',
         "Last-Modified": "Sat, 21 Nov 2026 00:00:00 GMT",
     }
-    assert presigned.response_fields(headers) == {
-        "ContentLength": 10,
-        "ContentRange": "bytes 0-9/100",
-        "ContentType": "video/mp4",
-        "ETag": '"abc"',
-        "LastModified": "Sat, 21 Nov 2026 00:00:00 GMT",
-    }
-    assert presigned.response_fields({"Content-Type": "video/mp4"}) is None  # chunked: botocore
-    assert presigned.response_fields({"Content-Length": "-1"}) is None
+    stream = object()
+    assert S3Answer.from_headers(headers, stream) == S3Answer(
+        length=10,
+        content_range=ContentRange(ByteRange(0, 10), 100),
+        content_type="video/mp4",
+        etag='"abc"',
+        last_modified="Sat, 21 Nov 2026 00:00:00 GMT",
+        stream=stream,
+    )
+    assert S3Answer.from_headers({"Content-Length": "7"}, stream) == S3Answer(7, stream=stream)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "video/mp4"},  # chunked: botocore
+        {"Content-Length": "-1"},
+        {"Content-Length": "+1"},
+        {"Content-Length": "\u0661\u0660"},  # non-ASCII digits
+        {"Content-Length": "10", "Content-Range": "bytes 0-9/*"},  # a 2xx names its size
+        {"Content-Length": "10", "Content-Range": "bytes */100"},
+        {"Content-Length": "10", "Content-Range": "bytes 9-0/100"},
+        {"Content-Length": "10", "Content-Range": "items 0-9/100"},
+    ],
+)
+def test_a_reply_without_a_length_or_with_a_malformed_range_is_botocores(
+    headers: dict[str, str],
+) -> None:
+    assert S3Answer.from_headers(headers, object()) is None
 
 
 def document(code: str) -> bytes:
@@ -76,12 +98,15 @@ def document(code: str) -> bytes:
     ("status", "body", "expected"),
     [
         (412, b"", errors.ObjectChanged),
+        (412, document("PreconditionFailed"), errors.ObjectChanged),
+        (412, document("NoSuchKey"), errors.ObjectChanged),  # the status settles it
         (416, document("InvalidRange"), errors.RangeNotSatisfiable),
+        (416, b"", errors.RangeNotSatisfiable),
         (404, document("NoSuchKey"), errors.ObjectNotFound),
     ],
 )
 def test_definite_answers(status: int, body: bytes, expected: type[Exception]) -> None:
-    assert isinstance(presigned.definite_error(status, body), expected)
+    assert type(definite_error(status, body)) is expected
 
 
 @pytest.mark.parametrize(
@@ -89,16 +114,20 @@ def test_definite_answers(status: int, body: bytes, expected: type[Exception]) -
     [
         (404, document("NoSuchBucket")),  # the operator's to fix: botocore logs it
         (404, b""),
+        (404, document("NotFound")),  # not definite: a 404 settles nothing without NoSuchKey
         (403, document("SignatureDoesNotMatch")),  # an expired URL: botocore signs afresh
         (403, document("AccessDenied")),
+        (403, b""),
         (400, document("ExpiredToken")),
+        (400, document("PreconditionFailed")),  # a code must agree with its status
         (503, document("SlowDown")),  # botocore's retry policy decides
+        (500, document("NoSuchKey")),
         (500, b"<html>"),
         (301, document("PermanentRedirect")),
     ],
 )
 def test_everything_else_is_botocores_to_answer(status: int, body: bytes) -> None:
-    assert presigned.definite_error(status, body) is None
+    assert definite_error(status, body) is None
 
 
 def test_plain_gets_avoid_an_http_proxy_from_the_environment(

@@ -24,9 +24,9 @@ import anyio
 import pytest
 
 from proxy.storage.connections import AsyncReply
+from proxy.storage.options import S3Options
 from proxy.storage.s3 import _AIOHTTP_READ_LIMIT, _achunks, aopen_s3
-from tests.conftest import s3_settings
-from tests.s3servers import S3Server, put_object
+from proxy.testing.s3servers import BUCKET, REGION, S3Server, put_object
 
 KIB = 1024
 SOCKET_READ = 256 * KIB  # the most one read of asyncio's socket transport returns
@@ -62,17 +62,24 @@ async def read_slowly(reader: object, first: list[int], ahead: Callable[[int], i
 
 
 @contextlib.asynccontextmanager
-async def slow_object(moto: S3Server, **overrides: object) -> AsyncIterator[Any]:
+async def slow_object(moto: S3Server, presigned_gets: bool = True) -> AsyncIterator[Any]:
     """DATA on moto, opened through the aiobotocore flavour's GetObject: its reader."""
     put_object(moto, KEY, DATA, "application/octet-stream")
+    options = S3Options(
+        bucket=BUCKET,
+        endpoint_url=moto.endpoint_url,
+        region=REGION,
+        addressing_style="path",
+        presigned_gets=presigned_gets,
+    )
     async with AsyncExitStack() as stack:
-        storage = await aopen_s3(s3_settings(moto, "aiobotocore", **overrides), stack)
-        fields, reader, closer = await storage.aget(KEY, None)
-        assert fields["ContentLength"] == len(DATA)
+        storage = await aopen_s3(options, stack)
+        answer = await storage.aget(KEY, None)
+        assert answer.length == len(DATA)
         try:
-            yield reader
+            yield answer.stream
         finally:
-            closer.close()
+            answer.stream.close()
 
 
 @pytest.mark.anyio
@@ -98,7 +105,7 @@ async def test_a_presigned_reply_holds_nothing_ahead_of_a_slow_reader(
 async def test_the_botocore_fallback_keeps_aiohttps_buffer_small(
     moto: S3Server, first: list[int]
 ) -> None:
-    async with slow_object(moto, s3_presigned_gets=False) as reader:
+    async with slow_object(moto, presigned_gets=False) as reader:
         content = reader._raw_stream.content  # aiobotocore's StreamingBody over aiohttp's
         held = await read_slowly(reader, first, lambda done: content.total_bytes - done)
     assert max(held) <= 2 * max(_AIOHTTP_READ_LIMIT, 64 * KIB) + SOCKET_READ

@@ -1,9 +1,10 @@
-"""S3 backend units: error mapping, stored metadata, content ranges, chunking (no server
-needed)."""
+"""S3 backend units: the error table, the typed answer (stored metadata, content ranges),
+session tuning, chunking (no server needed)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,18 +25,12 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from proxy.http.ranges import ByteRange
+from proxy.http.codec import ByteRange, ContentRange
 from proxy.storage import errors
 from proxy.storage.base import ReadyChunks
-from proxy.storage.s3 import (
-    ENDPOINT_SERVICES,
-    RangeNotSatisfiable,
-    _Chunks,
-    _meta_from,
-    _range_of,
-    _tune,
-    map_client_errors,
-)
+from proxy.storage.s3 import RangeNotSatisfiable, _Chunks
+from proxy.storage.s3answer import ERRORS, S3Answer, error_for_code, map_client_errors, meta_from
+from proxy.storage.s3client import ENDPOINT_SERVICES, _tune
 
 HOST = "http://secret-host.internal"
 
@@ -89,17 +84,88 @@ def test_other_exceptions_pass_through() -> None:
         raise KeyError("not ours")
 
 
+# The table, row by row: S3 error code or HTTP status -> (StorageError, definite for a presigned
+# GET's reply).
+TABLE: dict[str, tuple[type[errors.StorageError], bool]] = {
+    "NoSuchKey": (errors.ObjectNotFound, True),
+    "NotFound": (errors.ObjectNotFound, False),
+    "404": (errors.ObjectNotFound, False),
+    "AccessDenied": (errors.AccessDenied, False),
+    "Forbidden": (errors.AccessDenied, False),
+    "403": (errors.AccessDenied, False),
+    "AllAccessDisabled": (errors.AccessDenied, False),
+    "PreconditionFailed": (errors.ObjectChanged, True),
+    "412": (errors.ObjectChanged, True),
+    "InvalidRange": (errors.RangeNotSatisfiable, True),
+    "416": (errors.RangeNotSatisfiable, True),
+    "RequestTimeout": (errors.BackendTimeout, False),
+    "RequestTimeoutException": (errors.BackendTimeout, False),
+    "SlowDown": (errors.BackendUnavailable, False),
+    "ServiceUnavailable": (errors.BackendUnavailable, False),
+    "503": (errors.BackendUnavailable, False),
+    "Throttling": (errors.BackendUnavailable, False),
+    "ThrottlingException": (errors.BackendUnavailable, False),
+    "RequestLimitExceeded": (errors.BackendUnavailable, False),
+    "TooManyRequests": (errors.BackendUnavailable, False),
+    "InternalError": (errors.BackendUnavailable, False),
+    "500": (errors.BackendUnavailable, False),
+}
+
+
+def test_one_table_maps_s3_answers() -> None:
+    assert {code: (row.error, row.definite) for code, row in ERRORS.items()} == TABLE
+
+
+@pytest.mark.parametrize(("code", "expected"), [(code, row[0]) for code, row in TABLE.items()])
+def test_each_code_of_the_table_maps_a_client_error_quietly(
+    code: str, expected: type[errors.StorageError], caplog: pytest.LogCaptureFixture
+) -> None:
+    raised = client_error(code, 400)
+    with caplog.at_level(logging.DEBUG, logger="proxy"):
+        with pytest.raises(errors.StorageError) as info, map_client_errors():
+            raise raised
+    assert (type(info.value), info.value.__cause__) == (expected, raised)
+    assert caplog.records == []  # a known answer is not the operator's to fix
+
+
+@pytest.mark.parametrize("code", ["NoSuchBucket", "InvalidAccessKeyId", ""])
+def test_a_code_outside_the_table_is_logged_and_unavailable(
+    code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="proxy.s3"):
+        error = error_for_code(code)
+    assert type(error) is errors.BackendUnavailable
+    assert [record.getMessage() for record in caplog.records] == [f"S3 error {code}"]
+
+
+@pytest.mark.parametrize(
+    ("raised", "message"),
+    [
+        (EndpointConnectionError(endpoint_url=HOST), "S3 unavailable: EndpointConnectionError"),
+        (NoCredentialsError(), "S3 unavailable: NoCredentialsError"),
+        (aiohttp.ClientConnectionError("refused"), "S3 unavailable: ClientConnectionError"),
+    ],
+)
+def test_an_unreachable_backend_is_logged_by_type_only(
+    raised: Exception, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="proxy.s3"):
+        with pytest.raises(errors.BackendUnavailable), map_client_errors():
+            raise raised
+    assert [record.getMessage() for record in caplog.records] == [message]
+
+
 FLAVOUR_IMPORTS = """
 import asyncio, sys
 from contextlib import AsyncExitStack
-from proxy.config import Settings
 from proxy.storage import s3
-settings = Settings.model_validate({"backend": "s3", "s3_client": sys.argv[1],
-    "s3_bucket": "b", "s3_endpoint_url": "http://127.0.0.1:9", "s3_region": "us-east-1"})
+from proxy.storage.options import S3Options
+options = S3Options(bucket="b", client=sys.argv[1], endpoint_url="http://127.0.0.1:9",
+    region="us-east-1")
 async def aopen():
     async with AsyncExitStack() as stack:
-        await s3.aopen_s3(settings, stack)
-s3.open_s3(settings).close() if sys.argv[1] == "boto3" else asyncio.run(aopen())
+        await s3.aopen_s3(options, stack)
+s3.open_s3(options).close() if sys.argv[1] == "boto3" else asyncio.run(aopen())
 print(*sorted({"boto3", "aiobotocore", "aiohttp"} & set(sys.modules)))
 """
 
@@ -186,7 +252,7 @@ def test_meta_from_a_response(stored: str | None, key: str, media_type: str) -> 
     response: dict[str, Any] = {"ContentLength": 10, "ETag": '"abc"', "LastModified": MODIFIED}
     if stored is not None:
         response["ContentType"] = stored
-    meta = _meta_from(key, response)
+    meta = meta_from(key, S3Answer.from_botocore(response))
     assert meta.media_type == media_type
     assert (meta.key, meta.size, meta.etag) == (key, 10, '"abc"')
     assert meta.last_modified == datetime(2026, 11, 21, 5, 0, 7, tzinfo=UTC)
@@ -194,10 +260,53 @@ def test_meta_from_a_response(stored: str | None, key: str, media_type: str) -> 
 
 def test_meta_and_range_from_a_ranged_response() -> None:
     response = {"ContentLength": 10, "ContentRange": "bytes 5-14/1000", "ETag": "abc-5"}
-    meta = _meta_from("a.mp4", response)
+    answer = S3Answer.from_botocore(response)
+    meta = meta_from("a.mp4", answer)
     assert (meta.size, meta.etag, meta.last_modified) == (1000, '"abc-5"', None)
-    assert _range_of(response, 1000) == ByteRange(5, 15)
-    assert _range_of({"ContentLength": 1000}, 1000) == ByteRange(0, 1000)
+    assert answer.byte_range == ByteRange(5, 15)
+    assert S3Answer.from_botocore({"ContentLength": 1000}).byte_range == ByteRange(0, 1000)
+
+
+HEADERS = {
+    "Content-Length": "10",
+    "Content-Range": "bytes 5-14/1000",
+    "Content-Type": "binary/octet-stream",
+    "ETag": "abc-5",
+    "Last-Modified": MODIFIED,
+}
+# botocore's names for the same header fields (its timestamps left as text by _tune)
+BOTOCORE = {
+    "ContentLength": 10,
+    "ContentRange": "bytes 5-14/1000",
+    "ContentType": "binary/octet-stream",
+    "ETag": "abc-5",
+    "LastModified": MODIFIED,
+}
+
+
+@pytest.mark.parametrize(
+    "dropped",
+    [(), ("Content-Range", "ContentRange"), ("Content-Type", "ContentType"), ("ETag", "ETag")],
+)
+def test_a_presigned_reply_and_botocore_give_the_same_answer(dropped: tuple[str, ...]) -> None:
+    headers = {name: value for name, value in HEADERS.items() if name not in dropped}
+    response = {name: value for name, value in BOTOCORE.items() if name not in dropped}
+    stream = object()
+    presigned = S3Answer.from_headers(headers, stream)
+    botocore = S3Answer.from_botocore({**response, "Body": stream})
+    assert presigned == botocore
+    assert presigned is not None
+    assert meta_from("a.webm", presigned) == meta_from("a.webm", botocore)
+    ranged = "Content-Range" not in dropped
+    assert presigned.byte_range == (ByteRange(5, 15) if ranged else ByteRange(0, 10))
+    assert presigned.size == (1000 if ranged else 10)
+    if ranged:
+        assert presigned.content_range == ContentRange(ByteRange(5, 15), 1000)
+
+
+def test_a_malformed_content_range_from_botocore_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        S3Answer.from_botocore({"ContentLength": 10, "ContentRange": "bytes 5-14/*"})
 
 
 class Stream:

@@ -1,6 +1,8 @@
-"""Real S3 servers on 127.0.0.1 for the tests: moto (in-process) and SeaweedFS (subprocess).
+"""Real S3 servers on 127.0.0.1: moto (in-process) and SeaweedFS (subprocess), with fake identities.
 
-Plain functions and context managers; the pytest fixtures that use them live in conftest.py.
+Plain functions and context managers for the tests (their pytest fixtures live in
+tests/conftest.py) and the benchmarks (benchmarks/seaweed.py). boto3 and moto are imported where
+they are used: moto is a test dependency, and the proxy's package imports without it.
 Only obviously fake local credentials appear here.
 """
 
@@ -24,10 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from moto.server import ThreadedMotoServer
 
 __all__ = [
     "ACCESS_KEY",
@@ -181,12 +181,16 @@ def s3_client(server: S3Server, profile: str | None = None, **config: Any) -> An
     ``{"total_max_attempts": 1}`` for a single request). Close the client (``client.close()``
     or ``contextlib.closing``): an open connection pool ends as a ResourceWarning.
     """
+    import boto3.session
+
     session = boto3.session.Session(profile_name=profile, region_name=REGION)
     return session.client("s3", endpoint_url=server.endpoint_url, config=_client_config(**config))
 
 
 def _static_client(endpoint_url: str, **config: Any) -> Any:
     """A client with explicit full-access credentials, independent of the environment."""
+    import boto3.session
+
     session = boto3.session.Session(
         aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=SECRET_KEY,
@@ -279,6 +283,8 @@ def start_moto() -> Iterator[S3Server]:
     moto keeps its state in process-wide backends: every moto server of a process sees the same
     buckets. The state is reset at start. Any credentials are accepted.
     """
+    from moto.server import ThreadedMotoServer  # a test dependency (moto[server])
+
     werkzeug_log = logging.getLogger("werkzeug")
     previous_level = werkzeug_log.level
     werkzeug_log.setLevel(logging.ERROR)

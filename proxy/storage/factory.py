@@ -1,0 +1,111 @@
+"""The storage stack, built from explicit options: the backend × flavour choice and each
+backend's lifecycle (the open-file expiry, the readiness probe, closing clients).
+
+``open_backend`` enters everything into the caller's ``AsyncExitStack`` (the app's lifespan), so
+it is released in reverse order at shutdown. A layer that wraps a storage (``open`` in, ``open``
+out: a cache, a router of several backends) is applied with ``Backend.wrap`` and needs nothing
+from the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import cast
+
+import anyio.to_thread
+
+from proxy.storage.base import AsyncStorage, Storage
+from proxy.storage.errors import StorageError
+from proxy.storage.local import AsyncLocalStorage, LocalStorage
+from proxy.storage.openfiles import OpenFiles
+from proxy.storage.options import LocalOptions, S3Options, StorageOptions
+
+DEFAULT_READINESS_TTL = 5.0  # seconds a readiness answer is reused (PROXY_READINESS_CACHE_SECONDS)
+
+
+class Readiness:
+    """The backend's reachability, checked at most once per ``ttl`` seconds (cheap probes)."""
+
+    def __init__(self, check: Callable[[], Awaitable[None]], ttl: float) -> None:
+        self._check = check
+        self._ttl = ttl
+        self._expires = 0.0
+        self._error: StorageError | None = None
+
+    async def __call__(self) -> StorageError | None:
+        now = time.monotonic()
+        if now >= self._expires:
+            try:
+                await self._check()
+                self._error = None
+            except StorageError as exc:
+                self._error = exc
+            self._expires = now + self._ttl
+        return self._error
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A storage ready to serve: blocking (``sync``: served from ``def`` path operations) or
+    async, and its readiness probe."""
+
+    storage: Storage | AsyncStorage
+    sync: bool
+    ready: Readiness
+
+    def wrap(self, layer: Callable[[Storage | AsyncStorage], Storage | AsyncStorage]) -> Backend:
+        """The same backend behind ``layer`` (which keeps the flavour of what it wraps)."""
+        return replace(self, storage=layer(self.storage))
+
+
+async def open_backend(
+    options: StorageOptions, stack: AsyncExitStack, readiness_ttl: float = DEFAULT_READINESS_TTL
+) -> Backend:
+    """The storage ``options`` describe, released when ``stack`` closes."""
+    storage = await _open_storage(options, stack)
+    return Backend(storage, options.sync, _readiness(storage, options.sync, readiness_ttl))
+
+
+async def _open_storage(options: StorageOptions, stack: AsyncExitStack) -> Storage | AsyncStorage:
+    if isinstance(options, S3Options):
+        from proxy.storage import s3  # boto3 and aiobotocore load only when they are used
+
+        if options.sync:
+            storage = s3.open_s3(options)
+            stack.callback(storage.close)
+            return storage
+        return await s3.aopen_s3(options, stack)
+    assert isinstance(options, LocalOptions)
+    if options.sync:
+        local = LocalStorage(options.root, options.open_files)
+        stack.callback(local.close)
+        await expire_open_files(local.open_files, stack)
+        return local
+    alocal = AsyncLocalStorage(options.root, options.open_files)
+    stack.push_async_callback(alocal.aclose)
+    await expire_open_files(alocal.open_files, stack)
+    return alocal
+
+
+async def expire_open_files(files: OpenFiles, stack: AsyncExitStack) -> None:
+    """Close cached descriptors that went unused, on an idle server too (a deleted file's
+    space comes back only when its last descriptor is closed)."""
+
+    async def expire() -> None:
+        while True:
+            await asyncio.sleep(files.idle / 2)
+            files.expire()
+
+    task = asyncio.create_task(expire())
+    stack.callback(task.cancel)
+
+
+def _readiness(storage: Storage | AsyncStorage, sync: bool, ttl: float) -> Readiness:
+    if sync:
+        return Readiness(partial(anyio.to_thread.run_sync, cast(Storage, storage).check), ttl)
+    return Readiness(cast(AsyncStorage, storage).acheck, ttl)

@@ -1,0 +1,45 @@
+"""Each backend's options: a small frozen dataclass, filled from the application's settings at
+the edge (``Settings.storage_options``), so that storage never reads those settings itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+DEFAULT_OPEN_FILES = 64  # PROXY_LOCAL_OPEN_FILES
+
+
+@dataclass(frozen=True, slots=True)
+class LocalOptions:
+    """Files under ``root``; ``sync``: the blocking flavour (``def`` endpoints)."""
+
+    root: Path
+    open_files: int = DEFAULT_OPEN_FILES  # descriptors of recently served files kept (0: none)
+    sync: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class S3Options:
+    """A bucket (and key prefix) read with boto3 (``client="boto3"``, the blocking flavour) or
+    aiobotocore. Credentials come only from the standard AWS chain (``profile`` picks one)."""
+
+    bucket: str
+    prefix: str = ""
+    client: Literal["aiobotocore", "boto3"] = "aiobotocore"
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    pool_size: int = 128
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 3
+    presigned_gets: bool = True  # GetObject as a presigned GET over the proxy's connections
+
+    @property
+    def sync(self) -> bool:
+        return self.client == "boto3"
+
+
+StorageOptions = LocalOptions | S3Options
