@@ -1,4 +1,5 @@
-"""Medians, ratios against the peers of the same run, goals with PASS/MISS, Markdown and JSON."""
+"""Medians, ratios against the peers of the same run, goals with PASS/MISS, Markdown and JSON;
+and RESULTS.md, the report of the latest full run with the machine and commit it ran on."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -175,17 +177,30 @@ def ratios_table(table: dict[str, dict[str, float | None]]) -> list[str]:
     return _table(["ratio (same run)", *(METRICS[m][0] for m in RATIO_METRICS)], rows)
 
 
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo or else from lscpu ("unknown" without both)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    for line in lscpu.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def machine() -> dict[str, str]:
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
     mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": str(os.cpu_count()),
-        "cpu": model,
+        "cpu": cpu_model(),
         "ram": f"{mem_kib / 1024 / 1024:.1f} GiB",
         "kernel": platform.release(),
         "python": platform.python_version(),
@@ -236,3 +251,64 @@ def write(
         "notes": list(notes),
     }
     (directory / "latest.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where a full run's figures come from: RESULTS.md's header."""
+
+    started: datetime  # UTC
+    finished: datetime  # UTC
+    cpu: str
+    cores: int | None
+    commit: str  # short hash, "-dirty" when the tree had uncommitted changes
+    command: str
+
+
+def git_commit(root: Path) -> str:
+    """``git rev-parse --short HEAD`` of root, plus "-dirty" when tracked files differ from it or
+    files git does not ignore are untracked; "unknown" without git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if status.strip() else "")
+
+
+def results_document(report: str, provenance: Provenance) -> str:
+    """RESULTS.md: what ran, where and on which code, then the report ``markdown`` made."""
+    started = provenance.started.strftime("%Y-%m-%d %H:%M")
+    finished = provenance.finished.strftime(
+        "%H:%M" if provenance.finished.date() == provenance.started.date() else "%Y-%m-%d %H:%M"
+    )
+    cores = "?" if provenance.cores is None else str(provenance.cores)
+    lines = [
+        "# Benchmark results",
+        "",
+        "The latest full run of `python benchmarks/run.py`, written by that command; each full run",
+        "overwrites this file (earlier results are in its git history). What the scenarios and",
+        "goals mean: benchmarks/README.md. Why the proxy is built the way it is: docs/design.md.",
+        "",
+        f"- Date: {started}–{finished} UTC",
+        f"- CPU: {provenance.cpu}, {cores} cores",
+        f"- Commit: {provenance.commit}",
+        f"- Command: `{provenance.command}`",
+        "",
+        report.rstrip("\n"),
+    ]
+    return "\n".join(lines) + "\n"

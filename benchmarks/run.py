@@ -6,9 +6,11 @@
 Writes a random object (and a tiny one) to a temporary directory, uploads both to a public-read
 SeaweedFS bucket, starts every server, runs each scenario --runs times (servers interleaved
 within each run), stops everything by PID and prints medians, ratios and goals (PASS/MISS);
-the same goes to benchmarks/results/latest.md and latest.json. Only ratios within one run
-mean anything on a shared machine. --quick (64 MiB, 1 run, 2 s) is the smoke test: it exits
-non-zero when any scenario produced no data.
+the same goes to benchmarks/results/latest.md and latest.json. A full run (every scenario and
+target, without --quick or --profile) also writes benchmarks/RESULTS.md: the report under the
+date, CPU, commit and command line. Only ratios within one run mean anything on a shared
+machine. --quick (64 MiB, 1 run, 2 s) is the smoke test: it exits non-zero when any scenario
+produced no data.
 """
 
 from __future__ import annotations
@@ -16,18 +18,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 from fleet import RELAYED, Fleet
 from procs import free_port, spawn, stop, wait_http
 from profiles import recording
-from report import Results, markdown, write
+from report import Provenance, Results, cpu_model, git_commit, markdown, results_document, write
 from scenarios import (
     ALIASES,
     SCENARIOS,
@@ -51,6 +55,7 @@ from servers import (
 )
 
 HERE = Path(__file__).resolve().parent
+RESULTS_FILE = HERE / "RESULTS.md"  # the latest full run's report, committed
 MIB = 1024 * 1024
 Measured = dict[str, float | None]
 BUSY_NOTE_S = 1.0  # report a server that needed longer than this to become idle
@@ -94,6 +99,14 @@ def pick(names: str, known: dict[str, object], kind: str) -> list[str]:
     if unknown:
         raise SystemExit(f"unknown {kind}: {', '.join(unknown)}; known: {', '.join(known)}")
     return chosen
+
+
+def full_run(args: argparse.Namespace, scenarios: Sequence[str], targets: Sequence[str]) -> bool:
+    """Every scenario on every target, without --quick and without py-spy taking CPU: the
+    runs whose report goes to RESULTS.md."""
+    every_scenario = {scenario.name for scenario in SCENARIOS} <= set(scenarios)
+    every_target = {target.name for target in TARGETS} <= set(targets)
+    return every_scenario and every_target and not args.quick and args.profile is None
 
 
 def write_data(directory: Path, size: int) -> list[Path]:
@@ -222,6 +235,8 @@ def environment(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    command = shlex.join(sys.orig_argv if argv is None else ["python", "benchmarks/run.py", *argv])
+    started, commit = datetime.now(UTC), git_commit(HERE.parent)
     if missing := missing_tools():
         print(f"missing tools; install them with: apt-get install -y {' '.join(missing)}")
         return 2
@@ -265,6 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     text, verdicts = markdown(results, [t.name for t in targets], settings, fleet.notes)
     write(args.results, text, results, verdicts, settings, fleet.notes)
     print("\n" + text + f"\n(also in {args.results}/latest.md and latest.json)")
+    if full_run(args, [s.name for s in scenarios], [t.name for t in targets]):
+        provenance = Provenance(
+            started, datetime.now(UTC), cpu_model(), os.cpu_count(), commit, command
+        )
+        RESULTS_FILE.write_text(results_document(text, provenance), encoding="utf-8")
+        print(f"(and, as the latest full run, in {RESULTS_FILE})")
     if empty := no_data(results, scenarios, targets):
         print(f"NO DATA for: {', '.join(empty)}")
         return 1

@@ -60,7 +60,7 @@ async def cpu_per_call(call: Callable[[], Awaitable[None]], requests: int) -> fl
 async def measure(site: S3Site, requests: int) -> dict[str, float]:
     results: dict[str, float] = {}
     settings = Settings(backend="s3", s3_bucket=site.bucket, s3_addressing_style="path")
-    config = AioConfig(**config_options(settings))
+    config = AioConfig(**config_options(settings.s3_options()))
     session = aiobotocore.session.AioSession()
     async with session.create_client(
         "s3", region_name=REGION, endpoint_url=site.endpoint_url, config=config

@@ -1,13 +1,12 @@
-"""SeaweedFS for the benchmark: the tests' native `weed server`, a public-read bucket, the data.
+"""SeaweedFS for the benchmark: the native `weed server`, a public-read bucket, the data.
 
-Reuses tests/s3servers.py (free ports, static identities, stop by PID). The bucket is made
-public-read so that wrk and curl can GET objects directly without signing.
+Reuses proxy.testing.s3servers, as the tests do (free ports, static identities, stop by PID).
+The bucket is made public-read so that wrk and curl can GET objects directly without signing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,11 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: tests/
+from boto3.s3.transfer import TransferConfig
 
-from boto3.s3.transfer import TransferConfig  # noqa: E402
-
-from tests.s3servers import aws_environment, ensure_bucket, s3_client, start_seaweedfs  # noqa: E402
+from proxy.testing.s3servers import aws_environment, ensure_bucket, s3_client, start_seaweedfs
 
 BUCKET = "bench"
 PART_SIZE = 64 * 1024 * 1024
