@@ -39,8 +39,6 @@ def evaluate(request: ObjectRequest, etag: str | None, last_modified: datetime |
 
     ``etag`` is the stored wire form.
     """
-    if not request.conditional:
-        return Outcome.PROCEED
     stored = _stored(etag)
     modified = None if last_modified is None else utc_seconds(last_modified)
     safe = request.method in ("GET", "HEAD")
