@@ -164,9 +164,12 @@ def metrics_table(table: dict[str, dict[str, float | None]], targets: Sequence[s
     return _table(["metric (median)", *targets], rows)
 
 
-def ratios_table(table: dict[str, dict[str, float | None]]) -> list[str]:
+def ratios_table(
+    table: dict[str, dict[str, float | None]], compared: Sequence[tuple[str, str]] = ()
+) -> list[str]:
+    """RATIO_PAIRS, then the compared pairs (a target and its variant)."""
     rows = []
-    for mine, peer in RATIO_PAIRS:
+    for mine, peer in [*RATIO_PAIRS, *compared]:
         cells = []
         for metric in RATIO_METRICS:
             values = table.get(metric, {})
@@ -208,7 +211,11 @@ def machine() -> dict[str, str]:
 
 
 def markdown(
-    results: Results, targets: Sequence[str], settings: dict[str, object], notes: Sequence[str]
+    results: Results,
+    targets: Sequence[str],
+    settings: dict[str, object],
+    notes: Sequence[str],
+    compared: Sequence[tuple[str, str]] = (),
 ) -> tuple[str, list[Verdict]]:
     table = medians(results)
     chosen = set(targets)
@@ -225,7 +232,7 @@ def markdown(
         "",
         *metrics_table(table, targets),
         "",
-        *ratios_table(table),
+        *ratios_table(table, compared),
         "",
         *_table(["goal", "measured", "result"], [[v.goal, v.measured, v.result] for v in verdicts]),
     ]

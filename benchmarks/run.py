@@ -2,6 +2,7 @@
 
   python benchmarks/run.py [--size-mib 1024] [--runs 5] [--scenarios big,ranges,...]
                            [--targets proxy-local,nginx,...] [--quick] [--profile DIR]
+                           [--baseline REV]
 
 Writes a random object (and a tiny one) to a temporary directory, uploads both to a public-read
 SeaweedFS bucket, starts every server, runs each scenario --runs times (servers interleaved
@@ -10,7 +11,9 @@ the same goes to benchmarks/results/latest.md and latest.json. A full run (every
 target, without --quick or --profile) also writes benchmarks/RESULTS.md: the report under the
 date, CPU, commit and command line. Only ratios within one run mean anything on a shared
 machine. --quick (64 MiB, 1 run, 2 s) is the smoke test: it exits non-zero when any scenario
-produced no data.
+produced no data. --baseline REV also measures each proxy target as built from git revision REV
+(target name + "@baseline"), interleaved with today's build in every run: the way to tell a
+change's effect from the machine's noise.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +56,7 @@ from servers import (
     deploy_python,
     start,
     start_proxy,
+    variant,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -81,6 +86,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--proxy-python",
         metavar="PATH",
         help="the proxies' interpreter (default: a new venv with `pip install .`, as deployed)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the proxies as built from this git revision (name@baseline)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -222,15 +232,34 @@ def no_data(
 
 @contextlib.contextmanager
 def environment(
-    work_dir: Path, files: Sequence[Path], need_s3: bool, python: str
+    work_dir: Path, files: Sequence[Path], need_s3: bool, python: str, baseline: str | None
 ) -> Iterator[Site]:
     data_dir = files[0].parent
     if not need_s3:
-        yield Site(data_dir, work_dir, None, python)
+        yield Site(data_dir, work_dir, None, python, baseline)
         return
     print("starting SeaweedFS and uploading the objects", flush=True)
     with seaweedfs_bucket(work_dir, files) as s3:
-        yield Site(data_dir, work_dir, s3, python)
+        yield Site(data_dir, work_dir, s3, python, baseline)
+
+
+def baseline_python(work_dir: Path, revision: str) -> str:
+    """A virtual environment with the proxy as of git revision `revision` (git archive, then
+    pip install); raises SystemExit when either step fails."""
+    source = work_dir / "baseline-src"
+    source.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(HERE.parent), "archive", "--format=tar", revision],
+        capture_output=True,
+        timeout=120,
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"--baseline {revision}: {archive.stderr.decode(errors='replace')}")
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    python, how = deploy_python(work_dir / "baseline-venv", source)
+    if python == sys.executable:
+        raise SystemExit(f"--baseline {revision}: {how}")
+    return python
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,12 +277,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     by_name = {target.name: target for target in TARGETS}
     scenario_by_name = {scenario.name: scenario for scenario in SCENARIOS}
     targets = [by_name[name] for name in pick(args.targets, dict(by_name), "targets")]
+    if args.baseline:
+        targets += [variant(t, "@baseline", build="baseline") for t in targets if t.role == "proxy"]
     scenarios = [
         scenario_by_name[n] for n in pick(args.scenarios, dict(scenario_by_name), "scenarios")
     ]
     size = args.size_mib * MIB
     settings: dict[str, object] = {"size_mib": args.size_mib, "runs": args.runs}
     settings |= {"seconds": args.seconds, "quick": args.quick}
+    if args.baseline:
+        settings["baseline"] = args.baseline
     results: Results = {}
     with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp, contextlib.ExitStack() as stack:
         work_dir = Path(tmp)
@@ -263,13 +296,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             python, how = args.proxy_python, f"--proxy-python {args.proxy_python}"
         elif any(t.role == "proxy" for t in targets):
             print("installing the proxy into a new virtual environment (pip install .)", flush=True)
-            python, how = deploy_python(work_dir)
+            python, how = deploy_python(work_dir / "deploy-venv")
         else:
             python, how = sys.executable, "no proxy measured"
         settings["proxy_python"] = how
-        site = stack.enter_context(
-            environment(work_dir, files, any(t.backend == "s3" for t in targets), python)
-        )
+        baseline = None
+        if args.baseline:
+            print(f"installing the proxy as of {args.baseline} (--baseline)", flush=True)
+            baseline = baseline_python(work_dir, args.baseline)
+        need_s3 = any(t.backend == "s3" for t in targets)
+        site = stack.enter_context(environment(work_dir, files, need_s3, python, baseline))
         fleet = Fleet(stack)
         relay_log = start_all(targets, site, fleet, any(s.name == "disconnect" for s in scenarios))
         config = Config(size, args.seconds, 20, idle_timeout_s=10.0, relay_log=relay_log)
@@ -277,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{scenario.name}: {args.runs} run(s)", flush=True)
             run_scenario(scenario, config, fleet, args.runs, results, args.profile)
         print("stopping the servers", flush=True)
-    text, verdicts = markdown(results, [t.name for t in targets], settings, fleet.notes)
+    compared = [(t.base, t.name) for t in targets if t.kind]
+    text, verdicts = markdown(results, [t.name for t in targets], settings, fleet.notes, compared)
     write(args.results, text, results, verdicts, settings, fleet.notes)
     print("\n" + text + f"\n(also in {args.results}/latest.md and latest.json)")
     if full_run(args, [s.name for s in scenarios], [t.name for t in targets]):

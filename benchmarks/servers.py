@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +35,24 @@ class Target:
     backend: Literal["local", "s3"]
     prefix: str
     health_path: str | None = None  # only the proxy has /healthz
+    kind: str = ""  # the target this one is a variant of ("" for itself): starter, S3 client
+    env: tuple[tuple[str, str], ...] = ()  # a variant's extra environment
+    build: Literal["head", "baseline"] = "head"  # which proxy build runs it (see --baseline)
+
+    @property
+    def base(self) -> str:
+        return self.kind or self.name
+
+
+def variant(
+    target: Target,
+    suffix: str,
+    *,
+    env: tuple[tuple[str, str], ...] = (),
+    build: Literal["head", "baseline"] = "head",
+) -> Target:
+    """target under another name, with more environment or on the baseline build."""
+    return replace(target, name=target.name + suffix, kind=target.base, env=env, build=build)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +63,7 @@ class Site:
     work_dir: Path
     s3: S3Site | None
     python: str  # the proxies' interpreter (see deploy_python)
+    baseline_python: str | None = None  # the --baseline build's interpreter
 
 
 @dataclass(slots=True)
@@ -91,13 +110,13 @@ def _proxy_env(target: Target, site: Site, port: int, s3_port: int | None) -> di
         env["PROXY_LOCAL_ROOT"] = str(site.data_dir)
     elif site.s3 is not None and s3_port is not None:
         env |= {
-            "PROXY_S3_CLIENT": _S3_CLIENTS[target.name],
+            "PROXY_S3_CLIENT": _S3_CLIENTS[target.base],
             "PROXY_S3_BUCKET": site.s3.bucket,
             "PROXY_S3_ENDPOINT_URL": f"http://{LOOPBACK}:{s3_port}",
             "PROXY_S3_ADDRESSING_STYLE": "path",
             "PROXY_S3_REGION": "us-east-1",
         }
-    return env
+    return env | dict(target.env)
 
 
 def start_proxy(target: Target, site: Site, s3_port: int | None = None) -> Server:
@@ -107,25 +126,26 @@ def start_proxy(target: Target, site: Site, s3_port: int | None = None) -> Serve
     port = free_port()
     suffix = "" if site.s3 is None or s3_port == site.s3.port else "-relayed"
     log = site.work_dir / f"{target.name}{suffix}.log"
-    command = [site.python, "-m", "proxy"]
+    python = site.baseline_python if target.build == "baseline" else site.python
+    if python is None:
+        raise RuntimeError(f"{target.name}: no baseline build")
+    command = [python, "-m", "proxy"]
     process = spawn(command, log, _proxy_env(target, site, port, s3_port))
     return _ready(Server(target, port, process), log)
 
 
-def deploy_python(work_dir: Path) -> tuple[str, str]:
-    """The proxy's interpreter: a new virtual environment in work_dir with the proxy installed
-    as the README's run command installs it (`pip install .`: the runtime dependencies only).
+def deploy_python(venv: Path, source: Path = ROOT) -> tuple[str, str]:
+    """The proxy's interpreter: a new virtual environment `venv` with the proxy (from source)
+    installed as the README's run command installs it (`pip install .`: the runtime
+    dependencies only).
 
     The test environment also holds the test tools, and aiobotocore imports httpx when it is
     installed (with rich and click: ~6 MB more in the proxy's process, which a deployed proxy
     does not carry). Returns (python, what it is); the running Python when pip fails.
     """
-    venv = work_dir / "deploy-venv"
     python = venv / "bin" / "python"
-    steps = [
-        [sys.executable, "-m", "venv", str(venv)],
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
-    ]
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    steps = [[sys.executable, "-m", "venv", str(venv)], [*pip, str(source)]]
     try:
         for step in steps:
             subprocess.run(
@@ -212,4 +232,4 @@ STARTERS: Mapping[str, Callable[[Target, Site], Server]] = {
 
 
 def start(target: Target, site: Site) -> Server:
-    return STARTERS[target.name](target, site)
+    return STARTERS[target.base](target, site)

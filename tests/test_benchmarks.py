@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from tests.clients.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,3 +155,27 @@ def test_results_file_names_the_commit_and_whether_the_tree_differed(tmp_path: P
     assert report.git_commit(tmp_path) == short
     (tmp_path / "a.txt").write_text("two\n")
     assert report.git_commit(tmp_path) == short + "-dirty"
+
+
+def test_a_variant_is_measured_beside_its_target_and_compared_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # servers.py imports its siblings
+    servers, report = benchmark_module("servers"), benchmark_module("report")
+    head = servers.PROXY_S3_AIO
+    old = servers.variant(head, "@baseline", build="baseline")
+    cached = servers.variant(head, "-cache", env=(("PROXY_CACHE_DIR", "/c"),))
+    assert (old.name, old.base, old.build, old.backend) == (
+        "proxy-s3-aio@baseline",
+        "proxy-s3-aio",
+        "baseline",
+        "s3",
+    )
+    assert (cached.base, cached.env, cached.build) == (
+        "proxy-s3-aio",
+        (("PROXY_CACHE_DIR", "/c"),),
+        "head",
+    )
+    results = {"big_mbps": {head.name: [900.0, 1000.0], old.name: [800.0, None]}}
+    text, _ = report.markdown(results, [head.name, old.name], {}, [], [(head.name, old.name)])
+    assert "| proxy-s3-aio / proxy-s3-aio@baseline | 1.19x | n/a | n/a |" in text
