@@ -7,10 +7,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from proxy.storage.options import DEFAULT_OPEN_FILES, LocalOptions, S3Options, StorageOptions
+from proxy.storage.options import (
+    DEFAULT_OPEN_FILES,
+    CacheOptions,
+    LocalOptions,
+    S3Options,
+    StorageOptions,
+)
 
 # Measured with benchmarks/chunk_size.py and benchmarks/run.py: see docs/design.md, "The pacer".
 DEFAULT_CHUNK_SIZE = 1024 * 1024  # the largest read, for clients that keep up
@@ -55,6 +61,13 @@ class Settings(BaseSettings):
     # GetObject as a presigned GET (a fifth of botocore's CPU per call); botocore still answers
     # what that cannot (errors it must retry, expired credentials) and every other call.
     s3_presigned_gets: bool = True
+    # The slice cache in front of S3 (off unless a directory is set); sizes accept "10GiB".
+    cache_dir: Path | None = None
+    cache_max_size: ByteSize = Field(default=ByteSize(10 * 1024**3), ge=16 * 1024 * 1024)
+    cache_slice_size: ByteSize = Field(
+        default=ByteSize(1024 * 1024), ge=64 * 1024, le=64 * 1024 * 1024
+    )
+    cache_validity: float = Field(default=60.0, ge=0)
 
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1024, le=16 * 1024 * 1024)
     min_chunk_size: int = Field(default=DEFAULT_MIN_CHUNK_SIZE, ge=1024, le=16 * 1024 * 1024)
@@ -108,6 +121,10 @@ class Settings(BaseSettings):
     def _s3_needs_a_bucket(self) -> Settings:
         if self.backend == "s3" and not self.s3_bucket:
             raise ValueError("PROXY_S3_BUCKET is required with PROXY_BACKEND=s3")
+        if self.cache_dir is not None and self.backend != "s3":
+            raise ValueError("PROXY_CACHE_DIR caches S3 objects: it needs PROXY_BACKEND=s3")
+        if self.cache_slice_size * 2 > self.cache_max_size:
+            raise ValueError("PROXY_CACHE_MAX_SIZE must hold at least two slices")
         return self
 
     @property
@@ -141,4 +158,16 @@ class Settings(BaseSettings):
             read_timeout=self.s3_read_timeout,
             max_attempts=self.s3_max_attempts,
             presigned_gets=self.s3_presigned_gets,
+            cache=self.cache_options(),
+        )
+
+    def cache_options(self) -> CacheOptions | None:
+        """The ``PROXY_CACHE_*`` settings, or None when the cache is off."""
+        if self.cache_dir is None:
+            return None
+        return CacheOptions(
+            directory=self.cache_dir,
+            max_size=int(self.cache_max_size),
+            slice_size=int(self.cache_slice_size),
+            validity=self.cache_validity,
         )

@@ -42,6 +42,15 @@ DURATION = Histogram(
 CLIENT_ABORTS = Counter("proxy_client_aborts", "Responses cut short by the client", ["route"])
 BACKEND_CALLS = Counter("proxy_backend_calls", "Storage backend calls", ["backend", "operation"])
 BACKEND_ERRORS = Counter("proxy_backend_errors", "Storage failures by kind", ["kind"])
+# The slice cache (PROXY_CACHE_DIR). Slices: hit = read from the cache directory, miss = fetched
+# from S3 by this request, coalesced = received from another request's fetch.
+CACHE_SLICES = Counter("proxy_cache_slices", "Slices read through the cache", ["result"])
+CACHE_BYTES = Counter("proxy_cache_bytes", "Body bytes sent through the cache", ["source"])
+CACHE_EVICTIONS = Counter("proxy_cache_evictions", "Slices evicted to keep under the limit")
+CACHE_FAULTS = Counter("proxy_cache_faults", "Cache faults (served from S3)", ["cause"])
+CACHE_DISK_BYTES = Gauge(
+    "proxy_cache_disk_bytes", "Bytes in the cache directory", multiprocess_mode="max"
+)
 
 
 def render() -> tuple[bytes, str]:

@@ -60,15 +60,20 @@ def read_hint(request: ObjectRequest) -> ReadHint:
 
 
 def plan_object(
-    request: ObjectRequest, meta: ObjectMeta, settings: Settings, download: str | None
+    request: ObjectRequest,
+    meta: ObjectMeta,
+    settings: Settings,
+    download: str | None,
+    fields: tuple[tuple[str, str], ...] = (),
 ) -> Plan:
-    """The HTTP decisions for one request: conditionals, ranges, headers."""
-    extra: tuple[tuple[str, str], ...] = ()
+    """The HTTP decisions for one request: conditionals, ranges, headers (with the header
+    ``fields`` the storage stack added: ``Reply.fields``)."""
+    extra = fields
     active = not settings.inline_active_content and is_active_content(meta.media_type)
     if download is not None or active:
         # Stored HTML/SVG/XML would run script on the proxy's origin: never render it inline.
         name = download_filename(meta.key, download)
-        extra = (("content-disposition", content_disposition(name)),)
+        extra += (("content-disposition", content_disposition(name)),)
     if active:
         extra += (("content-security-policy", SANDBOX),)
     return plan_response(request, meta, cache_control=settings.cache_control, extra_headers=extra)
@@ -90,7 +95,7 @@ def get_object(
     reply = storage.open(key, read_hint(request))
     body = reply.body
     try:
-        plan = plan_object(request, reply.meta, settings, download)
+        plan = plan_object(request, reply.meta, settings, download, reply.fields)
         pacer = pacer_for(plan, settings)
         chunks = iter_plan(body, plan, pacer or settings.chunk_size)
         content = b"".join(chunks) if pacer is None else None
@@ -115,7 +120,7 @@ async def aget_object(
     reply = await storage.open(key, read_hint(request))
     body = reply.body
     try:
-        plan = plan_object(request, reply.meta, settings, download)
+        plan = plan_object(request, reply.meta, settings, download, reply.fields)
         pacer = pacer_for(plan, settings)
         chunks = await aiter_plan(body, plan, pacer or settings.chunk_size)
         content = b"".join([chunk async for chunk in chunks]) if pacer is None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -36,8 +37,13 @@ FLAVORS = ["sync", "async"]
 S3_CLIENTS = ["boto3", "aiobotocore"]
 S3_SERVERS = ["moto", "seaweedfs"]
 # Every end-to-end HTTP test runs against each of these: one HTTP layer, every backend.
-BACKENDS = ["local-sync", "local-async"] + [
-    f"{server}-{client}" for server in S3_SERVERS for client in S3_CLIENTS
+# The slice cache in front of S3 keeps every RFC 9110 answer: two of them run through it too.
+BACKENDS = [
+    "local-sync",
+    "local-async",
+    *(f"{server}-{client}" for server in S3_SERVERS for client in S3_CLIENTS),
+    "moto-boto3-cache",
+    "seaweedfs-aiobotocore-cache",
 ]
 CHUNK_SIZE = 64 * 1024
 
@@ -91,31 +97,32 @@ class RunningServer:
 StartServer = Callable[[Settings], "RunningServer"]
 
 
+@contextlib.contextmanager
+def running(settings: Settings) -> Iterator[RunningServer]:
+    """A uvicorn server for ``settings`` in a thread, stopped (lifespan and all) on exit."""
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", port, settings, app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def serve() -> Iterator[StartServer]:
     """Start uvicorn servers in threads; all of them stop at the end of the session."""
-    started: list[tuple[uvicorn.Server, threading.Thread]] = []
-
-    def start(settings: Settings) -> RunningServer:
-        app = create_app(settings)
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        started.append((server, thread))
-        return RunningServer(f"http://127.0.0.1:{port}", port, settings, app)
-
-    yield start
-    for server, _ in started:
-        server.should_exit = True
-    for _, thread in started:
-        thread.join(timeout=10)
+    with contextlib.ExitStack() as stack:
+        yield lambda settings: stack.enter_context(running(settings))
 
 
 def settings_for(media: MediaTree, flavor: str, **overrides: object) -> Settings:
@@ -187,13 +194,21 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def server(
-    request: pytest.FixtureRequest, backend: str, media: MediaTree, serve: StartServer
+    request: pytest.FixtureRequest,
+    backend: str,
+    media: MediaTree,
+    serve: StartServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> RunningServer:
     """A proxy on 127.0.0.1 for ``backend``; S3 servers start only when a test needs them."""
-    kind, flavor = backend.split("-")
+    kind, flavor, *cache = backend.split("-")
     if kind == "local":
         return serve(settings_for(media, flavor))
     s3: S3Server = request.getfixturevalue(kind)
+    if cache:
+        # Small slices, so that ranges cross slice boundaries.
+        directory = tmp_path_factory.mktemp("cache")
+        return serve(s3_settings(s3, flavor, cache_dir=directory, cache_slice_size=65536))
     return serve(s3_settings(s3, flavor))
 
 

@@ -11,7 +11,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -121,5 +121,76 @@ def tls_relay(port: int, pem: Path) -> Iterator[Listener]:
     with threaded_server(relay) as listener:
         try:
             yield listener
+        finally:
+            stop.set()
+
+
+@dataclass
+class Traffic:
+    """What passed through a ``counting_relay``: the request heads the client sent (in order,
+    request line first) and the bytes the server sent back."""
+
+    requests: list[str] = field(default_factory=list)
+    received: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.received = 0
+
+    def gets(self) -> list[str]:
+        with self.lock:
+            return [head for head in self.requests if head.startswith("GET ")]
+
+    def heads(self) -> list[str]:
+        with self.lock:
+            return [head for head in self.requests if head.startswith("HEAD ")]
+
+    def ranges(self) -> list[str | None]:
+        """The Range header of each GET (None: the whole object)."""
+        found = []
+        for head in self.gets():
+            fields = dict(line.split(":", 1) for line in head.split("\r\n")[1:] if ":" in line)
+            value = {k.strip().lower(): v.strip() for k, v in fields.items()}.get("range")
+            found.append(value)
+        return found
+
+
+@contextlib.contextmanager
+def counting_relay(port: int) -> Iterator[tuple[Listener, Traffic]]:
+    """A plain TCP relay to ``127.0.0.1:port`` that records each request line going up and
+    counts the bytes coming down: what a client really asked of a server (requests without
+    bodies: GET and HEAD)."""
+    traffic = Traffic()
+    stop = threading.Event()
+
+    def relay(sock: socket.socket) -> None:
+        pending = b""
+        with (
+            contextlib.suppress(OSError),
+            sock,
+            socket.create_connection(("127.0.0.1", port)) as up,
+        ):
+            while not stop.is_set():
+                for ready in select.select([sock, up], [], [], 0.1)[0]:
+                    data = ready.recv(262144)
+                    if not data:
+                        return
+                    if ready is sock:
+                        pending += data
+                        while b"\r\n\r\n" in pending:
+                            head, pending = pending.split(b"\r\n\r\n", 1)
+                            with traffic.lock:
+                                traffic.requests.append(head.decode("latin-1"))
+                        up.sendall(data)
+                    else:
+                        with traffic.lock:
+                            traffic.received += len(data)
+                        sock.sendall(data)
+
+    with threaded_server(relay) as listener:
+        try:
+            yield listener, traffic
         finally:
             stop.set()

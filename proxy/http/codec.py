@@ -50,6 +50,16 @@ class RangeSpec:
     first: int | None
     last: int | None
 
+    def resolve(self, size: int) -> ByteRange | None:
+        """The bytes this spec names in a ``size``-byte representation; None when it names none
+        (``-0``, a suffix of an empty one, a first byte at or past the end)."""
+        if self.first is None:
+            suffix = self.last or 0
+            return ByteRange(max(size - suffix, 0), size) if suffix and size else None
+        if self.first >= size:
+            return None
+        return ByteRange(self.first, size if self.last is None else min(self.last + 1, size))
+
     def to_header(self) -> str:
         """The spec as written in a Range header (inclusive, like the header it came from)."""
         if self.first is None:

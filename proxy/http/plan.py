@@ -36,19 +36,12 @@ def resolve(range_: Range, size: int) -> tuple[ByteRange, ...] | None:
     empty_suffix = False
     total = 0
     for spec in range_.specs:
-        if spec.first is None:
-            suffix = spec.last or 0
-            if suffix == 0:  # `-0` asks for no byte at all: unsatisfiable
-                continue
-            if size == 0:  # satisfiable, but there is no byte to describe in a 206
-                empty_suffix = True
-                continue
-            byte_range = ByteRange(max(size - suffix, 0), size)
-        else:
-            if spec.first >= size:
-                continue
-            stop = size if spec.last is None else min(spec.last + 1, size)
-            byte_range = ByteRange(spec.first, stop)
+        byte_range = spec.resolve(size)
+        if byte_range is None:
+            # A non-zero suffix of an empty representation is satisfiable, but there is no
+            # byte to describe in a 206; `-0` and a first byte past the end are unsatisfiable.
+            empty_suffix = empty_suffix or (spec.first is None and bool(spec.last) and not size)
+            continue
         ranges.append(byte_range)
         total += byte_range.length
     if empty_suffix or total > 2 * size + _SLACK:

@@ -88,11 +88,13 @@ B = TypeVar("B", covariant=True)
 class Reply(Generic[B]):
     """What every backend answers an open with, however the bytes came (a file, a presigned
     GET, botocore): the metadata, the body, and ``range``, the bytes the body already holds
-    (fetched with the metadata: reading exactly them costs no further call), None if none."""
+    (fetched with the metadata: reading exactly them costs no further call), None if none.
+    ``fields``: response header fields a layer adds (a cache's ``Cache-Status``)."""
 
     meta: ObjectMeta
     body: B
     range: ByteRange | None = None
+    fields: tuple[tuple[str, str], ...] = ()
 
 
 class Storage(Protocol):
@@ -124,6 +126,32 @@ class AsyncStorage(Protocol):
     async def acheck(self) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class VersionedStorage(Storage, Protocol):
+    """A blocking storage that a cache can stack on: it names where a key lives, reads a known
+    version without a call, and revalidates metadata (S3)."""
+
+    def location(self, key: str) -> str: ...
+
+    def pinned(self, key: str, meta: ObjectMeta) -> Body:
+        """A body of the version ``meta`` describes; reads raise ``ObjectChanged`` once the
+        storage holds another."""
+        ...
+
+    def revalidate(self, key: str, meta: ObjectMeta) -> ObjectMeta | None:
+        """None while ``meta`` still describes ``key``; else the metadata of what is stored."""
+        ...
+
+
+class AsyncVersionedStorage(AsyncStorage, Protocol):
+    """The async twin of ``VersionedStorage``."""
+
+    def location(self, key: str) -> str: ...
+
+    def pinned(self, key: str, meta: ObjectMeta) -> AsyncBody: ...
+
+    async def revalidate(self, key: str, meta: ObjectMeta) -> ObjectMeta | None: ...
 
 
 @runtime_checkable

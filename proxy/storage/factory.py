@@ -19,7 +19,7 @@ from typing import cast
 
 import anyio.to_thread
 
-from proxy.storage.base import AsyncStorage, Storage
+from proxy.storage.base import AsyncStorage, AsyncVersionedStorage, Storage, VersionedStorage
 from proxy.storage.errors import StorageError
 from proxy.storage.local import AsyncLocalStorage, LocalStorage
 from proxy.storage.openfiles import OpenFiles
@@ -76,10 +76,18 @@ async def _open_storage(options: StorageOptions, stack: AsyncExitStack) -> Stora
         from proxy.storage import s3  # boto3 and aiobotocore load only when they are used
 
         if options.sync:
-            storage = s3.open_s3(options)
-            stack.callback(storage.close)
+            storage: Storage | AsyncStorage = s3.open_s3(options)
+            stack.callback(cast(Storage, storage).close)
+        else:
+            storage = await s3.aopen_s3(options, stack)
+        if options.cache is None:
             return storage
-        return await s3.aopen_s3(options, stack)
+        from proxy.storage.cache import open_cache  # diskcache loads only when it is used
+
+        inner = cast("VersionedStorage | AsyncVersionedStorage", storage)
+        cache = await anyio.to_thread.run_sync(open_cache, inner, options.cache, options.sync)
+        stack.callback(cache.store.close)
+        return cache
     assert isinstance(options, LocalOptions)
     if options.sync:
         local = LocalStorage(options.root, options.open_files)

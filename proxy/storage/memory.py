@@ -23,7 +23,7 @@ from proxy.storage.base import (
     Reply,
     chunk_limit,
 )
-from proxy.storage.errors import BodyTruncated, ObjectNotFound
+from proxy.storage.errors import BodyTruncated, ObjectChanged, ObjectNotFound
 from proxy.storage.keys import check_key
 from proxy.storage.mediatypes import media_type_for
 
@@ -32,6 +32,7 @@ from proxy.storage.mediatypes import media_type_for
 class _Stored:
     data: bytes
     meta: ObjectMeta
+    changed: bool = False  # a version that is gone: reads raise ObjectChanged
 
 
 def _stored(key: str, data: bytes, media_type: str | None) -> _Stored:
@@ -69,6 +70,22 @@ class _Objects:
             raise ObjectNotFound()
         return stored
 
+    def location(self, key: str) -> str:
+        """Where ``key`` is (a cache's name for it): ``memory:`` and the key."""
+        return f"memory:{key}"
+
+    def _pinned(self, key: str, meta: ObjectMeta) -> _Stored:
+        """The stored object if it is still the version ``meta`` describes; else one whose
+        reads raise ``ObjectChanged``, as S3's ETag-pinned GETs do."""
+        stored = self._objects.get(key)
+        if stored is not None and stored.meta.etag == meta.etag:
+            return stored
+        return _Stored(b"", meta, changed=True)
+
+    def _revalidate(self, key: str, meta: ObjectMeta) -> ObjectMeta | None:
+        stored = self._lookup(key)
+        return None if stored.meta.etag == meta.etag else stored.meta
+
 
 class _Buffer:
     """What both body flavours hold: the stored bytes and whether ``close`` was called."""
@@ -82,6 +99,8 @@ class _Buffer:
     def _chunks(self, byte_range: ByteRange, chunk_size: ChunkSize) -> Iterator[bytes]:
         if chunk_limit(chunk_size) < 1:
             raise ValueError("chunk_size must be at least 1")
+        if self._stored.changed:
+            raise ObjectChanged()
         view = memoryview(self._stored.data)  # slices of a view copy only once, in bytes()
         offset = byte_range.start
         while offset < byte_range.stop:
@@ -132,6 +151,12 @@ class MemoryStorage(_Objects):
         stored = self._lookup(key)
         return Reply(stored.meta, MemoryBody(stored))
 
+    def pinned(self, key: str, meta: ObjectMeta) -> MemoryBody:
+        return MemoryBody(self._pinned(key, meta))
+
+    def revalidate(self, key: str, meta: ObjectMeta) -> ObjectMeta | None:
+        return self._revalidate(key, meta)
+
     def check(self) -> None:
         pass  # always reachable
 
@@ -147,6 +172,12 @@ class AsyncMemoryStorage(_Objects):
     async def open(self, key: str, hint: ReadHint = METADATA_ONLY) -> Reply[AsyncBody]:
         stored = self._lookup(key)
         return Reply(stored.meta, AsyncMemoryBody(stored))
+
+    def pinned(self, key: str, meta: ObjectMeta) -> AsyncMemoryBody:
+        return AsyncMemoryBody(self._pinned(key, meta))
+
+    async def revalidate(self, key: str, meta: ObjectMeta) -> ObjectMeta | None:
+        return self._revalidate(key, meta)
 
     async def acheck(self) -> None:
         pass  # always reachable

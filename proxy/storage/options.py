@@ -20,6 +20,16 @@ class LocalOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheOptions:
+    """A read-through cache of object slices on local disk (``proxy.storage.cache``)."""
+
+    directory: Path
+    max_size: int = 10 * 1024**3  # bytes on disk; least recently used slices go first
+    slice_size: int = 1024 * 1024  # slices are aligned on multiples of it
+    validity: float = 60.0  # seconds cached metadata is trusted before it is revalidated
+
+
+@dataclass(frozen=True, slots=True)
 class S3Options:
     """A bucket (and key prefix) read with boto3 (``client="boto3"``, the blocking flavour) or
     aiobotocore. Credentials come only from the standard AWS chain (``profile`` picks one)."""
@@ -36,6 +46,7 @@ class S3Options:
     read_timeout: float = 30.0
     max_attempts: int = 3
     presigned_gets: bool = True  # GetObject as a presigned GET over the proxy's connections
+    cache: CacheOptions | None = None  # a slice cache in front of the bucket
 
     @property
     def sync(self) -> bool:

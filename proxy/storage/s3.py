@@ -13,6 +13,8 @@ from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from proxy.http.codec import ByteRange, Range
 from proxy.storage import presigned
 from proxy.storage.base import METADATA_ONLY, ChunkSize, ObjectMeta, ReadHint, Reply, chunk_limit
@@ -235,6 +237,22 @@ class _Bucket:
     def _s3_key(self, key: str) -> str:
         return self._prefix + key
 
+    def location(self, key: str) -> str:
+        """Where ``key`` is stored: its ``s3://`` URL (a cache's name for the object)."""
+        return f"s3://{self._bucket}/{self._s3_key(key)}"
+
+    def _head_args(self, key: str, meta: ObjectMeta) -> dict[str, str]:
+        args = {"Bucket": self._bucket, "Key": self._s3_key(key)}
+        if meta.etag:
+            args["IfNoneMatch"] = meta.etag
+        return args
+
+
+def _not_modified(exc: ClientError) -> bool:
+    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 304 or str(
+        exc.response.get("Error", {}).get("Code")
+    ) in ("304", "NotModified")
+
 
 def _prefetched(key: str, answer: S3Answer) -> tuple[ObjectMeta, _Prefetch]:
     return meta_from(key, answer), _Prefetch(answer.byte_range, answer.stream)
@@ -269,6 +287,23 @@ class S3Storage(_Bucket):
             response = self._client.head_object(Bucket=self._bucket, Key=s3_key)
         meta = meta_from(key, S3Answer.from_botocore(response))
         return Reply(meta, S3Body(self, s3_key, meta.etag, _Prefetch()))
+
+    def pinned(self, key: str, meta: ObjectMeta) -> S3Body:
+        """A body of the version ``meta`` describes, without a call: its reads fail with
+        ``ObjectChanged`` once S3 holds another one."""
+        return S3Body(self, self._s3_key(key), meta.etag, _Prefetch())
+
+    def revalidate(self, key: str, meta: ObjectMeta) -> ObjectMeta | None:
+        """HeadObject with If-None-Match: None while ``meta`` still describes ``key``, else the
+        metadata of the version S3 holds now."""
+        with map_client_errors():
+            try:
+                response = self._client.head_object(**self._head_args(key, meta))
+            except ClientError as exc:
+                if _not_modified(exc):
+                    return None
+                raise
+        return meta_from(key, S3Answer.from_botocore(response))
 
     def check(self) -> None:
         with map_client_errors():
@@ -310,6 +345,21 @@ class AsyncS3Storage(_Bucket):
             response = await self._client.head_object(Bucket=self._bucket, Key=s3_key)
         meta = meta_from(key, S3Answer.from_botocore(response))
         return Reply(meta, AsyncS3Body(self, s3_key, meta.etag, _Prefetch()))
+
+    def pinned(self, key: str, meta: ObjectMeta) -> AsyncS3Body:
+        """See ``S3Storage.pinned``."""
+        return AsyncS3Body(self, self._s3_key(key), meta.etag, _Prefetch())
+
+    async def revalidate(self, key: str, meta: ObjectMeta) -> ObjectMeta | None:
+        """See ``S3Storage.revalidate``."""
+        with map_client_errors():
+            try:
+                response = await self._client.head_object(**self._head_args(key, meta))
+            except ClientError as exc:
+                if _not_modified(exc):
+                    return None
+                raise
+        return meta_from(key, S3Answer.from_botocore(response))
 
     async def acheck(self) -> None:
         with map_client_errors():

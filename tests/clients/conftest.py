@@ -23,7 +23,12 @@ from tests.conftest import MediaTree, RunningServer, StartServer, s3_settings, s
 
 DURATION = 8.0  # seconds of every generated clip
 BIG_SIZE = 256 * 1024 * 1024
-CLIENT_BACKENDS = ["local-async", "seaweedfs-boto3", "seaweedfs-aiobotocore"]
+CLIENT_BACKENDS = [
+    "local-async",
+    "seaweedfs-boto3",
+    "seaweedfs-aiobotocore",
+    "seaweedfs-aiobotocore-cache",  # players seeking through the slice cache
+]
 
 # name -> ffmpeg arguments after the lavfi inputs (a test pattern and a tone, DURATION long)
 _VIDEO = ["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"]
@@ -109,12 +114,15 @@ def media_proxy(
     client_media: MediaTree,
     pages: PageServer,
     serve: StartServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> RunningServer:
     """A proxy serving ``client_media`` on one backend, open to the page origin (CORS)."""
-    kind, flavor = request.param.split("-")
+    kind, flavor, *cache = request.param.split("-")
     options: dict[str, object] = {"cors_allow_origins": pages.origin, "chunk_size": 256 * 1024}
     if kind == "local":
         return serve(settings_for(client_media, flavor, **options))
+    if cache:
+        options["cache_dir"] = tmp_path_factory.mktemp("client-cache")
     s3: S3Server = request.getfixturevalue("seaweedfs_with_client_media")
     return serve(s3_settings(s3, flavor, **options))
 

@@ -24,9 +24,11 @@ from proxy.storage.base import (
     Reply,
     Storage,
 )
+from proxy.storage.cache import open_cache
 from proxy.storage.errors import BodyTruncated, InvalidKey, ObjectNotFound
 from proxy.storage.local import AsyncLocalStorage, LocalStorage
 from proxy.storage.memory import AsyncMemoryStorage, MemoryStorage
+from proxy.storage.options import CacheOptions
 
 pytestmark = pytest.mark.anyio
 
@@ -139,14 +141,23 @@ class AsyncCounted:
         await self.inner.aclose()
 
 
+def cache_options(root: Path) -> CacheOptions:
+    """A slice cache beside ``root``, with slices small enough that reads cross them."""
+    return CacheOptions(root.parent / f"{root.name}-cache", 16 * 1024 * 1024, 4096, 60.0)
+
+
 def make_sync(backend: str, root: Path) -> Storage:
     name, _, layer = backend.partition("+")
+    if layer == "cache":  # the slice cache over storage that can be pinned and revalidated
+        return open_cache(MemoryStorage(SOURCE), cache_options(root), sync=True)  # type: ignore[return-value]
     storage: Storage = MemoryStorage(SOURCE) if name == "memory" else LocalStorage(root)
     return Counted(storage) if layer else storage
 
 
 def make_async(backend: str, root: Path) -> AsyncStorage:
     name, _, layer = backend.partition("+")
+    if layer == "cache":
+        return open_cache(AsyncMemoryStorage(SOURCE), cache_options(root), sync=False)  # type: ignore[return-value]
     storage: AsyncStorage = (
         AsyncMemoryStorage(SOURCE) if name == "memory" else AsyncLocalStorage(root)
     )
@@ -165,7 +176,7 @@ def root(tmp_path: Path) -> Path:
 @pytest.fixture(
     params=[
         (backend, flavour)
-        for backend in ("memory", "local", "memory+counted", "local+counted")
+        for backend in ("memory", "local", "memory+counted", "local+counted", "memory+cache")
         for flavour in ("sync", "async")
     ],
     ids=lambda p: "-".join(p),
@@ -189,6 +200,8 @@ async def open_handle(request: pytest.FixtureRequest, root: Path) -> AsyncIterat
     yield open_key
     for handle in handles:
         await handle.close()
+    sync_storage.close()
+    await async_storage.aclose()
 
 
 async def test_meta(open_handle: Opener) -> None:

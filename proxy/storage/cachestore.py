@@ -1,0 +1,495 @@
+"""The slice cache's disk: slices as plain files, indexed by diskcache; object metadata beside.
+
+diskcache (SQLite, process-safe) holds the index and evicts least recently used entries to keep
+the directory under its size limit; ``_SliceDisk`` lets it adopt a finished slice file by
+renaming it into place (no copy). A slice file is a 24-byte header (magic, length, CRC-32 of the
+data) and the data: a torn, truncated or corrupted file is found before any of its bytes is
+served. Each file is checked once per process and identity (ctime changes on every write).
+
+Asking diskcache on every hit costs 80-400 µs (its LRU bookkeeping is a write transaction), more
+than a whole 64 KiB range: hits are answered from an in-process memo of slice paths, and their
+recency goes to the index in the background, every few seconds (see docs/design.md).
+
+Every failure of the cache directory (full, read-only, removed, a corrupt file) is a ``fault``:
+counted, logged once per cause, and the caller serves from S3 instead. After a failure to
+reach the index, it is opened again after a pause, so a directory that comes back is used again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import struct
+import tempfile
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import diskcache
+from diskcache.core import MODE_BINARY, UNKNOWN
+
+from proxy.metrics import CACHE_DISK_BYTES, CACHE_EVICTIONS, CACHE_FAULTS
+from proxy.storage.base import ObjectMeta
+from proxy.storage.options import CacheOptions
+
+logger = logging.getLogger("proxy.cache")
+T = TypeVar("T")
+
+MAGIC = b"mpslice1"
+_HEADER = struct.Struct("<8sQI4x")  # magic, data length, CRC-32 of the data
+HEADER_SIZE = _HEADER.size
+FILLS = "fills"  # the subdirectory of slices being written (``*.part``)
+_INDEX_TIMEOUT_S = 1.0  # SQLite lock wait: a busy index is a fault, not a stalled request
+_REOPEN_AFTER_S = 10.0  # pause before the index is opened again after it failed
+_TOUCH_EVERY_S = 5.0  # how often hits' recency reaches the index
+_MEMO_ENTRIES = 65536  # slice paths, metadata and verified files remembered per process
+_INDEX_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One version of one stored object: where it lives, its ETag and size."""
+
+    location: str  # s3://bucket/key
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SliceFile:
+    """A finished slice file outside the index (in ``fills/``), ready to be adopted."""
+
+    path: str
+    size: int  # header included
+
+
+class _SliceDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache's Disk, adopting a ``SliceFile`` by renaming it to the name diskcache picks."""
+
+    def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, Any, Any]:
+        if isinstance(value, SliceFile):
+            filename, full_path = self.filename(key, value)
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            os.rename(value.path, full_path)
+            return value.size, MODE_BINARY, filename, None
+        return super().store(value, read, key)  # type: ignore[no-any-return]
+
+
+class _Index(diskcache.Cache):  # type: ignore[misc]
+    """diskcache's Cache, whose volume (what culling keeps under the limit) also counts
+    SQLite's write-ahead log and shared-memory files: every byte the directory holds."""
+
+    def volume(self) -> int:
+        total: int = super().volume()
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                total += os.stat(
+                    os.path.join(self.directory, diskcache.core.DBNAME + suffix)
+                ).st_size
+        return total
+
+
+class _Memo(OrderedDict[Hashable, Any]):
+    """A bounded mapping that forgets its least recently used entries."""
+
+    def remember(self, key: Hashable, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > _MEMO_ENTRIES:
+            self.popitem(last=False)
+
+    def recall(self, key: Hashable) -> Any:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+
+class SliceWriter:
+    """A slice being written to ``fills/``: header space first, the data, then the header."""
+
+    def __init__(self, directory: str) -> None:
+        fd, self.path = tempfile.mkstemp(dir=directory, prefix=f"{os.getpid()}-", suffix=".part")
+        self._fd = fd
+        self._crc = 0
+        self.length = 0
+        try:
+            os.lseek(fd, HEADER_SIZE, os.SEEK_SET)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self._crc = zlib.crc32(chunk, self._crc)
+        self.length += len(chunk)
+
+    def finish(self) -> SliceFile:
+        os.pwrite(self._fd, _HEADER.pack(MAGIC, self.length, self._crc), 0)
+        os.close(self._fd)
+        self._fd = -1
+        return SliceFile(self.path, HEADER_SIZE + self.length)
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def _meta_record(meta: ObjectMeta, checked: float) -> tuple[Any, ...]:
+    modified = None if meta.last_modified is None else meta.last_modified.timestamp()
+    return (meta.key, meta.size, meta.media_type, meta.etag, modified, checked)
+
+
+def _meta_of(record: Any) -> tuple[ObjectMeta, float] | None:
+    try:
+        key, size, media_type, etag, modified, checked = record
+        last_modified = None if modified is None else datetime.fromtimestamp(modified, UTC)
+        return ObjectMeta(key, size, media_type, etag, last_modified), float(checked)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+class SliceStore:
+    """The cache directory: object metadata and slices, shared by every worker process."""
+
+    def __init__(self, options: CacheOptions) -> None:
+        self.options = options
+        self.slice_size = options.slice_size
+        self._directory = os.fspath(options.directory)
+        self._fills = os.path.join(self._directory, FILLS)
+        self._lock = threading.Lock()
+        self._index: diskcache.Cache | None = None
+        self._reopen_at = 0.0
+        self._paths = _Memo()  # slice key -> path of its file
+        self._metas = _Memo()  # location -> (meta, checked)
+        self._verified = _Memo()  # file identity -> True
+        self._touched: dict[Hashable, None] = {}
+        self._logged: set[str] = set()
+        self._closed = False
+        self._stop = threading.Event()
+        self._toucher: threading.Thread | None = None
+        # Every index call runs in this one thread: diskcache keeps one SQLite connection per
+        # thread that uses it, and would otherwise hold one in each of the threadpool's threads
+        # (three descriptors each) until those threads end; one thread also closes it for sure.
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="cache-index")
+
+    def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``function(*args, **kwargs)`` in the index's thread."""
+        return self._worker.submit(function, *args, **kwargs).result()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the index, remove slices left half-written by dead processes, and start the
+        thread that hands hits' recency to the index."""
+        self._open_index()
+        self._remove_orphans()
+        self._toucher = threading.Thread(target=self._touch_loop, name="cache-touch", daemon=True)
+        self._toucher.start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._stop.set()
+        if self._toucher is not None:
+            self._toucher.join(timeout=5)
+        with self._lock:
+            index, self._index = self._index, None
+        if index is not None:
+            with contextlib.suppress(*_INDEX_ERRORS):
+                self._call(index.close)
+        self._worker.shutdown(wait=True)
+
+    def _open_index(self) -> diskcache.Cache | None:
+        with self._lock:
+            if self._index is not None:
+                return self._index
+            if self._closed or time.monotonic() < self._reopen_at:
+                return None
+            try:
+                os.makedirs(self._fills, exist_ok=True)
+                self._index = self._call(
+                    _Index,
+                    self._directory,
+                    size_limit=self.options.max_size,
+                    eviction_policy="least-recently-used",
+                    cull_limit=0,  # culled by ``commit``, which counts the evictions
+                    statistics=False,
+                    timeout=_INDEX_TIMEOUT_S,
+                    disk=_SliceDisk,
+                )
+            except _INDEX_ERRORS as exc:
+                self._reopen_at = time.monotonic() + _REOPEN_AFTER_S
+                self._fault_locked("index", exc)
+                return None
+            return self._index
+
+    def _index_failed(self, cause: str, exc: BaseException) -> None:
+        """A call to the index failed: count it, and open the index again after a pause (the
+        directory may have been removed and made again)."""
+        with self._lock:
+            index, self._index = self._index, None
+            self._reopen_at = time.monotonic() + _REOPEN_AFTER_S
+            self._fault_locked(cause, exc)
+        if index is not None:
+            with contextlib.suppress(*_INDEX_ERRORS):
+                self._call(index.close)
+
+    def fault(self, cause: str, exc: BaseException | None = None) -> None:
+        """Count a cache fault; log its cause the first time."""
+        with self._lock:
+            self._fault_locked(cause, exc)
+
+    def _fault_locked(self, cause: str, exc: BaseException | None) -> None:
+        CACHE_FAULTS.labels(cause).inc()
+        if cause not in self._logged:
+            self._logged.add(cause)
+            detail = "" if exc is None else f": {type(exc).__name__}: {exc}"
+            logger.warning("slice cache fault (%s); serving from S3%s", cause, detail)
+
+    def _remove_orphans(self) -> None:
+        with contextlib.suppress(OSError), os.scandir(self._fills) as entries:
+            for entry in entries:
+                pid = entry.name.split("-", 1)[0]
+                if entry.name.endswith(".part") and pid.isdigit() and not _alive(int(pid)):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def meta(self, location: str) -> tuple[ObjectMeta, float] | None:
+        """The cached metadata of ``location`` and when (wall clock) S3 last confirmed it."""
+        with self._lock:
+            known = self._metas.recall(location)
+        if known is not None:
+            return known  # type: ignore[no-any-return]
+        index = self._open_index()
+        if index is None:
+            return None
+        try:
+            record = self._call(index.get, ("meta", location))
+        except _INDEX_ERRORS as exc:
+            self._index_failed("index", exc)
+            return None
+        known = None if record is None else _meta_of(record)
+        if known is not None:
+            with self._lock:
+                self._metas.remember(location, known)
+        return known
+
+    def put_meta(self, location: str, meta: ObjectMeta, checked: float) -> None:
+        with self._lock:
+            self._metas.remember(location, (meta, checked))
+        index = self._open_index()
+        if index is None:
+            return
+        try:
+            self._call(index.set, ("meta", location), _meta_record(meta, checked))
+        except _INDEX_ERRORS as exc:
+            self._index_failed("index", exc)
+
+    def forget_meta(self, location: str) -> None:
+        """Drop ``location``'s metadata (the object is gone): the next request asks S3."""
+        with self._lock:
+            self._metas.pop(location, None)
+        index = self._open_index()
+        if index is not None:
+            try:
+                self._call(index.delete, ("meta", location))
+            except _INDEX_ERRORS as exc:
+                self._index_failed("index", exc)
+
+    # -- slices -----------------------------------------------------------------------------
+
+    def slice_length(self, version: Version, index: int) -> int:
+        start = index * self.slice_size
+        return max(0, min(self.slice_size, version.size - start))
+
+    def _key(self, version: Version, index: int) -> tuple[str, str, str, int, int]:
+        return ("slice", version.location, version.etag, self.slice_size, index)
+
+    def usable(self) -> bool:
+        """Whether the index can be reached (else requests go to S3 uncached)."""
+        return self._open_index() is not None
+
+    def cached(self, version: Version, index: int) -> bool:
+        """Whether the slice is in the cache (as far as the memo or the index know)."""
+        key = self._key(version, index)
+        with self._lock:
+            if self._paths.recall(key) is not None:
+                return True
+        index_ = self._open_index()
+        if index_ is None:
+            return False
+        try:
+            return bool(self._call(index_.__contains__, key))
+        except _INDEX_ERRORS as exc:
+            self._index_failed("index", exc)
+            return False
+
+    def open_slice(self, version: Version, index: int) -> int | None:
+        """A descriptor of the slice's file (data from ``HEADER_SIZE`` on; the caller closes
+        it), or None: not cached, or found broken (then removed)."""
+        key = self._key(version, index)
+        fd = self._open_known(key)
+        if fd is None:
+            fd = self._open_indexed(key)
+            if fd is None:
+                return None
+        try:
+            if self._intact(fd, self.slice_length(version, index)):
+                return fd
+        except OSError as exc:
+            self.fault("read", exc)
+        os.close(fd)
+        self._drop(key)
+        return None
+
+    def _open_known(self, key: Hashable) -> int | None:
+        with self._lock:
+            path = self._paths.recall(key)
+            if path is not None:
+                self._touched[key] = None
+        if path is None:
+            return None
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # evicted (by any process): ask the index
+            with self._lock:
+                self._paths.pop(key, None)
+            return None
+
+    def _open_indexed(self, key: Hashable) -> int | None:
+        index = self._open_index()
+        if index is None:
+            return None
+        try:
+            handle = self._call(index.get, key, read=True)
+        except _INDEX_ERRORS as exc:
+            self._index_failed("index", exc)
+            return None
+        if handle is None:
+            return None
+        with handle:
+            fd = os.dup(handle.fileno())
+            with self._lock:
+                self._paths.remember(key, handle.name)
+        return fd
+
+    def _intact(self, fd: int, length: int) -> bool:
+        """Whether the file holds exactly ``length`` bytes under a header that says so, with
+        a matching checksum (read once per file identity and process)."""
+        st = os.fstat(fd)
+        if st.st_size != HEADER_SIZE + length:
+            self.fault("truncated")
+            return False
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            if self._verified.recall(identity):
+                return True
+        data = os.pread(fd, HEADER_SIZE + length, 0)
+        magic, stated, crc = _HEADER.unpack_from(data)
+        if magic != MAGIC or stated != length or zlib.crc32(memoryview(data)[HEADER_SIZE:]) != crc:
+            self.fault("corrupted")
+            return False
+        with self._lock:
+            self._verified.remember(identity, True)
+        return True
+
+    def _drop(self, key: Hashable) -> None:
+        """Remove a broken slice from the index (which deletes its file)."""
+        with self._lock:
+            self._paths.pop(key, None)
+        index = self._open_index()
+        if index is not None:
+            try:
+                self._call(index.delete, key)
+            except _INDEX_ERRORS as exc:
+                self._index_failed("index", exc)
+
+    def writer(self) -> SliceWriter | None:
+        """A new slice file in ``fills/``; None (a fault) when the directory cannot take one."""
+        try:
+            return SliceWriter(self._fills)
+        except OSError as exc:
+            self.fault("write", exc)
+            with contextlib.suppress(OSError):
+                os.makedirs(self._fills, exist_ok=True)  # removed: made again for the next one
+            return None
+
+    def commit(self, version: Version, index: int, finished: SliceFile) -> bool:
+        """Hand a finished slice file to the index (which evicts to stay under the limit)."""
+        key = self._key(version, index)
+        cache = self._open_index()
+        if cache is None:
+            _unlink(finished.path)
+            return False
+        try:
+            evicted, volume = self._call(_store, cache, key, finished)
+        except _INDEX_ERRORS as exc:
+            _unlink(finished.path)
+            self._index_failed("index", exc)
+            return False
+        if evicted:
+            CACHE_EVICTIONS.inc(evicted)
+        CACHE_DISK_BYTES.set(volume)
+        return True
+
+    # -- recency ----------------------------------------------------------------------------
+
+    def _touch_loop(self) -> None:
+        while not self._stop.wait(_TOUCH_EVERY_S):
+            self.touch()
+
+    def touch(self) -> None:
+        """Tell the index which slices were read from the memo since the last time."""
+        with self._lock:
+            keys, self._touched = list(self._touched), {}
+        index = self._open_index() if keys else None
+        if index is None:
+            return
+        try:
+            self._call(_touch, index, keys)
+        except _INDEX_ERRORS as exc:
+            self._index_failed("index", exc)
+
+
+def _store(index: _Index, key: Hashable, finished: SliceFile) -> tuple[int, int]:
+    """Adopt a finished slice, evict what the limit requires: (evicted, volume)."""
+    index.set(key, finished, read=True)
+    return index.cull(), index.volume()
+
+
+def _touch(index: _Index, keys: list[Hashable]) -> None:
+    for key in keys:
+        handle = index.get(key, read=True)  # the read moves it up the LRU order
+        if handle is not None:
+            handle.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
