@@ -1,10 +1,11 @@
-"""HTTP clients for the memory, fairness and disconnect scenarios; prints one JSON line.
+"""HTTP clients for the memory, fairness, disconnect and coalesce scenarios; prints one JSON line.
 
 Run as a subprocess of run.py, so that its event loop competes with the server under test for
 the CPU but not for run.py's GIL (which samples /proc and times /healthz):
 
   loadgen.py slow PORT PATH --clients 50 --seconds 10    # 64 KiB every 10 ms per client
   loadgen.py hangup PORT PATH --clients 50 --min-bytes N # read N bytes each, then all close
+  loadgen.py fetch PORT PATH --clients 32 --size N --sha256 HEX  # all download it at once
 
 Every client uses raw sockets with a 64 KiB receive buffer, set before connecting.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import socket
 import time
@@ -31,15 +33,19 @@ class Reader:
     status: int = 0
     body_bytes: int = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bytes:
+        """Take the next bytes received; returns the part of them that is body."""
         if self.status:
             self.body_bytes += len(data)
-            return
+            return data
         self.head += data
         end = self.head.find(b"\r\n\r\n")
-        if end >= 0:
-            self.status = int(self.head.split(b" ", 2)[1])
-            self.body_bytes = len(self.head) - end - 4
+        if end < 0:
+            return b""
+        self.status = int(self.head.split(b" ", 2)[1])
+        self.head, body = self.head[: end + 4], self.head[end + 4 :]
+        self.body_bytes = len(body)
+        return body
 
     @property
     def served(self) -> bool:
@@ -122,12 +128,45 @@ async def run_hangup(
     return {"clients": clients, "reached": len(sockets), "hangup_at": hangup_at}
 
 
+async def fetch_whole(port: int, path: str) -> tuple[Reader, str]:
+    """Read the response at full speed until the server closes: it, and its body's sha256."""
+    loop = asyncio.get_running_loop()
+    reader, digest = Reader(), hashlib.sha256()
+    sock = await _connect(port, path)
+    with sock:
+        while data := await loop.sock_recv(sock, 256 * 1024):
+            digest.update(reader.feed(data))
+    return reader, digest.hexdigest()
+
+
+async def run_fetch(
+    port: int, path: str, clients: int, size: int, sha256: str, timeout_s: float
+) -> dict[str, float]:
+    """All clients start the same whole download at once: how many got a 200 with exactly size
+    bytes of that sha256, and the seconds until the last one finished."""
+    started = time.monotonic()
+    tasks = [asyncio.create_task(fetch_whole(port, path)) for _ in range(clients)]
+    done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    seconds = time.monotonic() - started
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    fetched = [task.result() for task in done if task.exception() is None]
+    complete = [
+        reader
+        for reader, digest in fetched
+        if reader.status == 200 and reader.body_bytes == size and digest == sha256
+    ]
+    return {"clients": clients, "complete": len(complete), "seconds": seconds}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     modes = parser.add_subparsers(dest="mode", required=True)
     slow = modes.add_parser("slow")
     hangup = modes.add_parser("hangup")
-    for mode in (slow, hangup):
+    fetch = modes.add_parser("fetch")
+    for mode in (slow, hangup, fetch):
         mode.add_argument("port", type=int)
         mode.add_argument("path")
         mode.add_argument("--clients", type=int, default=50)
@@ -135,6 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     slow.add_argument("--interval", type=float, default=0.01)
     hangup.add_argument("--min-bytes", type=int, default=1024 * 1024)
     hangup.add_argument("--timeout", type=float, default=10.0)
+    fetch.add_argument("--size", type=int, required=True)
+    fetch.add_argument("--sha256", required=True)
+    fetch.add_argument("--timeout", type=float, default=120.0)
     return parser
 
 
@@ -142,8 +184,10 @@ def main() -> None:
     args = _parser().parse_args()
     if args.mode == "slow":
         work = run_slow(args.port, args.path, args.clients, args.seconds, args.interval)
-    else:
+    elif args.mode == "hangup":
         work = run_hangup(args.port, args.path, args.clients, args.min_bytes, args.timeout)
+    else:
+        work = run_fetch(args.port, args.path, args.clients, args.size, args.sha256, args.timeout)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         print(json.dumps(runner.run(work)), flush=True)
 

@@ -35,12 +35,20 @@ METRICS = {  # metric: (label, decimals)
     "hangup_reached": ("disconnect: clients mid-download", 0),
     "s3_mb_after_hangup": ("disconnect: S3 MB after hang-up", 2),
     "ttfb_ms": ("ttfb: 64 KiB range, ms", 2),
+    "ranges_cold_rps": ("ranges, cold cache: req/s", 0),
+    "ranges_cold_p50_ms": ("ranges, cold cache: p50 ms", 2),
+    "ranges_cold_p99_ms": ("ranges, cold cache: p99 ms", 2),
+    "ranges_cold_non206": ("ranges, cold cache: non-206 answers", 0),
+    "coalesce_s3_ratio": ("coalesce, 32 x 64 MiB: S3 bytes / object size", 2),
+    "coalesce_complete": ("coalesce: clients with the whole object", 0),
+    "coalesce_s": ("coalesce: s until the last client finished", 2),
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Goal:
-    """target's metric compared with bound, or with factor x peer's metric + offset."""
+    """target's metric compared with bound, or with factor x peer's metric + offset (the
+    peer's peer_metric when it is another metric)."""
 
     target: str
     metric: str
@@ -48,6 +56,7 @@ class Goal:
     bound: float
     peer: str | None = None
     offset: float = 0.0
+    peer_metric: str | None = None
 
     @property
     def label(self) -> str:
@@ -57,7 +66,10 @@ class Goal:
             return f"{self.target} {name} {sign} {self.bound:g}"
         extra = f" + {self.offset:g}" if self.offset else ""
         factor = "" if self.bound == 1 else f"{self.bound:g} x "
-        return f"{self.target} {name} {sign} {factor}{self.peer}{extra}"
+        peer = (
+            self.peer if self.peer_metric is None else f"{self.peer} {METRICS[self.peer_metric][0]}"
+        )
+        return f"{self.target} {name} {sign} {factor}{peer}{extra}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +81,7 @@ class Verdict:
 
 PROXIES = ("proxy-local", "proxy-s3-aio", "proxy-s3-boto3")
 S3_PROXIES = ("proxy-s3-aio", "proxy-s3-boto3")
+CACHE_PROXIES = ("proxy-s3-aio-cache", "proxy-s3-boto3-cache")  # S3 proxies, slice cache on
 # One chunk per stream at the default largest chunk (PROXY_CHUNK_SIZE, 1 MiB), 50 streams.
 HANGUP_BOUND_MB = 50 * 1024 * 1024 / 1e6
 
@@ -93,6 +106,21 @@ GOALS = [
     *(Goal(name, "healthz_p99_ms", False, 10) for name in PROXIES),
     *(Goal(name, "idle_s", False, 1) for name in PROXIES),
     *(Goal(name, "s3_mb_after_hangup", False, HANGUP_BOUND_MB) for name in S3_PROXIES),
+    # The slice cache (issue 23): warm ranges and big download, coalescing, memory, cold ranges.
+    Goal("proxy-s3-aio-cache", "ranges_rps", True, 2.0, "s3-direct"),
+    Goal("proxy-s3-boto3-cache", "ranges_rps", True, 1.0, "s3-direct"),
+    *(Goal(name, "ranges_p99_ms", False, 20) for name in CACHE_PROXIES),
+    *(Goal(name, "ranges_non206", False, 0) for name in CACHE_PROXIES),
+    *(Goal(name, "big_mbps", True, 1.5, "s3-direct") for name in CACHE_PROXIES),
+    *(Goal(name, "coalesce_s3_ratio", False, 1.05) for name in CACHE_PROXIES),
+    *(Goal(name, "coalesce_complete", True, 32) for name in CACHE_PROXIES),
+    *(Goal(name, "mem50_peak_mb", False, 100) for name in CACHE_PROXIES),
+    *(Goal(name, "mem50_served", True, 50) for name in CACHE_PROXIES),
+    *(
+        Goal(cached, "ranges_cold_rps", True, 0.9, plain, peer_metric="ranges_rps")
+        for cached, plain in zip(CACHE_PROXIES, S3_PROXIES, strict=True)
+    ),
+    *(Goal(name, "ranges_cold_non206", False, 0) for name in CACHE_PROXIES),
 ]
 RATIO_PAIRS = [
     ("proxy-local", "nginx"),
@@ -100,6 +128,8 @@ RATIO_PAIRS = [
     ("proxy-local", "aiohttp"),
     ("proxy-s3-aio", "s3-direct"),
     ("proxy-s3-boto3", "s3-direct"),
+    ("proxy-s3-aio-cache", "s3-direct"),
+    ("proxy-s3-boto3-cache", "s3-direct"),
 ]
 RATIO_METRICS = ("big_mbps", "ranges_rps", "ttfb_ms")
 
@@ -127,9 +157,9 @@ def _format(metric: str, value: float | None) -> str:
 
 
 def judge(goal: Goal, table: dict[str, dict[str, float | None]]) -> Verdict:
-    values = table.get(goal.metric, {})
-    mine = values.get(goal.target)
-    theirs = None if goal.peer is None else values.get(goal.peer)
+    peer_metric = goal.peer_metric or goal.metric
+    mine = table.get(goal.metric, {}).get(goal.target)
+    theirs = None if goal.peer is None else table.get(peer_metric, {}).get(goal.peer)
     if mine is None or (goal.peer is not None and theirs is None):
         return Verdict(goal.label, "no data", "no data")
     if theirs is None:
@@ -140,7 +170,7 @@ def judge(goal: Goal, table: dict[str, dict[str, float | None]]) -> Verdict:
     else:
         limit = theirs * goal.bound
         measured = f"{mine / theirs:.2f}x ({_format(goal.metric, mine)} / "
-        measured += f"{_format(goal.metric, theirs)})"
+        measured += f"{_format(peer_metric, theirs)})"
     passed = mine >= limit if goal.higher_is_better else mine <= limit
     return Verdict(goal.label, measured, "PASS" if passed else "MISS")
 

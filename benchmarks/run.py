@@ -4,9 +4,11 @@
                            [--targets proxy-local,nginx,...] [--quick] [--profile DIR]
                            [--baseline REV]
 
-Writes a random object (and a tiny one) to a temporary directory, uploads both to a public-read
-SeaweedFS bucket, starts every server, runs each scenario --runs times (servers interleaved
-within each run), stops everything by PID and prints medians, ratios and goals (PASS/MISS);
+Writes a random object (a 64 MiB one for the coalesce scenario, and a tiny one) to a temporary
+directory, uploads them to a public-read SeaweedFS bucket, starts every server, runs each
+scenario --runs times (servers interleaved within each run; a cache target's cache first made
+warm or cold as the scenario needs), stops everything by PID and prints medians, ratios and
+goals (PASS/MISS);
 the same goes to benchmarks/results/latest.md and latest.json. A full run (every scenario and
 target, without --quick or --profile) also writes benchmarks/RESULTS.md: the report under the
 date, CPU, commit and command line. Only ratios within one run mean anything on a shared
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import shlex
 import shutil
@@ -44,16 +47,22 @@ from scenarios import (
     NoData,
     Scenario,
     settle,
+    warm,
 )
 from seaweed import seaweedfs_bucket
 from servers import (
+    BASELINE,
     BIG,
+    COALESCE,
+    COALESCE_SIZE,
     TARGETS,
     TINY,
     Server,
     Site,
     Target,
+    compared,
     deploy_python,
+    has_cache,
     start,
     start_proxy,
     variant,
@@ -65,6 +74,7 @@ MIB = 1024 * 1024
 Measured = dict[str, float | None]
 BUSY_NOTE_S = 1.0  # report a server that needed longer than this to become idle
 TOOLS = {"nginx": "nginx", "wrk": "wrk", "curl": "curl"}  # command: Debian package
+SCENARIOS_DEFAULT = "big,ranges,memory,fairness,disconnect,ttfb,ranges-cold,coalesce"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -72,7 +82,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the big object")
     parser.add_argument("--runs", type=int, default=5, help="runs per scenario (median)")
     parser.add_argument("--seconds", type=float, default=10.0, help="ranges/memory/fairness")
-    parser.add_argument("--scenarios", default="big,ranges,memory,fairness,disconnect,ttfb")
+    parser.add_argument("--scenarios", default=SCENARIOS_DEFAULT)
     parser.add_argument("--targets", default=",".join(target.name for target in TARGETS))
     parser.add_argument("--quick", action="store_true", help="64 MiB, 1 run, 2 s: smoke test")
     parser.add_argument("--results", type=Path, default=HERE / "results")
@@ -119,16 +129,26 @@ def full_run(args: argparse.Namespace, scenarios: Sequence[str], targets: Sequen
     return every_scenario and every_target and not args.quick and args.profile is None
 
 
-def write_data(directory: Path, size: int) -> list[Path]:
-    """A random object of size bytes (written 16 MiB at a time) and a tiny text object."""
-    directory.mkdir(parents=True)
-    big = directory / BIG
-    with big.open("wb") as sink:
+def write_random(path: Path, size: int) -> str:
+    """size random bytes into path (16 MiB at a time); returns their sha256 (hex)."""
+    digest = hashlib.sha256()
+    with path.open("wb") as sink:
         for offset in range(0, size, 16 * MIB):
-            sink.write(os.urandom(min(16 * MIB, size - offset)))
+            chunk = os.urandom(min(16 * MIB, size - offset))
+            digest.update(chunk)
+            sink.write(chunk)
+    return digest.hexdigest()
+
+
+def write_data(directory: Path, size: int) -> tuple[list[Path], str]:
+    """The big random object of size bytes, the coalesce scenario's random one and a tiny text
+    object (last); and the coalesce object's sha256."""
+    directory.mkdir(parents=True)
+    write_random(directory / BIG, size)
+    coalesce_sha256 = write_random(directory / COALESCE, COALESCE_SIZE)
     tiny = directory / TINY
     tiny.write_text("ok\n", encoding="ascii")
-    return [big, tiny]
+    return [directory / BIG, directory / COALESCE, tiny], coalesce_sha256
 
 
 def start_relay(site: Site, stack: contextlib.ExitStack) -> tuple[int, Path]:
@@ -155,6 +175,23 @@ def start_all(targets: Sequence[Target], site: Site, fleet: Fleet, relayed: bool
     for target in s3_proxies:
         fleet.launch(target.name + RELAYED, partial(start_proxy, target, site, port))
     return log
+
+
+def prepare_cache(scenario: Scenario, config: Config, fleet: Fleet, key: str) -> Server:
+    """A cache target's cache as the scenario needs it: cold = the server restarted with an
+    empty cache directory; warm = the whole big object read through it once since it started
+    (not timed)."""
+    if scenario.cache == "cold":
+        return fleet.restart(key)
+    server = fleet.servers[key]
+    if scenario.cache == "warm" and key not in fleet.warm:
+        try:
+            print(f"  warming {key}: {warm(config, server)}", flush=True)
+        except NoData as error:
+            print(f"  warming {key} FAILED: {error}", flush=True)
+        else:
+            fleet.warm.add(key)
+    return server
 
 
 def measure_once(scenario: Scenario, config: Config, server: Server, run_index: int) -> Measured:
@@ -184,13 +221,16 @@ def run_scenario(
     profile: Path | None = None,
 ) -> None:
     """Run the scenario `runs` times; within each run every server once, in the same order,
-    each first left to become idle (or restarted when it does not). With profile, the proxies'
-    first runs are recorded by py-spy into that directory."""
+    each first left to become idle (or restarted when it does not); a cache target's cache
+    made warm or cold first (see prepare_cache). With profile, the proxies' first runs are
+    recorded by py-spy into that directory."""
     for run_index in range(runs):
-        for key in fleet.keys(relayed=scenario.name == "disconnect"):
+        for key in fleet.keys(relayed=scenario.relayed):
             server = fleet.servers[key]
             if not scenario.applies(server.target):
                 continue
+            if has_cache(server.target):
+                server = prepare_cache(scenario, config, fleet, key)
             busy = settle(server)
             if busy is None:
                 reason = f"still busy {SETTLE_TIMEOUT_S:.0f} s before {scenario.name} run "
@@ -278,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenario_by_name = {scenario.name: scenario for scenario in SCENARIOS}
     targets = [by_name[name] for name in pick(args.targets, dict(by_name), "targets")]
     if args.baseline:
-        targets += [variant(t, "@baseline", build="baseline") for t in targets if t.role == "proxy"]
+        targets += [variant(t, BASELINE, build="baseline") for t in targets if t.role == "proxy"]
     scenarios = [
         scenario_by_name[n] for n in pick(args.scenarios, dict(scenario_by_name), "scenarios")
     ]
@@ -291,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp, contextlib.ExitStack() as stack:
         work_dir = Path(tmp)
         print(f"writing {args.size_mib} MiB of random data to {work_dir}", flush=True)
-        files = write_data(work_dir / "data", size)
+        files, coalesce_sha256 = write_data(work_dir / "data", size)
         if args.proxy_python is not None:
             python, how = args.proxy_python, f"--proxy-python {args.proxy_python}"
         elif any(t.role == "proxy" for t in targets):
@@ -307,14 +347,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         need_s3 = any(t.backend == "s3" for t in targets)
         site = stack.enter_context(environment(work_dir, files, need_s3, python, baseline))
         fleet = Fleet(stack)
-        relay_log = start_all(targets, site, fleet, any(s.name == "disconnect" for s in scenarios))
-        config = Config(size, args.seconds, 20, idle_timeout_s=10.0, relay_log=relay_log)
+        relay_log = start_all(targets, site, fleet, any(s.relayed for s in scenarios))
+        config = Config(
+            size, args.seconds, 20, idle_timeout_s=10.0, relay_log=relay_log,
+            coalesce_sha256=coalesce_sha256,
+        )  # fmt: skip
         for scenario in scenarios:
             print(f"{scenario.name}: {args.runs} run(s)", flush=True)
             run_scenario(scenario, config, fleet, args.runs, results, args.profile)
         print("stopping the servers", flush=True)
-    compared = [(t.base, t.name) for t in targets if t.kind]
-    text, verdicts = markdown(results, [t.name for t in targets], settings, fleet.notes, compared)
+    pairs = compared(targets)
+    text, verdicts = markdown(results, [t.name for t in targets], settings, fleet.notes, pairs)
     write(args.results, text, results, verdicts, settings, fleet.notes)
     print("\n" + text + f"\n(also in {args.results}/latest.md and latest.json)")
     if full_run(args, [s.name for s in scenarios], [t.name for t in targets]):

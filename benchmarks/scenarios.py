@@ -7,6 +7,13 @@ fairness    64 slow readers, GET /healthz meanwhile: p99 latency (proxy only)
 disconnect  50 clients hang up mid-download: seconds until the server's CPU time stops growing;
             S3 bytes still relayed to the proxy after the hang-up (S3 proxies, via relay.py)
 ttfb        curl, 64 KiB ranges: median time to first byte
+ranges-cold ranges on a cache target restarted with an empty cache before each run
+coalesce    32 clients start the same uncached 64 MiB download at once (cache targets, via
+            relay.py): S3 bytes / object size, clients that got the whole object
+
+Before a cache target's run, `Scenario.cache` says what its cache holds: "warm" (the whole big
+object was read through it once since it started: see warm), "cold" (restarted, empty), or ""
+(what the previous runs left).
 """
 
 from __future__ import annotations
@@ -18,13 +25,15 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from procs import LOOPBACK, Sampler, cpu_ticks, rss_bytes, tree_pids
-from relay import bytes_between
-from servers import BIG, Server, Target
+from relay import FLUSH_INTERVAL_S, bytes_between
+from servers import BIG, COALESCE, COALESCE_SIZE, Server, Target, has_cache
 
 HERE = Path(__file__).resolve().parent
 SPAN = 64 * 1024
@@ -36,6 +45,9 @@ PROBE_INTERVAL_S = 0.02
 MAX_PROBES = 500
 PROBE_TIMEOUT_S = 5.0
 SETTLE_TIMEOUT_S = 30.0
+WARM_PROBES = 8
+COALESCE_CLIENTS = 32
+COALESCE_TIMEOUT_S = 120.0
 
 Measurement = dict[str, float]
 
@@ -51,6 +63,7 @@ class Config:
     ttfb_samples: int
     idle_timeout_s: float
     relay_log: Path | None
+    coalesce_sha256: str = ""  # of the COALESCE object
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +72,8 @@ class Scenario:
     metrics: tuple[str, ...]
     applies: Callable[[Target], bool]
     measure: Callable[[Config, Server, int], Measurement]  # (config, server, run index)
+    relayed: bool = False  # S3 proxies: measure the instance behind relay.py
+    cache: Literal["", "warm", "cold"] = ""  # a cache target's cache before each run
 
 
 def _object_url(server: Server) -> str:
@@ -118,6 +133,50 @@ def measure_ranges(config: Config, server: Server, run_index: int) -> Measuremen
         "ranges_p99_ms": stats["p99_us"] / 1e3,
         "ranges_non206": stats["non206"] + stats["socket_errors"],
     }
+
+
+def measure_ranges_cold(config: Config, server: Server, run_index: int) -> Measurement:
+    """ranges, on a server that has just started with an empty cache (Scenario.cache)."""
+    measured = measure_ranges(config, server, run_index)
+    return {name.replace("ranges_", "ranges_cold_", 1): value for name, value in measured.items()}
+
+
+def _cache_status(server: Server, first: int) -> str:
+    """The Cache-Status of a GET for 64 KiB from first (NoData unless 206)."""
+    connection = http.client.HTTPConnection(LOOPBACK, server.port, timeout=PROBE_TIMEOUT_S)
+    try:
+        path = server.target.prefix + BIG
+        connection.request("GET", path, headers={"Range": f"bytes={first}-{first + SPAN - 1}"})
+        response = connection.getresponse()
+        response.read()
+    except OSError as error:
+        raise NoData(f"warm probe: {error}") from error
+    finally:
+        connection.close()
+    if response.status != 206:
+        raise NoData(f"warm probe: HTTP {response.status}")
+    return response.getheader("Cache-Status") or "no Cache-Status"
+
+
+def warm(config: Config, server: Server) -> str:
+    """Read the whole big object through server once (curl to /dev/null, not timed), then
+    WARM_PROBES random 64 KiB ranges: what that took, and the ranges' Cache-Status answers."""
+    started = time.monotonic()
+    out = _run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download}"]
+        + [_object_url(server)],
+        timeout_s=config.size / (5 * MB) + 60,
+    )
+    code, size = out.split()
+    if code != "200" or int(size) != config.size:
+        raise NoData(f"warm: HTTP {code}, {size} bytes")
+    seconds = time.monotonic() - started
+    rng = random.Random(0)
+    answers = Counter(
+        _cache_status(server, rng.randrange(0, config.size - SPAN)) for _ in range(WARM_PROBES)
+    )
+    shown = ", ".join(f"{count} x {answer!r}" for answer, count in answers.most_common())
+    return f"{config.size:,} bytes in {seconds:.1f} s; then {WARM_PROBES} ranges: {shown}"
 
 
 # -- memory ----------------------------------------------------------------------------------
@@ -263,6 +322,33 @@ def measure_ttfb(config: Config, server: Server, run_index: int) -> Measurement:
     return {"ttfb_ms": statistics.median(samples) * 1e3}
 
 
+# -- coalesce --------------------------------------------------------------------------------
+
+
+def measure_coalesce(config: Config, server: Server, _run_index: int) -> Measurement:
+    """COALESCE_CLIENTS clients start the same whole download of the COALESCE object together
+    on a server with an empty cache (Scenario.cache), behind the relay: the bytes S3 sent until
+    the server was idle again, per byte of the object, and how many clients got all of it."""
+    if config.relay_log is None or server.target.backend != "s3":
+        raise NoData("coalesce: not an S3 proxy behind the relay")
+    started = time.monotonic()
+    result = _loadgen(
+        "fetch", server.port, server.target.prefix + COALESCE, "--clients", COALESCE_CLIENTS,
+        "--size", COALESCE_SIZE, "--sha256", config.coalesce_sha256,
+        "--timeout", COALESCE_TIMEOUT_S, timeout_s=COALESCE_TIMEOUT_S + 30,
+    )  # fmt: skip
+    settle(server)  # slices the cache still fetches after the last client finished count too
+    time.sleep(5 * FLUSH_INTERVAL_S)  # the relay logs its count every FLUSH_INTERVAL_S
+    from_s3 = bytes_between(config.relay_log, started, time.monotonic())
+    if not from_s3:
+        raise NoData("coalesce: no byte from S3 through the relay")
+    return {
+        "coalesce_s3_ratio": from_s3 / COALESCE_SIZE,
+        "coalesce_complete": result["complete"],
+        "coalesce_s": result["seconds"],
+    }
+
+
 # -- the list --------------------------------------------------------------------------------
 
 
@@ -280,29 +366,58 @@ def _proxies(target: Target) -> bool:
 
 
 SCENARIOS = [
-    Scenario("big", ("big_mbps",), _everyone, measure_big),
+    Scenario("big", ("big_mbps",), _everyone, measure_big, cache="warm"),
     Scenario(
         "ranges",
         ("ranges_rps", "ranges_p50_ms", "ranges_p99_ms", "ranges_non206"),
         _everyone,
         measure_ranges,
+        cache="warm",
     ),
     Scenario(
-        "memory50", ("mem50_before_mb", "mem50_peak_mb", "mem50_served"), _processes, memory(50)
+        "memory50",
+        ("mem50_before_mb", "mem50_peak_mb", "mem50_served"),
+        _processes,
+        memory(50),
+        cache="warm",
     ),
     Scenario(
         "memory100",
         ("mem100_before_mb", "mem100_peak_mb", "mem100_served"),
         _processes,
         memory(100),
+        cache="warm",
     ),
-    Scenario("fairness", ("healthz_p99_ms", "fairness_served"), _proxies, measure_fairness),
+    Scenario(
+        "fairness",
+        ("healthz_p99_ms", "fairness_served"),
+        _proxies,
+        measure_fairness,
+        cache="warm",
+    ),
     Scenario(
         "disconnect",
         ("idle_s", "hangup_reached", "s3_mb_after_hangup"),
         _processes,
         measure_disconnect,
+        relayed=True,
+        cache="cold",
     ),
-    Scenario("ttfb", ("ttfb_ms",), _everyone, measure_ttfb),
+    Scenario("ttfb", ("ttfb_ms",), _everyone, measure_ttfb, cache="warm"),
+    Scenario(
+        "ranges-cold",
+        ("ranges_cold_rps", "ranges_cold_p50_ms", "ranges_cold_p99_ms", "ranges_cold_non206"),
+        has_cache,
+        measure_ranges_cold,
+        cache="cold",
+    ),
+    Scenario(
+        "coalesce",
+        ("coalesce_s3_ratio", "coalesce_complete", "coalesce_s"),
+        has_cache,
+        measure_coalesce,
+        relayed=True,
+        cache="cold",
+    ),
 ]
 ALIASES = {"memory": ("memory50", "memory100")}

@@ -1,4 +1,5 @@
-"""The servers under test: three proxy flavours and four peers, each on its own loopback port.
+"""The servers under test: three proxy flavours, the two S3 ones again with the slice cache on,
+and four peers, each on its own loopback port.
 
 Peers: nginx (sendfile, one worker, no access log: the ceiling for local disk), Starlette
 FileResponse under uvicorn, aiohttp web.FileResponse, and SeaweedFS itself (the S3 ceiling).
@@ -10,7 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -22,7 +24,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEPLOY_TIMEOUT_S = 900.0
 BIG = "big.bin"
+COALESCE = "coalesce.bin"  # the coalesce scenario's object (COALESCE_SIZE bytes)
+COALESCE_SIZE = 64 * 1024 * 1024
 TINY = "tiny.txt"
+BASELINE = "@baseline"  # name suffix of a target on the --baseline build
+# A variant's environment value that stands for a new, empty directory made for each start of
+# each instance (the relayed one too) and deleted when it stops: a cache that starts cold.
+FRESH_DIR = "<fresh directory>"
 START_TIMEOUT_S = 30.0
 
 
@@ -52,7 +60,27 @@ def variant(
     build: Literal["head", "baseline"] = "head",
 ) -> Target:
     """target under another name, with more environment or on the baseline build."""
-    return replace(target, name=target.name + suffix, kind=target.base, env=env, build=build)
+    return replace(
+        target, name=target.name + suffix, kind=target.base, env=target.env + env, build=build
+    )
+
+
+def has_cache(target: Target) -> bool:
+    """Whether the target runs the proxy with its slice cache on (PROXY_CACHE_DIR set)."""
+    return any(name == "PROXY_CACHE_DIR" for name, _ in target.env)
+
+
+def compared(targets: Sequence[Target]) -> list[tuple[str, str]]:
+    """The report's extra ratio rows (first / second): today / baseline for each --baseline
+    target, cache / no cache for each cache target whose uncached twin is measured too."""
+    names = {target.name for target in targets}
+    pairs = []
+    for target in targets:
+        if target.build == "baseline":
+            pairs.append((target.name.removesuffix(BASELINE), target.name))
+        elif has_cache(target) and target.base in names:
+            pairs.append((target.name, target.base))
+    return pairs
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +99,7 @@ class Server:
     target: Target
     port: int
     process: subprocess.Popen[bytes] | None  # None: not ours to stop (SeaweedFS)
+    fresh_dir: Path | None = None  # FRESH_DIR of this start, deleted on stop
 
     def url(self, path: str) -> str:
         return f"http://{LOOPBACK}:{self.port}{path}"
@@ -82,6 +111,8 @@ class Server:
     def stop(self) -> None:
         if self.process is not None:
             stop(self.process)
+        if self.fresh_dir is not None:
+            shutil.rmtree(self.fresh_dir, ignore_errors=True)  # a warm cache holds the object
 
 
 PROXY_LOCAL = Target("proxy-local", "proxy", "local", "/objects/", "/healthz")
@@ -91,14 +122,33 @@ NGINX = Target("nginx", "peer", "local", "/")
 STARLETTE = Target("starlette", "peer", "local", "/")
 AIOHTTP = Target("aiohttp", "peer", "local", "/")
 S3_DIRECT = Target("s3-direct", "peer", "s3", "/bench/")
-TARGETS = [PROXY_LOCAL, PROXY_S3_AIO, PROXY_S3_BOTO3, NGINX, STARLETTE, AIOHTTP, S3_DIRECT]
+# The read-through slice cache on (default slice size and validity), large enough for every
+# object, in a new directory for each start.
+CACHE_ENV = (("PROXY_CACHE_DIR", FRESH_DIR), ("PROXY_CACHE_MAX_SIZE", "4GiB"))
+PROXY_S3_AIO_CACHE = variant(PROXY_S3_AIO, "-cache", env=CACHE_ENV)
+PROXY_S3_BOTO3_CACHE = variant(PROXY_S3_BOTO3, "-cache", env=CACHE_ENV)
+TARGETS = [
+    PROXY_LOCAL,
+    PROXY_S3_AIO,
+    PROXY_S3_BOTO3,
+    PROXY_S3_AIO_CACHE,
+    PROXY_S3_BOTO3_CACHE,
+    NGINX,
+    STARLETTE,
+    AIOHTTP,
+    S3_DIRECT,
+]
 
 _S3_CLIENTS = {PROXY_S3_AIO.name: "aiobotocore", PROXY_S3_BOTO3.name: "boto3"}
 
 
-def _proxy_env(target: Target, site: Site, port: int, s3_port: int | None) -> dict[str, str]:
+def _proxy_env(
+    target: Target, site: Site, port: int, s3_port: int | None, fresh_dir: Path | None = None
+) -> dict[str, str]:
+    # Only the cache targets cache, whatever the calling shell exports.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_CACHE_")}
     env = {
-        **os.environ,
+        **inherited,
         "PROXY_PORT": str(port),
         "PROXY_LOG_LEVEL": "warning",
         # Every feature on, as the targets require: conditionals, metrics and the JSON access
@@ -116,7 +166,11 @@ def _proxy_env(target: Target, site: Site, port: int, s3_port: int | None) -> di
             "PROXY_S3_ADDRESSING_STYLE": "path",
             "PROXY_S3_REGION": "us-east-1",
         }
-    return env | dict(target.env)
+    for name, value in target.env:
+        if value == FRESH_DIR and fresh_dir is None:
+            raise ValueError(f"{target.name}: {name} needs a fresh directory")
+        env[name] = str(fresh_dir) if value == FRESH_DIR else value
+    return env
 
 
 def start_proxy(target: Target, site: Site, s3_port: int | None = None) -> Server:
@@ -129,9 +183,19 @@ def start_proxy(target: Target, site: Site, s3_port: int | None = None) -> Serve
     python = site.baseline_python if target.build == "baseline" else site.python
     if python is None:
         raise RuntimeError(f"{target.name}: no baseline build")
+    fresh_dir = None
+    if any(value == FRESH_DIR for _, value in target.env):
+        parent = site.work_dir / "fresh"
+        parent.mkdir(exist_ok=True)
+        fresh_dir = Path(tempfile.mkdtemp(prefix=f"{target.name}{suffix}-", dir=parent))
     command = [python, "-m", "proxy"]
-    process = spawn(command, log, _proxy_env(target, site, port, s3_port))
-    return _ready(Server(target, port, process), log)
+    try:
+        process = spawn(command, log, _proxy_env(target, site, port, s3_port, fresh_dir))
+    except BaseException:
+        if fresh_dir is not None:
+            shutil.rmtree(fresh_dir, ignore_errors=True)
+        raise
+    return _ready(Server(target, port, process, fresh_dir), log)
 
 
 def deploy_python(venv: Path, source: Path = ROOT) -> tuple[str, str]:

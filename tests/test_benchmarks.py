@@ -7,6 +7,9 @@ that a full run's benchmarks/RESULTS.md says when, where and on which commit it 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -179,3 +182,130 @@ def test_a_variant_is_measured_beside_its_target_and_compared_with_it(
     results = {"big_mbps": {head.name: [900.0, 1000.0], old.name: [800.0, None]}}
     text, _ = report.markdown(results, [head.name, old.name], {}, [], [(head.name, old.name)])
     assert "| proxy-s3-aio / proxy-s3-aio@baseline | 1.19x | n/a | n/a |" in text
+
+
+def test_a_cache_target_gets_a_new_cache_directory_at_each_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.setenv("PROXY_CACHE_DIR", "/exported/by/the/shell")
+    servers = benchmark_module("servers")
+    cached = servers.PROXY_S3_AIO_CACHE
+    assert (cached.name, cached.base) == ("proxy-s3-aio-cache", "proxy-s3-aio")
+    assert servers.has_cache(cached) and not servers.has_cache(servers.PROXY_S3_AIO)
+    assert {"proxy-s3-aio-cache", "proxy-s3-boto3-cache"} <= {t.name for t in servers.TARGETS}
+    s3 = servers.S3Site("http://127.0.0.1:9000", 9000, "bench")
+    site = servers.Site(tmp_path / "data", tmp_path, s3, "python")
+    env = servers._proxy_env(cached, site, 8000, 9001, tmp_path / "fresh" / "one")
+    assert env["PROXY_CACHE_DIR"] == str(tmp_path / "fresh" / "one")
+    assert env["PROXY_CACHE_MAX_SIZE"] == "4GiB"
+    assert env["PROXY_S3_CLIENT"] == "aiobotocore"  # the flavour of the target it varies
+    assert env["PROXY_S3_ENDPOINT_URL"] == "http://127.0.0.1:9001"
+    with pytest.raises(ValueError, match="fresh directory"):
+        servers._proxy_env(cached, site, 8000, 9001)
+    assert "PROXY_CACHE_DIR" not in servers._proxy_env(servers.PROXY_S3_AIO, site, 8000, 9001)
+    # A variant of a variant keeps the first one's environment: the cache on the baseline.
+    old = servers.variant(cached, servers.BASELINE, build="baseline")
+    assert (old.name, old.base, old.env) == (
+        "proxy-s3-aio-cache@baseline",
+        "proxy-s3-aio",
+        cached.env,
+    )
+    targets = [servers.PROXY_S3_AIO, cached, servers.PROXY_S3_BOTO3_CACHE, old]
+    assert servers.compared(targets) == [
+        ("proxy-s3-aio-cache", "proxy-s3-aio"),  # cache / no cache
+        ("proxy-s3-aio-cache", "proxy-s3-aio-cache@baseline"),  # today / baseline
+    ]
+
+
+def test_a_restart_for_a_cold_cache_is_no_note_and_forgets_the_warm_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    servers, fleet_module = benchmark_module("servers"), benchmark_module("fleet")
+    starts: list[Path] = []
+
+    def launcher() -> object:
+        fresh = tmp_path / f"cache-{len(starts)}"
+        fresh.mkdir()
+        starts.append(fresh)
+        return servers.Server(servers.PROXY_S3_AIO_CACHE, 8000 + len(starts), None, fresh)
+
+    with contextlib.ExitStack() as stack:
+        fleet = fleet_module.Fleet(stack)
+        fleet.launch("proxy-s3-aio-cache", launcher)
+        fleet.warm.add("proxy-s3-aio-cache")
+        server = fleet.restart("proxy-s3-aio-cache")
+        assert (server.port, fleet.notes, fleet.warm) == (8002, [], set())
+        assert not starts[0].exists()  # the stopped instance's cache is gone
+        fleet.relaunch("proxy-s3-aio-cache", "still busy")
+        assert fleet.notes == ["proxy-s3-aio-cache: still busy; restarted"]
+        assert starts[2].exists()
+    assert not starts[2].exists()
+
+
+def test_cold_ranges_are_judged_against_the_uncached_proxys_ranges() -> None:
+    report = benchmark_module("report")
+    results = {
+        "ranges_rps": {"proxy-s3-aio": [1000.0], "proxy-s3-aio-cache": [2500.0]},
+        "ranges_cold_rps": {"proxy-s3-aio-cache": [850.0, 950.0, 900.0]},
+        "coalesce_s3_ratio": {"proxy-s3-aio-cache": [1.02]},
+    }
+    targets = ["proxy-s3-aio", "proxy-s3-aio-cache"]
+    text, verdicts = report.markdown(results, targets, {}, [], [tuple(reversed(targets))])
+    assert (
+        "| proxy-s3-aio-cache ranges, cold cache: req/s >= 0.9 x proxy-s3-aio ranges: req/s "
+        "| 0.90x (900 / 1,000) | PASS |"
+    ) in text
+    assert "| proxy-s3-aio-cache / proxy-s3-aio | n/a | 2.50x | n/a |" in text
+    assert "| proxy-s3-aio-cache coalesce, 32 x 64 MiB: S3 bytes / object size <= 1.05 " in text
+    # s3-direct was not measured: its goals are left out, not "no data".
+    assert all("s3-direct" not in verdict.goal for verdict in verdicts)
+
+
+def test_every_scenario_metric_and_goal_has_a_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    scenarios, report = benchmark_module("scenarios"), benchmark_module("report")
+    for scenario in scenarios.SCENARIOS:
+        assert set(scenario.metrics) <= set(report.METRICS), scenario.name
+    for goal in report.GOALS:
+        assert goal.label  # names only known metrics
+    cold = {scenario.name: scenario.cache for scenario in scenarios.SCENARIOS}
+    assert cold["ranges-cold"] == cold["coalesce"] == "cold"
+    assert cold["big"] == cold["ranges"] == "warm"
+
+
+def test_coalescing_clients_count_who_got_the_whole_object() -> None:
+    loadgen = benchmark_module("loadgen")
+    body = bytes(range(256)) * 1024
+    reader = loadgen.Reader()
+    assert reader.feed(b"HTTP/1.1 200 OK\r\nContent-Len") == b""
+    assert reader.feed(b"gth: 3\r\n\r\nabc") == b"abc"
+    assert reader.feed(b"def") == b"def"
+    assert (reader.status, reader.body_bytes) == (200, 6)
+
+    async def serve_twice() -> dict[str, float]:
+        served = 0
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal served
+            await reader.readuntil(b"\r\n\r\n")
+            served += 1
+            cut = body if served <= 2 else body[:-1]  # the third client gets one byte less
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + cut)
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            digest = hashlib.sha256(body).hexdigest()
+            result: dict[str, float] = await loadgen.run_fetch(
+                port, "/coalesce.bin", 3, len(body), digest, 10.0
+            )
+            return result
+
+    result = asyncio.run(serve_twice())
+    assert (result["clients"], result["complete"]) == (3, 2)
+    assert 0 < result["seconds"] < 10
