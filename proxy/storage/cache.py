@@ -45,6 +45,9 @@ from proxy.storage.local import _read_cached, _read_step
 from proxy.storage.options import CacheOptions
 
 CACHE_NAME = "media-proxy"
+# Label children looked up once: ``labels()`` per chunk cost a measurable share of a hit.
+_BYTES = {source: CACHE_BYTES.labels(source) for source in ("cache", "s3")}
+_HITS, _COALESCED = CACHE_SLICES.labels("hit"), CACHE_SLICES.labels("coalesced")
 RUN_SLICES = 16  # the most slices one fill asks S3 for (a new fill continues a longer read)
 FILL_CHUNK = 256 * 1024  # the fill's reads from S3
 
@@ -273,7 +276,7 @@ class _Reading:
 
     def took(self, chunk: bytes, source: str) -> bytes:
         self.pos += len(chunk)
-        CACHE_BYTES.labels(source).inc(len(chunk))
+        _BYTES[source].inc(len(chunk))
         if self.pos >= self.slice_stop():
             self.next_slice()
         return chunk
@@ -297,7 +300,7 @@ class _Reading:
             # so a slice no fill holds is on disk already, or not fetched at all.
             self.fill = self.cache.fills.join(self.version, self.index)
             if self.fill is not None:
-                CACHE_SLICES.labels("coalesced").inc()
+                _COALESCED.inc()
         if self.fill is not None:
             self.source = "fill"
             return True
@@ -308,7 +311,7 @@ class _Reading:
         if fd is None:
             return False
         self.fd, self.source = fd, "file"
-        CACHE_SLICES.labels("hit").inc()
+        _HITS.inc()
         return True
 
     def fill_gone(self) -> bool:

@@ -52,6 +52,7 @@ _REOPEN_AFTER_S = 10.0  # pause before the index is opened again after it failed
 _TOUCH_EVERY_S = 5.0  # how often hits' recency reaches the index
 _MEMO_ENTRIES = 65536  # slice paths, metadata and verified files remembered per process
 _INDEX_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+_CHECK_PIECE = 256 * 1024  # the reads a slice's checksum is computed over
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +230,7 @@ class SliceStore:
                     cull_limit=0,  # culled by ``commit``, which counts the evictions
                     statistics=False,
                     timeout=_INDEX_TIMEOUT_S,
+                    sqlite_mmap_size=0,  # read the index, do not map it (mapped pages count as RSS)
                     disk=_SliceDisk,
                 )
             except _INDEX_ERRORS as exc:
@@ -400,9 +402,8 @@ class SliceStore:
         with self._lock:
             if self._verified.recall(identity):
                 return True
-        data = os.pread(fd, HEADER_SIZE + length, 0)
-        magic, stated, crc = _HEADER.unpack_from(data)
-        if magic != MAGIC or stated != length or zlib.crc32(memoryview(data)[HEADER_SIZE:]) != crc:
+        magic, stated, crc = _HEADER.unpack(os.pread(fd, HEADER_SIZE, 0))
+        if magic != MAGIC or stated != length or _checksum(fd, length) != crc:
             self.fault("corrupted")
             return False
         with self._lock:
@@ -465,6 +466,19 @@ class SliceStore:
             self._call(_touch, index, keys)
         except _INDEX_ERRORS as exc:
             self._index_failed("index", exc)
+
+
+def _checksum(fd: int, length: int) -> int:
+    """CRC-32 of the slice's data, read in pieces (no slice-sized buffer on the heap)."""
+    crc, offset, stop = 0, HEADER_SIZE, HEADER_SIZE + length
+    buffer = bytearray(_CHECK_PIECE)
+    while offset < stop:
+        count = os.preadv(fd, [memoryview(buffer)[: min(_CHECK_PIECE, stop - offset)]], offset)
+        if count <= 0:
+            break
+        crc = zlib.crc32(memoryview(buffer)[:count], crc)
+        offset += count
+    return crc
 
 
 def _store(index: _Index, key: Hashable, finished: SliceFile) -> tuple[int, int]:
