@@ -50,6 +50,7 @@ FILLS = "fills"  # the subdirectory of slices being written (``*.part``)
 _INDEX_TIMEOUT_S = 1.0  # SQLite lock wait: a busy index is a fault, not a stalled request
 _REOPEN_AFTER_S = 10.0  # pause before the index is opened again after it failed
 _TOUCH_EVERY_S = 5.0  # how often hits' recency reaches the index
+_TOUCH_AGAIN_S = 60.0  # a slice whose recency the index got this recently is not sent again
 _MEMO_ENTRIES = 65536  # slice paths, metadata and verified files remembered per process
 _INDEX_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 _CHECK_PIECE = 256 * 1024  # the reads a slice's checksum is computed over
@@ -177,7 +178,8 @@ class SliceStore:
         self._paths = _Memo()  # slice key -> path of its file
         self._metas = _Memo()  # location -> (meta, checked)
         self._verified = _Memo()  # file identity -> True
-        self._touched: dict[Hashable, None] = {}
+        self._touched: dict[Hashable, None] = {}  # hits to tell the index of
+        self._told = _Memo()  # slice key -> when the index last heard of a hit
         self._logged: set[str] = set()
         self._closed = False
         self._stop = threading.Event()
@@ -364,7 +366,9 @@ class SliceStore:
         with self._lock:
             path = self._paths.recall(key)
             if path is not None:
-                self._touched[key] = None
+                told = self._told.get(key)
+                if told is None or time.monotonic() - told > _TOUCH_AGAIN_S:
+                    self._touched[key] = None
         if path is None:
             return None
         try:
@@ -389,6 +393,7 @@ class SliceStore:
             fd = os.dup(handle.fileno())
             with self._lock:
                 self._paths.remember(key, handle.name)
+                self._told.remember(key, time.monotonic())  # this read moved it up already
         return fd
 
     def _intact(self, fd: int, length: int) -> bool:
@@ -457,8 +462,11 @@ class SliceStore:
 
     def touch(self) -> None:
         """Tell the index which slices were read from the memo since the last time."""
+        now = time.monotonic()
         with self._lock:
             keys, self._touched = list(self._touched), {}
+            for key in keys:
+                self._told.remember(key, now)
         index = self._open_index() if keys else None
         if index is None:
             return
@@ -488,10 +496,11 @@ def _store(index: _Index, key: Hashable, finished: SliceFile) -> tuple[int, int]
 
 
 def _touch(index: _Index, keys: list[Hashable]) -> None:
-    for key in keys:
-        handle = index.get(key, read=True)  # the read moves it up the LRU order
-        if handle is not None:
-            handle.close()
+    with index.transact():  # one write transaction for them all
+        for key in keys:
+            handle = index.get(key, read=True)  # the read moves it up the LRU order
+            if handle is not None:
+                handle.close()
 
 
 def _alive(pid: int) -> bool:
