@@ -41,7 +41,7 @@ from proxy.storage.base import (
 from proxy.storage.cachefill import GONE, Fill, Fills, arun_fill, run_fill
 from proxy.storage.cachestore import HEADER_SIZE, SliceStore, Version
 from proxy.storage.errors import ObjectChanged, ObjectNotFound
-from proxy.storage.local import _read_cached, _read_step
+from proxy.storage.local import _FileBody, _FileChunks, _read_cached, _read_step
 from proxy.storage.options import CacheOptions
 
 CACHE_NAME = "media-proxy"
@@ -473,7 +473,8 @@ class AsyncCachedBody:
             while reading.pos < reading.stop:
                 if reading.source == "file":
                     start, stop = reading.file_range()
-                    async for chunk in aiter_ready(_FileRange(reading.fd, start, stop, chunk_size)):
+                    chunks = _FileChunks(_FileBody(reading.fd), ByteRange(start, stop), chunk_size)
+                    async for chunk in aiter_ready(chunks):
                         yield reading.took(chunk, "cache")
                     continue
                 if reading.source == "fill":
@@ -517,35 +518,6 @@ class AsyncCachedBody:
         if self._direct is not None:
             direct, self._direct = self._direct, None
             await direct.aclose()
-
-
-class _FileRange:
-    """``[start, stop)`` of a slice file as ``ReadyChunks`` (the page cache's bytes on the
-    loop, the rest in a thread)."""
-
-    def __init__(self, fd: int, start: int, stop: int, chunk_size: ChunkSize) -> None:
-        self.fd = fd
-        self.pos = start
-        self.stop = stop
-        self.chunk_size = chunk_size
-
-    def __iter__(self) -> _FileRange:
-        return self
-
-    def __next__(self) -> bytes:
-        if self.pos >= self.stop:
-            raise StopIteration
-        return self._took(_read_step(self.fd, self.pos, self.stop, chunk_limit(self.chunk_size)))
-
-    def ready(self) -> bytes | None:
-        if self.pos >= self.stop:
-            return b""
-        chunk = _read_cached(self.fd, self.pos, self.stop, chunk_limit(self.chunk_size))
-        return None if chunk is None else self._took(chunk)
-
-    def _took(self, chunk: bytes) -> bytes:
-        self.pos += len(chunk)
-        return chunk
 
 
 def open_cache(
