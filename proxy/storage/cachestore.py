@@ -31,7 +31,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
@@ -83,6 +83,29 @@ class _SliceDisk(diskcache.Disk):  # type: ignore[misc]
             os.rename(value.path, full_path)
             return value.size, MODE_BINARY, filename, None
         return super().store(value, read, key)  # type: ignore[no-any-return]
+
+    def fetch(self, mode: int, filename: str, value: Any, read: bool) -> Any:
+        result = super().fetch(mode, filename, value, read)
+        if read and mode == MODE_BINARY:
+            _opened.handle = result  # for _read_handle, should the index fail after this
+        return result
+
+
+_opened = threading.local()
+
+
+def _read_handle(index: _Index, key: Hashable) -> BinaryIO | None:
+    """``index.get(key, read=True)``, closing the file diskcache opened when the index fails
+    after opening it (its recency update or its commit: "database or disk is full")."""
+    _opened.handle = None
+    try:
+        return index.get(key, read=True)  # type: ignore[no-any-return]
+    except BaseException:
+        if _opened.handle is not None:
+            _opened.handle.close()
+        raise
+    finally:
+        _opened.handle = None
 
 
 class _Index(diskcache.Cache):  # type: ignore[misc]
@@ -383,7 +406,7 @@ class SliceStore:
         if index is None:
             return None
         try:
-            handle = self._call(index.get, key, read=True)
+            handle = self._call(_read_handle, index, key)
         except _INDEX_ERRORS as exc:
             self._index_failed("index", exc)
             return None
@@ -498,7 +521,7 @@ def _store(index: _Index, key: Hashable, finished: SliceFile) -> tuple[int, int]
 def _touch(index: _Index, keys: list[Hashable]) -> None:
     with index.transact():  # one write transaction for them all
         for key in keys:
-            handle = index.get(key, read=True)  # the read moves it up the LRU order
+            handle = _read_handle(index, key)  # the read moves it up the LRU order
             if handle is not None:
                 handle.close()
 
