@@ -75,22 +75,24 @@ class _Cache:
             return meta, None
         return None, meta
 
-    def slices_status(self, version: Version, hint: ReadHint) -> str:
+    def slices_status(self, version: Version, hint: ReadHint) -> tuple[str, frozenset[int]]:
         """``hit`` when the first and last slices of the hinted body are on disk, else the
-        forward that fills them."""
+        forward that fills them; and which of those two are not on disk (the read starts a
+        fill for them without asking the index again)."""
         if not hint.body or version.size == 0:
-            return "hit"
+            return "hit", frozenset()
         if hint.range is None:
             byte_range: ByteRange | None = ByteRange(0, version.size)
         else:
             byte_range = hint.range.specs[0].resolve(version.size)
         if byte_range is None:
-            return "hit"
+            return "hit", frozenset()
         first, last = byte_range.start // self.slice_size, (byte_range.stop - 1) // self.slice_size
-        have = [self.store.cached(version, index) for index in {first, last}]
-        if all(have):
-            return "hit"
-        return "fwd=partial; stored" if any(have) else "fwd=miss; stored"
+        missing = frozenset(i for i in {first, last} if not self.store.cached(version, i))
+        if not missing:
+            return "hit", missing
+        detail = "fwd=miss; stored" if len(missing) == len({first, last}) else "fwd=partial; stored"
+        return detail, missing
 
     def missing_run(self, version: Version, first: int, last: int) -> range:
         """The slices from ``first`` on that are not on disk, up to ``last`` and RUN_SLICES."""
@@ -115,12 +117,15 @@ class _Cache:
             return self.confirmed(location, stale, "fwd=stale; fwd-status=304")
         return self.confirmed(location, fresh, "fwd=stale; fwd-status=200")
 
-    def status(self, version: Version, hint: ReadHint, forward: str) -> tuple[tuple[str, str], ...]:
-        """``Cache-Status``: what was forwarded for the metadata, and what the slices need."""
-        slices = self.slices_status(version, hint)
+    def status(
+        self, version: Version, hint: ReadHint, forward: str
+    ) -> tuple[tuple[tuple[str, str], ...], frozenset[int]]:
+        """``Cache-Status`` (what was forwarded for the metadata, and what the slices need),
+        and the slices found missing."""
+        slices, missing = self.slices_status(version, hint)
         if not forward:
-            return _status(slices)
-        return _status(forward if slices == "hit" else forward + "; stored")
+            return _status(slices), missing
+        return _status(forward if slices == "hit" else forward + "; stored"), missing
 
     def fill_span(self, fill: Fill) -> ByteRange:
         """The bytes of the fill's slices: what its S3 read asks for."""
@@ -155,8 +160,8 @@ class SliceCache(_Cache):
         version = self.version(location, meta)
         if version is None:  # no ETag to key slices with: not cached
             return Reply(meta, self.inner.pinned(key, meta), None, _status("fwd=miss"))
-        body = CachedBody(self, key, meta, version)
-        return Reply(meta, body, None, self.status(version, hint, forward))
+        fields, missing = self.status(version, hint, forward)
+        return Reply(meta, CachedBody(self, key, meta, version, missing), None, fields)
 
     def start_fill(self, key: str, meta: ObjectMeta, version: Version, run: range) -> Fill | None:
         """A fill of ``run`` in a thread of its own, attached to (or the fill that started
@@ -212,8 +217,8 @@ class AsyncSliceCache(_Cache):
         version = self.version(location, meta)
         if version is None:
             return Reply(meta, self.inner.pinned(key, meta), None, _status("fwd=miss"))
-        body = AsyncCachedBody(self, key, meta, version)
-        return Reply(meta, body, None, self.status(version, hint, forward))
+        fields, missing = self.status(version, hint, forward)
+        return Reply(meta, AsyncCachedBody(self, key, meta, version, missing), None, fields)
 
     def start_fill(self, key: str, meta: ObjectMeta, version: Version, run: range) -> Fill | None:
         """A fill of ``run`` in a task of its own (see ``SliceCache.start_fill``)."""
@@ -249,7 +254,9 @@ class _Reading:
     flavours share. A read stays attached to a fill while its slices are the fill's, so the
     fill knows someone still wants them."""
 
-    def __init__(self, cache: Any, version: Version, byte_range: ByteRange) -> None:
+    def __init__(
+        self, cache: Any, version: Version, byte_range: ByteRange, missing: frozenset[int]
+    ) -> None:
         self.cache = cache
         self.store: SliceStore = cache.store
         self.slice_size: int = cache.slice_size
@@ -262,6 +269,7 @@ class _Reading:
         self.fill: Fill | None = None
         self.direct: Any = None
         self.started = -1  # the last slice this read started a fill for
+        self.unasked = set(missing)  # slices the open found missing: no need to ask again
 
     @property
     def offset(self) -> int:
@@ -287,9 +295,10 @@ class _Reading:
             fd, self.fd = self.fd, -1
             os.close(fd)
 
-    def locate(self) -> bool:
+    def locate(self, ask_index: bool = True) -> bool:
         """Find the source of the slice ``pos`` is in: the fill bringing it (attached to
-        already, or joined now), else its file. False: neither (start a fill, or go to S3)."""
+        already, or joined now), else its file. False: neither (start a fill, or go to S3).
+        ``ask_index`` False: no index call (on the event loop), only what the process knows."""
         self.index = self.pos // self.slice_size
         fill = self.fill
         if fill is not None and not fill.first <= self.index <= fill.last:
@@ -304,10 +313,13 @@ class _Reading:
         if self.fill is not None:
             self.source = "fill"
             return True
-        return self.open_file()
+        return self.open_file(ask_index)
 
-    def open_file(self) -> bool:
-        fd = self.store.open_slice(self.version, self.index)
+    def open_file(self, ask_index: bool = True) -> bool:
+        if ask_index and self.index in self.unasked:
+            self.unasked.discard(self.index)  # the open found it missing a moment ago
+            ask_index = False
+        fd = self.store.open_slice(self.version, self.index, ask_index)
         if fd is None:
             return False
         self.fd, self.source = fd, "file"
@@ -317,6 +329,7 @@ class _Reading:
     def fill_gone(self) -> bool:
         """The fill has no more bytes of this slice for us: its file, if the store kept it.
         False: read the rest of the slice from S3."""
+        self.unasked.discard(self.index)  # a fill had it: the open's answer is out of date
         return self.open_file()
 
     def run(self) -> range:
@@ -346,7 +359,7 @@ class _CachedChunks(_Reading):
     def __init__(
         self, body: CachedBody, version: Version, byte_range: ByteRange, chunk_size: ChunkSize
     ) -> None:
-        super().__init__(body.cache, version, byte_range)
+        super().__init__(body.cache, version, byte_range, body.missing)
         self.body = body
         self.chunk_size = chunk_size
 
@@ -405,7 +418,7 @@ class _CachedChunks(_Reading):
                 if answer is None or answer is GONE:
                     return None  # waiting, or a file to open: in the thread
                 return self.took(answer, "s3")
-            if self.source == "direct" or not self.locate():
+            if self.source == "direct" or not self.locate(ask_index=False):
                 return None
         return b""
 
@@ -413,11 +426,19 @@ class _CachedChunks(_Reading):
 class CachedBody:
     """An object read through ``SliceCache``."""
 
-    def __init__(self, cache: SliceCache, key: str, meta: ObjectMeta, version: Version) -> None:
+    def __init__(
+        self,
+        cache: SliceCache,
+        key: str,
+        meta: ObjectMeta,
+        version: Version,
+        missing: frozenset[int] = frozenset(),
+    ) -> None:
         self.cache = cache
         self.key = key
         self.meta = meta
         self.version = version
+        self.missing = missing  # slices the open found missing
         self._readings: list[_CachedChunks] = []
         self._direct: Body | None = None
         self.closed = False
@@ -449,12 +470,18 @@ class AsyncCachedBody:
     """An object read through ``AsyncSliceCache``."""
 
     def __init__(
-        self, cache: AsyncSliceCache, key: str, meta: ObjectMeta, version: Version
+        self,
+        cache: AsyncSliceCache,
+        key: str,
+        meta: ObjectMeta,
+        version: Version,
+        missing: frozenset[int] = frozenset(),
     ) -> None:
         self.cache = cache
         self.key = key
         self.meta = meta
         self.version = version
+        self.missing = missing  # slices the open found missing
         self._readings: list[_Reading] = []
         self._direct: AsyncBody | None = None
         self.closed = False
@@ -464,7 +491,7 @@ class AsyncCachedBody:
     ) -> AsyncIterator[bytes]:
         if self.closed:
             raise ValueError("read from a closed body")
-        reading = _Reading(self.cache, self.version, byte_range)
+        reading = _Reading(self.cache, self.version, byte_range, self.missing)
         self._readings.append(reading)
         return self._chunks(reading, chunk_size)
 

@@ -224,8 +224,8 @@ def test_two_processes_fill_the_same_slices_once(proxy: CachedProxy) -> None:
 
     index = diskcache.Cache(str(proxy.directory))
     try:
-        slices = [k for k in index.iterkeys() if k[0] == "slice" and k[1].endswith(key)]
-        assert sorted(k[4] for k in slices) == list(range(12))
+        slices = [k for k in index.iterkeys() if k.startswith("slice:") and k.endswith(key)]
+        assert sorted(int(k.split(":")[2]) for k in slices) == list(range(12))
         assert len(slice_files(proxy.directory)) == len(list(index.iterkeys())) - 1 == 12
     finally:
         index.close()
