@@ -20,6 +20,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Future
 from enum import Enum
 
 from proxy.metrics import CACHE_SLICES
@@ -244,7 +245,7 @@ def _slices(fill: Fill, chunk: bytes, index: int, filled: int) -> tuple[bytes, b
 
 
 class _Slot:
-    """The slice being received: its writer (None once the store failed) and its length."""
+    """The slice being received: its writer (None once it is not to be kept) and length."""
 
     def __init__(self, fill: Fill, index: int) -> None:
         self.fill = fill
@@ -254,34 +255,26 @@ class _Slot:
         self.writer: SliceWriter | None = fill.store.writer()
 
     def write(self, chunk: bytes) -> None:
-        if self.writer is not None:
-            try:
-                self.writer.write(chunk)
-            except OSError as exc:
-                self.writer.abort()
-                self.writer = None
-                self.fill.store.fault("write", exc)
+        """Publish ``chunk`` to the readers, then queue it for the disk (which they never
+        wait for); a disk too far behind means this slice is not kept."""
         self.filled += len(chunk)
         self.fill.received(chunk)
+        if self.writer is not None and not self.writer.write(chunk):
+            self.abort()
+            self.fill.store.fault("behind")
 
     @property
     def full(self) -> bool:
         return self.filled >= self.length
 
-    def finish(self) -> bool:
-        """Hand the slice to the store; whether it kept it."""
-        stored = False
-        if self.writer is not None:
-            try:
-                finished = self.writer.finish()
-            except OSError as exc:
-                self.writer.abort()
-                self.fill.store.fault("write", exc)
-            else:
-                stored = self.fill.store.commit(self.fill.version, self.index, finished)
-            self.writer = None
-        self.fill.completed(self.index, stored)
-        return stored
+    def keep(self) -> Future[bool]:
+        """Hand the slice to the store once it is on disk: whether the store kept it."""
+        writer, self.writer = self.writer, None
+        if writer is None:
+            unkept: Future[bool] = Future()
+            unkept.set_result(False)
+            return unkept
+        return writer.keep(self.fill.version, self.index)
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -291,7 +284,8 @@ class _Slot:
 
 class _Receiver:
     """What a fill's loop does with each chunk, for both flavours: split it at slice ends,
-    write and publish it, finish each slice; the loops only wait and read."""
+    publish and write it, and once a slice is full and kept (or not), move on; the loops only
+    wait and read."""
 
     def __init__(self, fill: Fill, fills: Fills) -> None:
         self.fill = fill
@@ -307,18 +301,24 @@ class _Receiver:
     def open_slot(self) -> None:
         self.slot = _Slot(self.fill, self.index)
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> Future[bool] | None:
+        """Take the part of ``chunk`` that belongs to the current slice; when that fills the
+        slice, the outcome of keeping it (hand it to ``kept``)."""
         assert self.slot is not None
         if not chunk:
             raise BodyTruncated()
         part, self.rest = _slices(self.fill, chunk, self.index, self.slot.filled)
         self.slot.write(part)
-        if self.slot.full:
-            if self.slot.finish():
-                self.fills.stored(self.fill, self.index)
-            else:
-                self.fills.release(self.fill, range(self.index, self.index + 1))
-            self.index, self.slot = self.index + 1, None
+        return self.slot.keep() if self.slot.full else None
+
+    def kept(self, stored: bool) -> None:
+        """The current slice is on disk (``stored``) or will not be: readers move on."""
+        self.fill.completed(self.index, stored)
+        if stored:
+            self.fills.stored(self.fill, self.index)
+        else:
+            self.fills.release(self.fill, range(self.index, self.index + 1))
+        self.index, self.slot = self.index + 1, None
 
     def failed(self, exc: Exception) -> None:
         logger.debug("fill of %s failed", self.fill.version.location, exc_info=True)
@@ -344,7 +344,9 @@ def run_fill(fill: Fill, fills: Fills, start: Callable[[], Iterator[bytes]]) -> 
                 if not fill.wait_turn(receiver.index):
                     break
                 receiver.open_slot()
-            receiver.feed(receiver.rest or next(chunks, b""))
+            keeping = receiver.feed(receiver.rest or next(chunks, b""))
+            if keeping is not None:
+                receiver.kept(keeping.result())
     except Exception as exc:
         receiver.failed(exc)
     finally:
@@ -363,7 +365,11 @@ async def arun_fill(
                 if not await fill.await_turn(receiver.index):
                     break
                 receiver.open_slot()
-            receiver.feed(receiver.rest or await anext(chunks, b""))
+            keeping = receiver.feed(receiver.rest or await anext(chunks, b""))
+            if keeping is not None:
+                # Shielded: cancelled (at shutdown), the slice is still kept or dropped in the
+                # write thread, never left half-way.
+                receiver.kept(await asyncio.shield(asyncio.wrap_future(keeping)))
     except Exception as exc:
         receiver.failed(exc)
     finally:

@@ -28,7 +28,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, TypeVar
@@ -54,6 +54,7 @@ _TOUCH_AGAIN_S = 60.0  # a slice whose recency the index got this recently is no
 _MEMO_ENTRIES = 65536  # slice paths, metadata and verified files remembered per process
 _INDEX_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 _CHECK_PIECE = 256 * 1024  # the reads a slice's checksum is computed over
+WRITE_BEHIND = 8 * 1024 * 1024  # bytes queued for the disk before new slices go unkept
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,39 +149,125 @@ class _Memo(OrderedDict[Hashable, Any]):
         return value
 
 
-class SliceWriter:
-    """A slice being written to ``fills/``: header space first, the data, then the header."""
+class _Writes:
+    """The one thread that writes slice files, and how far it may fall behind. Fills hand it
+    their chunks after their readers have them, so neither a reader nor the event loop ever
+    waits for the disk; when the disk falls more than ``budget`` bytes behind (writeback
+    throttling: a page-cache write can block for hundreds of ms), new slices are not kept."""
 
-    def __init__(self, directory: str) -> None:
-        fd, self.path = tempfile.mkstemp(dir=directory, prefix=f"{os.getpid()}-", suffix=".part")
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="cache-write")
+        self._closed = False
+
+    def reserve(self, size: int) -> bool:
+        with self._lock:
+            if self._pending + size > self.budget:
+                return False
+            self._pending += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self._pending -= size
+
+    def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
+        """``function(*args)`` in the write thread, in order; at once once closed."""
+        with self._lock:
+            if not self._closed:
+                return self._executor.submit(function, *args)
+        done: Future[T] = Future()
+        try:
+            done.set_result(function(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, as the thread would
+            done.set_exception(exc)
+        return done
+
+    def close(self) -> None:
+        """Let the queued writes and commits finish."""
+        with self._lock:
+            self._closed = True
+        self._executor.shutdown(wait=True)
+
+
+class SliceWriter:
+    """A slice being written to ``fills/`` by the store's write thread: header space first,
+    the data, then the header. ``write`` only queues a chunk; ``keep`` finishes the file and
+    hands it to the index once the writes are done; ``abort`` drops it. A write error is
+    counted once, when the slice is kept or dropped."""
+
+    def __init__(self, store: SliceStore) -> None:
+        fd, self.path = tempfile.mkstemp(
+            dir=store.fills_directory, prefix=f"{os.getpid()}-", suffix=".part"
+        )
+        self._store = store
+        self._writes = store.writes
         self._fd = fd
         self._crc = 0
+        self._error: OSError | None = None
         self.length = 0
         try:
             os.lseek(fd, HEADER_SIZE, os.SEEK_SET)
         except BaseException:
-            self.abort()
+            self._close()
+            _unlink(self.path)
             raise
 
-    def write(self, chunk: bytes | memoryview) -> None:
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        self._crc = zlib.crc32(chunk, self._crc)
+    def write(self, chunk: bytes) -> bool:
+        """Queue ``chunk``; False when the disk is too far behind (then ``abort``)."""
+        if not self._writes.reserve(len(chunk)):
+            return False
         self.length += len(chunk)
+        self._writes.submit(self._write, chunk)
+        return True
 
-    def finish(self) -> SliceFile:
-        os.pwrite(self._fd, _HEADER.pack(MAGIC, self.length, self._crc), 0)
-        os.close(self._fd)
-        self._fd = -1
-        return SliceFile(self.path, HEADER_SIZE + self.length)
+    def keep(self, version: Version, index: int) -> Future[bool]:
+        """Whether the store kept the slice, once its writes are done."""
+        return self._writes.submit(self._keep, version, index)
 
     def abort(self) -> None:
+        self._writes.submit(self._abort)
+
+    # -- in the write thread ----------------------------------------------------------------
+
+    def _write(self, chunk: bytes) -> None:
+        try:
+            if self._error is None:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+                self._crc = zlib.crc32(chunk, self._crc)
+        except OSError as exc:
+            self._error = exc
+        finally:
+            self._writes.release(len(chunk))
+
+    def _keep(self, version: Version, index: int) -> bool:
+        if self._error is None:
+            try:
+                os.pwrite(self._fd, _HEADER.pack(MAGIC, self.length, self._crc), 0)
+            except OSError as exc:
+                self._error = exc
+        self._close()
+        if self._error is not None:
+            self._abort()
+            return False
+        return self._store.commit(version, index, SliceFile(self.path, HEADER_SIZE + self.length))
+
+    def _abort(self) -> None:
+        self._close()
+        _unlink(self.path)
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._store.fault("write", error)
+
+    def _close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+            fd, self._fd = self._fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _meta_key(location: str) -> str:
@@ -204,11 +291,13 @@ def _meta_of(record: Any) -> tuple[ObjectMeta, float] | None:
 class SliceStore:
     """The cache directory: object metadata and slices, shared by every worker process."""
 
-    def __init__(self, options: CacheOptions) -> None:
+    def __init__(self, options: CacheOptions, write_behind: int = WRITE_BEHIND) -> None:
         self.options = options
         self.slice_size = options.slice_size
         self._directory = os.fspath(options.directory)
         self._fills = os.path.join(self._directory, FILLS)
+        self.fills_directory = self._fills
+        self.writes = _Writes(write_behind)
         self._lock = threading.Lock()
         self._index: diskcache.Cache | None = None
         self._reopen_at = 0.0
@@ -241,6 +330,7 @@ class SliceStore:
         self._toucher.start()
 
     def close(self) -> None:
+        self.writes.close()  # the slices being written are kept (or dropped) first
         with self._lock:
             self._closed = True
         self._stop.set()
@@ -473,7 +563,7 @@ class SliceStore:
     def writer(self) -> SliceWriter | None:
         """A new slice file in ``fills/``; None (a fault) when the directory cannot take one."""
         try:
-            return SliceWriter(self._fills)
+            return SliceWriter(self)
         except OSError as exc:
             self.fault("write", exc)
             with contextlib.suppress(OSError):
