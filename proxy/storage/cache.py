@@ -88,11 +88,11 @@ class _Cache:
         if byte_range is None:
             return "hit", frozenset()
         first, last = byte_range.start // self.slice_size, (byte_range.stop - 1) // self.slice_size
-        missing = frozenset(i for i in {first, last} if not self.store.cached(version, i))
+        ends = {first, last}
+        missing = frozenset(i for i in ends if not self.store.cached(version, i))
         if not missing:
             return "hit", missing
-        detail = "fwd=miss; stored" if len(missing) == len({first, last}) else "fwd=partial; stored"
-        return detail, missing
+        return ("fwd=miss; stored" if missing == ends else "fwd=partial; stored"), missing
 
     def missing_run(self, version: Version, first: int, last: int) -> range:
         """The slices from ``first`` on that are not on disk, up to ``last`` and RUN_SLICES."""

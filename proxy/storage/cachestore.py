@@ -295,8 +295,7 @@ class SliceStore:
         self.options = options
         self.slice_size = options.slice_size
         self._directory = os.fspath(options.directory)
-        self._fills = os.path.join(self._directory, FILLS)
-        self.fills_directory = self._fills
+        self.fills_directory = os.path.join(self._directory, FILLS)  # slices being written
         self.writes = _Writes(write_behind)
         self._lock = threading.Lock()
         self._index: diskcache.Cache | None = None
@@ -350,7 +349,7 @@ class SliceStore:
             if self._closed or time.monotonic() < self._reopen_at:
                 return None
             try:
-                os.makedirs(self._fills, exist_ok=True)
+                os.makedirs(self.fills_directory, exist_ok=True)
                 self._index = self._call(
                     _Index,
                     self._directory,
@@ -392,7 +391,7 @@ class SliceStore:
             logger.warning("slice cache fault (%s); serving from S3%s", cause, detail)
 
     def _remove_orphans(self) -> None:
-        with contextlib.suppress(OSError), os.scandir(self._fills) as entries:
+        with contextlib.suppress(OSError), os.scandir(self.fills_directory) as entries:
             for entry in entries:
                 pid = entry.name.split("-", 1)[0]
                 if entry.name.endswith(".part") and pid.isdigit() and not _alive(int(pid)):
@@ -567,7 +566,8 @@ class SliceStore:
         except OSError as exc:
             self.fault("write", exc)
             with contextlib.suppress(OSError):
-                os.makedirs(self._fills, exist_ok=True)  # removed: made again for the next one
+                # removed: made again for the next one
+                os.makedirs(self.fills_directory, exist_ok=True)
             return None
 
     def commit(self, version: Version, index: int, finished: SliceFile) -> bool:
