@@ -8,7 +8,9 @@ served. Each file is checked once per process and identity (ctime changes on eve
 
 Asking diskcache on every hit costs 80-400 µs (its LRU bookkeeping is a write transaction), more
 than a whole 64 KiB range: hits are answered from an in-process memo of slice paths, and their
-recency goes to the index in the background, every few seconds (see docs/design.md).
+recency goes to the index in the background, every few seconds. Misses ask it on a read-only
+connection of their own, which SQLite's write-ahead log lets run beside the commits of new
+slices (see docs/design.md).
 
 Every failure of the cache directory (full, read-only, removed, a corrupt file) is a ``fault``:
 counted, logged once per cause, and the caller serves from S3 instead. After a failure to
@@ -18,6 +20,7 @@ reach the index, it is opened again after a pause, so a directory that comes bac
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -25,16 +28,17 @@ import struct
 import tempfile
 import threading
 import time
+import urllib.parse
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import diskcache
-from diskcache.core import MODE_BINARY, UNKNOWN
+from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
 
 from proxy.metrics import CACHE_DISK_BYTES, CACHE_EVICTIONS, CACHE_FAULTS
 from proxy.storage.base import ObjectMeta
@@ -95,29 +99,6 @@ class _SliceDisk(diskcache.Disk):  # type: ignore[misc]
             return value.size, MODE_BINARY, filename, None
         return super().store(value, read, key)  # type: ignore[no-any-return]
 
-    def fetch(self, mode: int, filename: str, value: Any, read: bool) -> Any:
-        result = super().fetch(mode, filename, value, read)
-        if read and mode == MODE_BINARY:
-            _opened.handle = result  # for _read_handle, should the index fail after this
-        return result
-
-
-_opened = threading.local()
-
-
-def _read_handle(index: _Index, key: Hashable) -> BinaryIO | None:
-    """``index.get(key, read=True)``, closing the file diskcache opened when the index fails
-    after opening it (its recency update or its commit: "database or disk is full")."""
-    _opened.handle = None
-    try:
-        return index.get(key, read=True)  # type: ignore[no-any-return]
-    except BaseException:
-        if _opened.handle is not None:
-            _opened.handle.close()
-        raise
-    finally:
-        _opened.handle = None
-
 
 class _Index(diskcache.Cache):  # type: ignore[misc]
     """diskcache's Cache, whose volume (what culling keeps under the limit) also counts
@@ -131,6 +112,56 @@ class _Index(diskcache.Cache):  # type: ignore[misc]
                     os.path.join(self.directory, diskcache.core.DBNAME + suffix)
                 ).st_size
         return total
+
+
+class _Lookups:
+    """The index's read-only questions (is a slice there, where is its file, an object's
+    metadata), on a SQLite connection and a thread of their own. SQLite's write-ahead log lets
+    them run beside the index's writer: behind it, every miss waited for the commits before it,
+    and with the kernel throttling page-cache writes a commit can take tens of milliseconds.
+    They read the table diskcache writes (``Cache``: key, raw, mode, filename, value) without
+    its least-recently-used bookkeeping, which is a write; hits' recency is sent by ``touch``."""
+
+    def __init__(self, directory: str) -> None:
+        self._path = os.path.join(directory, diskcache.core.DBNAME)
+        self._connection: sqlite3.Connection | None = None  # used in the worker thread only
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="cache-lookup")
+
+    def row(self, key: str) -> tuple[int, str | None, Any] | None:
+        """(mode, filename, value) of ``key``'s entry, or None."""
+        return self._worker.submit(self._row, key).result()
+
+    def _row(self, key: str) -> tuple[int, str | None, Any] | None:
+        if self._connection is None:
+            self._connection = sqlite3.connect(
+                f"file:{urllib.parse.quote(self._path)}?mode=ro",
+                uri=True,
+                timeout=_INDEX_TIMEOUT_S,
+                isolation_level=None,  # autocommit: no read transaction held between calls
+            )
+        row = self._connection.execute(_SELECT_ROW, (key,)).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def reset(self) -> None:
+        """Close the connection (the index was found failing): the next question opens one."""
+        self._worker.submit(self._close).result()
+
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(*_INDEX_ERRORS):
+            self.reset()
+        self._worker.shutdown(wait=True)
+
+
+_SELECT_ROW = (
+    "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+    " AND expire_time IS NULL"  # the proxy sets no expiry: anything else is not its entry
+)
+_TOUCH_ROW = "UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1"
 
 
 class _Memo(OrderedDict[Hashable, Any]):
@@ -274,18 +305,20 @@ def _meta_key(location: str) -> str:
     return f"meta:{location}"
 
 
-def _meta_record(meta: ObjectMeta, checked: float) -> tuple[Any, ...]:
+def _meta_record(meta: ObjectMeta, checked: float) -> str:
+    """The metadata as the index keeps it: JSON text (a string is stored as it is; a pickle
+    read back from a shared directory would run whatever it says)."""
     modified = None if meta.last_modified is None else meta.last_modified.timestamp()
-    return (meta.key, meta.size, meta.media_type, meta.etag, modified, checked)
+    return json.dumps([meta.key, meta.size, meta.media_type, meta.etag, modified, checked])
 
 
 def _meta_of(record: Any) -> tuple[ObjectMeta, float] | None:
     try:
-        key, size, media_type, etag, modified, checked = record
+        key, size, media_type, etag, modified, checked = json.loads(record)
         last_modified = None if modified is None else datetime.fromtimestamp(modified, UTC)
-        return ObjectMeta(key, size, media_type, etag, last_modified), float(checked)
+        return ObjectMeta(key, int(size), media_type, etag, last_modified), float(checked)
     except (TypeError, ValueError, OverflowError):
-        return None
+        return None  # not this proxy's record (or an older proxy's): S3 is asked again
 
 
 class SliceStore:
@@ -313,6 +346,7 @@ class SliceStore:
         # thread that uses it, and would otherwise hold one in each of the threadpool's threads
         # (three descriptors each) until those threads end; one thread also closes it for sure.
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="cache-index")
+        self._lookups = _Lookups(self._directory)  # reads, beside that thread's writes
 
     def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``function(*args, **kwargs)`` in the index's thread."""
@@ -341,6 +375,7 @@ class SliceStore:
             with contextlib.suppress(*_INDEX_ERRORS):
                 self._call(index.close)
         self._worker.shutdown(wait=True)
+        self._lookups.close()
 
     def _open_index(self) -> diskcache.Cache | None:
         with self._lock:
@@ -374,6 +409,8 @@ class SliceStore:
             index, self._index = self._index, None
             self._reopen_at = time.monotonic() + _REOPEN_AFTER_S
             self._fault_locked(cause, exc)
+        with contextlib.suppress(*_INDEX_ERRORS):
+            self._lookups.reset()
         if index is not None:
             with contextlib.suppress(*_INDEX_ERRORS):
                 self._call(index.close)
@@ -406,15 +443,8 @@ class SliceStore:
             known = self._metas.recall(location)
         if known is not None:
             return known  # type: ignore[no-any-return]
-        index = self._open_index()
-        if index is None:
-            return None
-        try:
-            record = self._call(index.get, _meta_key(location))
-        except _INDEX_ERRORS as exc:
-            self._index_failed("index", exc)
-            return None
-        known = None if record is None else _meta_of(record)
+        row = self._lookup(_meta_key(location))
+        known = None if row is None or row[0] != MODE_RAW else _meta_of(row[2])
         if known is not None:
             with self._lock:
                 self._metas.remember(location, known)
@@ -465,14 +495,17 @@ class SliceStore:
         with self._lock:
             if self._paths.recall(key) is not None:
                 return True
-        index_ = self._open_index()
-        if index_ is None:
-            return False
+        return self._lookup(key) is not None
+
+    def _lookup(self, key: str) -> tuple[int, str | None, Any] | None:
+        """The index's row of ``key`` (mode, filename, value), asked beside its writes."""
+        if self._open_index() is None:
+            return None
         try:
-            return bool(self._call(index_.__contains__, key))
+            return self._lookups.row(key)
         except _INDEX_ERRORS as exc:
             self._index_failed("index", exc)
-            return False
+            return None
 
     def open_slice(self, version: Version, index: int, ask_index: bool = True) -> int | None:
         """A descriptor of the slice's file (data from ``HEADER_SIZE`` on; the caller closes
@@ -511,22 +544,18 @@ class SliceStore:
                 self._paths.pop(key, None)
             return None
 
-    def _open_indexed(self, key: Hashable) -> int | None:
-        index = self._open_index()
-        if index is None:
+    def _open_indexed(self, key: str) -> int | None:
+        row = self._lookup(key)
+        if row is None or row[0] != MODE_BINARY or row[1] is None:
             return None
+        path = os.path.join(self._directory, row[1])
         try:
-            handle = self._call(_read_handle, index, key)
-        except _INDEX_ERRORS as exc:
-            self._index_failed("index", exc)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # evicted since (by any process)
             return None
-        if handle is None:
-            return None
-        with handle:
-            fd = os.dup(handle.fileno())
-            with self._lock:
-                self._paths.remember(key, handle.name)
-                self._told.remember(key, time.monotonic())  # this read moved it up already
+        with self._lock:
+            self._paths.remember(key, path)
+            self._touched[key] = None  # its recency goes to the index with the hits'
         return fd
 
     def _intact(self, fd: int, length: int) -> bool:
@@ -633,11 +662,12 @@ def _store(index: _Index, key: Hashable, finished: SliceFile) -> tuple[int, int]
 
 
 def _touch(index: _Index, keys: list[Hashable]) -> None:
-    with index.transact():  # one write transaction for them all
+    """Move ``keys`` up the least-recently-used order, as ``Cache.get`` would (it sets
+    ``access_time``), without opening their files: one write transaction for them all."""
+    now = time.time()
+    with index.transact():
         for key in keys:
-            handle = _read_handle(index, key)  # the read moves it up the LRU order
-            if handle is not None:
-                handle.close()
+            index._sql(_TOUCH_ROW, (now, key))  # noqa: SLF001 (diskcache's own statement runner)
 
 
 def _alive(pid: int) -> bool:

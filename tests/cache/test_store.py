@@ -10,6 +10,8 @@ from pathlib import Path
 
 from diskcache.core import DBNAME
 
+from proxy.metrics import CACHE_FAULTS
+from proxy.storage.base import ObjectMeta
 from proxy.storage.cachestore import SliceStore, Version
 from proxy.storage.options import CacheOptions
 
@@ -30,31 +32,87 @@ def open_slice_files() -> list[str]:
     return found
 
 
-def test_an_index_failing_after_opening_a_slice_leaves_no_file_open(tmp_path: Path) -> None:
+def keep_one_slice(store: SliceStore, version: Version) -> None:
+    writer = store.writer()
+    assert writer is not None
+    assert writer.write(os.urandom(SLICE))
+    assert writer.keep(version, 0).result()
+
+
+def test_a_failing_recency_update_leaves_no_file_open_and_the_slice_served(
+    tmp_path: Path,
+) -> None:
+    """What a full disk does to the index's UPDATEs (the CI saw "database or disk is full"
+    there): the slice is still found and read, since lookups do not write; sending its
+    recency fails, is counted, and leaves no file open."""
     options = CacheOptions(tmp_path, OPTIONS_MAX, SLICE, 60.0)
     version = Version("s3://media/clip.mp4", '"v1"', SLICE)
     store = SliceStore(options)
     store.start()
     try:
-        writer = store.writer()
-        assert writer is not None
-        assert writer.write(os.urandom(SLICE))
-        assert writer.keep(version, 0).result()
+        keep_one_slice(store, version)
     finally:
         store.close()
-    # Every recency update now fails inside the index's transaction, after diskcache has
-    # opened the slice's file: what a full disk does to the UPDATE (the CI saw it there).
     with sqlite3.connect(tmp_path / DBNAME) as db:
         db.execute(
             "CREATE TRIGGER injected BEFORE UPDATE ON Cache"
             " BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
         )
+    faults = CACHE_FAULTS.labels("index")
+    before = faults._value.get()
     store = SliceStore(options)  # nothing remembered: the slice is looked up in the index
     store.start()
     try:
-        assert store.open_slice(version, 0) is None  # a fault: served from S3 instead
+        fd = store.open_slice(version, 0)
+        assert fd is not None
+        os.close(fd)
+        store.touch()  # its recency: the UPDATE the trigger refuses
+        assert faults._value.get() == before + 1
         assert open_slice_files() == []
     finally:
+        store.close()
+
+
+def test_lookups_do_not_wait_for_the_index_writer(tmp_path: Path) -> None:
+    """The index's writer stalled in a commit (a write blocked in the kernel's writeback
+    throttling does that for tens of milliseconds): a request's questions, whether a slice is
+    there, where its file is, an object's metadata, are answered beside it, not behind it."""
+    options = CacheOptions(tmp_path, OPTIONS_MAX, SLICE, 60.0)
+    first = Version("s3://media/a.mp4", '"v1"', SLICE)
+    second = Version("s3://media/b.mp4", '"v1"', SLICE)
+    meta = ObjectMeta("a.mp4", SLICE, "video/mp4", '"v1"', None)
+    store = SliceStore(options)
+    store.start()
+    try:
+        keep_one_slice(store, first)
+        store.put_meta(first.location, meta, 1000.0)
+    finally:
+        store.close()
+    store = SliceStore(options)  # nothing remembered: every answer comes from the index
+    store.start()
+    stalled, resume = threading.Event(), threading.Event()
+    try:
+
+        def stall() -> None:
+            stalled.set()
+            resume.wait(10)
+
+        store._worker.submit(stall)  # the index's one writing thread
+        assert stalled.wait(10)
+        writer = store.writer()
+        assert writer is not None and writer.write(os.urandom(SLICE))
+        committing = writer.keep(second, 0)  # queued behind the stall
+        assert store.meta(first.location) == (meta, 1000.0)
+        assert store.cached(first, 0) and not store.cached(second, 0)
+        fd = store.open_slice(first, 0)
+        assert fd is not None
+        os.close(fd)
+        assert not committing.done()  # all of the above was answered while it waited
+        resume.set()
+        assert committing.result(timeout=10)
+        assert store.cached(second, 0)
+    finally:
+        resume.set()
         store.close()
 
 
