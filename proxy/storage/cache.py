@@ -89,7 +89,10 @@ class _Cache:
             return "hit", frozenset()
         first, last = byte_range.start // self.slice_size, (byte_range.stop - 1) // self.slice_size
         ends = {first, last}
-        missing = frozenset(i for i in ends if not self.store.cached(version, i))
+        fills, store = self.fills, self.store
+        missing = frozenset(
+            i for i in ends if not fills.holds(version, i) and not store.cached(version, i)
+        )
         if not missing:
             return "hit", missing
         return ("fwd=miss; stored" if missing == ends else "fwd=partial; stored"), missing

@@ -73,6 +73,13 @@ class Fill:
             self._readers -= 1
             self._notify()
 
+    def holds_whole(self, index: int) -> bool:
+        """Whether slice ``index`` is all received (its file is being kept): as good as
+        cached, since a request reads it from here."""
+        with self._cond:
+            length = self.store.slice_length(self.version, index)
+            return index == self.current and self._received >= length and self.error is None
+
     def take(self, index: int, offset: int, limit: int) -> bytes | Gone | None:
         """Up to ``limit`` bytes of slice ``index`` from ``offset`` on; None: not yet (wait);
         ``GONE``: not from this fill. Raises the fill's error when it failed before them."""
@@ -194,6 +201,13 @@ class Fills:
             if fill is not None:
                 fill.attach()
         return fill
+
+    def holds(self, version: Version, index: int) -> bool:
+        """Whether a fill has all of slice ``index`` and is storing it: the index may not
+        have it yet, and a request reads it from the fill (once stored, the index has it)."""
+        with self._lock:
+            fill = self._by_slice.get((version, index))
+        return fill is not None and fill.holds_whole(index)
 
     def start(
         self, version: Version, indices: range, store: SliceStore

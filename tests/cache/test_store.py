@@ -3,6 +3,8 @@ does when its disk falls behind."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import sqlite3
 import threading
@@ -10,12 +12,21 @@ from pathlib import Path
 
 from diskcache.core import DBNAME
 
+from proxy.http.codec import ByteRange
 from proxy.metrics import CACHE_FAULTS
-from proxy.storage.base import ObjectMeta
+from proxy.storage.base import WHOLE, ObjectMeta
+from proxy.storage.cache import SliceCache, open_cache
 from proxy.storage.cachestore import SliceStore, Version
+from proxy.storage.memory import MemoryStorage
 from proxy.storage.options import CacheOptions
 
 SLICE = 64 * 1024
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 OPTIONS_MAX = 16 * 1024 * 1024
 
 
@@ -149,3 +160,37 @@ def test_a_disk_that_falls_behind_leaves_slices_unkept_never_a_reader_waiting(
     finally:
         resume.set()
         store.close()
+
+
+def test_a_slice_being_stored_is_a_hit_for_the_next_request(tmp_path: Path) -> None:
+    """A slice all received whose commit is still queued (the disk behind, or only the thread
+    not yet run): the next request reads it from the fill, and says so, a hit, not a miss."""
+    data = os.urandom(SLICE)  # one slice: its fill ends with it (a fill waits for each commit)
+    cache = open_cache(
+        MemoryStorage({"clip.mp4": data}),
+        CacheOptions(tmp_path, OPTIONS_MAX, SLICE, 60.0),
+        sync=True,
+    )
+    assert isinstance(cache, SliceCache)
+    stalled, resume = threading.Event(), threading.Event()
+    try:
+
+        def stall() -> None:
+            stalled.set()
+            resume.wait(10)
+
+        cache.store.writes.submit(stall)
+        assert stalled.wait(10)
+        first = cache.open("clip.mp4", WHOLE)
+        assert dict(first.fields)["cache-status"] == "media-proxy; fwd=miss; stored"
+        with contextlib.closing(first.body):
+            body = b"".join(first.body.iter_range(ByteRange(0, len(data)), SLICE))
+        assert sha256(body) == sha256(data)
+        second = cache.open("clip.mp4", WHOLE)  # the slices' files are not written yet
+        assert dict(second.fields)["cache-status"] == "media-proxy; hit"
+        with contextlib.closing(second.body):
+            again = b"".join(second.body.iter_range(ByteRange(0, len(data)), SLICE))
+        assert sha256(again) == sha256(data)
+    finally:
+        resume.set()
+        cache.close()
