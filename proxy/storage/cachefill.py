@@ -3,11 +3,13 @@ them (request coalescing).
 
 A fill writes each slice to a file as it arrives and keeps the slice being received in memory,
 so that every attached request streams its bytes as soon as they come (first byte without
-waiting for the slice). A finished slice is handed to the store and read from disk from then
-on. The fill runs at most one slice ahead of the furthest attached request, and stops after the
-slice it is receiving when no request is attached any more: a client that hangs up costs at
-most that slice's remaining bytes from S3. A slice the store could not keep (a cache fault) is
-marked ``unstored``: readers behind the fill read it from S3 themselves.
+waiting for the slice). A finished slice is handed to the store and read from disk once the
+store has it; until then the fill still serves it from memory and goes on with the next slice
+(neither the fill nor its readers wait for the disk). The fill runs at most one slice ahead
+of the furthest attached request, and stops after the slice it is receiving when no request is
+attached any more: a client that hangs up costs at most that slice's remaining bytes from S3.
+A slice the store could not keep (a cache fault) is marked ``unstored``: readers behind the
+fill read it from S3 themselves.
 
 The fill runs in a thread (blocking flavour) or a task (async flavour), apart from the requests
 that started it, so a slow or vanished client does not hold the others back.
@@ -16,10 +18,11 @@ that started it, so a slow or vanished client does not hold the others back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from enum import Enum
 
@@ -56,6 +59,7 @@ class Fill:
         self.error: BaseException | None = None
         self.ended = False  # nothing more will arrive (all received, failed, or stopped)
         self._chunks: list[bytes] = []  # the current slice's bytes so far
+        self._keeping: dict[int, list[bytes]] = {}  # slices received whole, being stored
         self._received = 0
         self._readers = 0
         self._wanted = first  # the furthest slice an attached request asked for
@@ -74,11 +78,10 @@ class Fill:
             self._notify()
 
     def holds_whole(self, index: int) -> bool:
-        """Whether slice ``index`` is all received (its file is being kept): as good as
-        cached, since a request reads it from here."""
+        """Whether slice ``index`` is all received and being stored: as good as cached, since
+        a request reads it from here until the store has it."""
         with self._cond:
-            length = self.store.slice_length(self.version, index)
-            return index == self.current and self._received >= length and self.error is None
+            return index in self._keeping
 
     def take(self, index: int, offset: int, limit: int) -> bytes | Gone | None:
         """Up to ``limit`` bytes of slice ``index`` from ``offset`` on; None: not yet (wait);
@@ -90,6 +93,9 @@ class Fill:
         if index > self._wanted:
             self._wanted = index
             self._notify()
+        kept = self._keeping.get(index)
+        if kept is not None and offset < self.store.slice_length(self.version, index):
+            return _slice_of(kept, offset, limit)
         if index < self.current or index > self.last:
             return GONE
         if index == self.current and offset < self._received:
@@ -156,12 +162,22 @@ class Fill:
             self._received += len(chunk)
             self._notify()
 
-    def completed(self, index: int, stored: bool) -> None:
+    def handed(self, index: int) -> None:
+        """Slice ``index`` is all received and handed to the store: served from memory until
+        ``stored`` says what became of it; the fill goes on with the next."""
         with self._cond:
-            if not stored:
-                self.unstored.add(index)
+            self._keeping[index] = self._chunks
             self.current = index + 1
             self._chunks, self._received = [], 0
+            self._notify()
+
+    def stored(self, index: int, stored: bool) -> None:
+        """The store has slice ``index`` now (``stored``) or will not: readers look on disk
+        (or, not stored, go to S3)."""
+        with self._cond:
+            self._keeping.pop(index, None)
+            if not stored:
+                self.unstored.add(index)
             self._notify()
 
     def end(self, error: BaseException | None = None) -> None:
@@ -245,7 +261,7 @@ class Fills:
             while len(self._stored) > _STORED_ENTRIES:
                 self._stored.popitem(last=False)
 
-    def release(self, fill: Fill, indices: range) -> None:
+    def release(self, fill: Fill, indices: Iterable[int]) -> None:
         with self._lock:
             for index in indices:
                 if self._by_slice.get((fill.version, index)) is fill:
@@ -298,15 +314,21 @@ class _Slot:
 
 class _Receiver:
     """What a fill's loop does with each chunk, for both flavours: split it at slice ends,
-    publish and write it, and once a slice is full and kept (or not), move on; the loops only
-    wait and read."""
+    publish and write it, and once a slice is full, hand it to the store and move on; the
+    loops only wait and read. ``wake`` runs the store's answer where the fill's readers wait
+    (at once for the blocking flavour, on the event loop for the async one)."""
 
-    def __init__(self, fill: Fill, fills: Fills) -> None:
+    def __init__(
+        self, fill: Fill, fills: Fills, wake: Callable[[Callable[[], None]], None]
+    ) -> None:
         self.fill = fill
         self.fills = fills
         self.index = fill.first  # the slice being received
         self.slot: _Slot | None = None
         self.rest = b""  # what the last chunk held beyond its slice
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._storing: set[int] = set()  # slices handed to the store, not answered yet
 
     @property
     def pending(self) -> bool:
@@ -315,42 +337,62 @@ class _Receiver:
     def open_slot(self) -> None:
         self.slot = _Slot(self.fill, self.index)
 
-    def feed(self, chunk: bytes) -> Future[bool] | None:
-        """Take the part of ``chunk`` that belongs to the current slice; when that fills the
-        slice, the outcome of keeping it (hand it to ``kept``)."""
+    def feed(self, chunk: bytes) -> None:
+        """Take the part of ``chunk`` that belongs to the current slice; hand the slice to the
+        store when that fills it."""
         assert self.slot is not None
         if not chunk:
             raise BodyTruncated()
         part, self.rest = _slices(self.fill, chunk, self.index, self.slot.filled)
         self.slot.write(part)
-        return self.slot.keep() if self.slot.full else None
+        if self.slot.full:
+            self._hand()
 
-    def kept(self, stored: bool) -> None:
-        """The current slice is on disk (``stored``) or will not be: readers move on."""
-        self.fill.completed(self.index, stored)
+    def _hand(self) -> None:
+        assert self.slot is not None
+        slot, index = self.slot, self.index
+        self.slot, self.index = None, index + 1
+        keeping = slot.keep()
+        with self._lock:
+            self._storing.add(index)
+        self.fill.handed(index)
+        keeping.add_done_callback(lambda done: self._wake(lambda: self._stored(index, done)))
+
+    def _stored(self, index: int, done: Future[bool]) -> None:
+        """The store's answer for slice ``index``: readers move to its file (or to S3)."""
+        stored = not done.cancelled() and done.exception() is None and done.result()
+        self.fill.stored(index, stored)
         if stored:
-            self.fills.stored(self.fill, self.index)
+            self.fills.stored(self.fill, index)
         else:
-            self.fills.release(self.fill, range(self.index, self.index + 1))
-        self.index, self.slot = self.index + 1, None
+            self.fills.release(self.fill, (index,))
+        with self._lock:
+            self._storing.discard(index)
 
     def failed(self, exc: Exception) -> None:
         logger.debug("fill of %s failed", self.fill.version.location, exc_info=True)
         self.fill.end(exc)
 
     def close(self) -> None:
-        """Whatever happened: drop an unfinished slice, free the fill's slices, end it (requests
-        still waiting read from disk or S3)."""
+        """Whatever happened: drop an unfinished slice, free the fill's slices but those the
+        store has yet to answer for, end it (requests still waiting read from disk or S3)."""
         if self.slot is not None:
             self.slot.abort()
-        self.fills.release(self.fill, range(self.fill.first, self.fill.last + 1))
+        with self._lock:
+            storing = set(self._storing)
+        indices = range(self.fill.first, self.fill.last + 1)
+        self.fills.release(self.fill, [index for index in indices if index not in storing])
         self.fill.end()
+
+
+def _at_once(callback: Callable[[], None]) -> None:
+    callback()
 
 
 def run_fill(fill: Fill, fills: Fills, start: Callable[[], Iterator[bytes]]) -> None:
     """Receive the fill's slices from ``start()`` (an S3 read of exactly them): blocking, in
     the fill's own thread. Failures end the fill with their error (the requests raise it)."""
-    receiver = _Receiver(fill, fills)
+    receiver = _Receiver(fill, fills, _at_once)
     try:
         chunks = start()
         while receiver.pending:
@@ -358,9 +400,7 @@ def run_fill(fill: Fill, fills: Fills, start: Callable[[], Iterator[bytes]]) -> 
                 if not fill.wait_turn(receiver.index):
                     break
                 receiver.open_slot()
-            keeping = receiver.feed(receiver.rest or next(chunks, b""))
-            if keeping is not None:
-                receiver.kept(keeping.result())
+            receiver.feed(receiver.rest or next(chunks, b""))
     except Exception as exc:
         receiver.failed(exc)
     finally:
@@ -371,7 +411,13 @@ async def arun_fill(
     fill: Fill, fills: Fills, start: Callable[[], Awaitable[AsyncIterator[bytes]]]
 ) -> None:
     """The async twin of ``run_fill``, in the fill's own task."""
-    receiver = _Receiver(fill, fills)
+    loop = asyncio.get_running_loop()
+
+    def wake(callback: Callable[[], None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(callback)
+
+    receiver = _Receiver(fill, fills, wake)
     try:
         chunks = await start()
         while receiver.pending:
@@ -379,11 +425,7 @@ async def arun_fill(
                 if not await fill.await_turn(receiver.index):
                     break
                 receiver.open_slot()
-            keeping = receiver.feed(receiver.rest or await anext(chunks, b""))
-            if keeping is not None:
-                # Shielded: cancelled (at shutdown), the slice is still kept or dropped in the
-                # write thread, never left half-way.
-                receiver.kept(await asyncio.shield(asyncio.wrap_future(keeping)))
+            receiver.feed(receiver.rest or await anext(chunks, b""))
     except Exception as exc:
         receiver.failed(exc)
     finally:
