@@ -4,10 +4,11 @@ them (request coalescing).
 A fill writes each slice to a file as it arrives and keeps the slice being received in memory,
 so that every attached request streams its bytes as soon as they come (first byte without
 waiting for the slice). A finished slice is handed to the store and read from disk once the
-store has it; until then the fill still serves it from memory and goes on with the next slice
-(neither the fill nor its readers wait for the disk). The fill runs at most one slice ahead
-of the furthest attached request, and stops after the slice it is receiving when no request is
-attached any more: a client that hangs up costs at most that slice's remaining bytes from S3.
+store has it; until then the fill still serves it from memory and goes on with the next one,
+at most one slice ahead of the disk (a download faster than the disk would otherwise leave
+most of its slices unkept). The fill runs at most one slice ahead of the furthest attached
+request, and stops after the slice it is receiving when no request is attached any more: a
+client that hangs up costs at most that slice's remaining bytes from S3.
 A slice the store could not keep (a cache fault) is marked ``unstored``: readers behind the
 fill read it from S3 themselves.
 
@@ -329,6 +330,7 @@ class _Receiver:
         self._wake = wake
         self._lock = threading.Lock()
         self._storing: set[int] = set()  # slices handed to the store, not answered yet
+        self._last: Future[bool] | None = None  # the store's answer for the last slice handed
 
     @property
     def pending(self) -> bool:
@@ -337,18 +339,19 @@ class _Receiver:
     def open_slot(self) -> None:
         self.slot = _Slot(self.fill, self.index)
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> Future[bool] | None:
         """Take the part of ``chunk`` that belongs to the current slice; hand the slice to the
-        store when that fills it."""
+        store when that fills it. Returns the store's answer for the slice handed before,
+        which the loop waits for: a fill runs at most one slice ahead of the disk (else a
+        download faster than the disk would leave most of its slices unkept)."""
         assert self.slot is not None
         if not chunk:
             raise BodyTruncated()
         part, self.rest = _slices(self.fill, chunk, self.index, self.slot.filled)
         self.slot.write(part)
-        if self.slot.full:
-            self._hand()
+        return self._hand() if self.slot.full else None
 
-    def _hand(self) -> None:
+    def _hand(self) -> Future[bool] | None:
         assert self.slot is not None
         slot, index = self.slot, self.index
         self.slot, self.index = None, index + 1
@@ -357,6 +360,8 @@ class _Receiver:
             self._storing.add(index)
         self.fill.handed(index)
         keeping.add_done_callback(lambda done: self._wake(lambda: self._stored(index, done)))
+        previous, self._last = self._last, keeping
+        return previous
 
     def _stored(self, index: int, done: Future[bool]) -> None:
         """The store's answer for slice ``index``: readers move to its file (or to S3)."""
@@ -400,7 +405,9 @@ def run_fill(fill: Fill, fills: Fills, start: Callable[[], Iterator[bytes]]) -> 
                 if not fill.wait_turn(receiver.index):
                     break
                 receiver.open_slot()
-            receiver.feed(receiver.rest or next(chunks, b""))
+            previous = receiver.feed(receiver.rest or next(chunks, b""))
+            if previous is not None:
+                previous.result()
     except Exception as exc:
         receiver.failed(exc)
     finally:
@@ -425,7 +432,11 @@ async def arun_fill(
                 if not await fill.await_turn(receiver.index):
                     break
                 receiver.open_slot()
-            receiver.feed(receiver.rest or await anext(chunks, b""))
+            previous = receiver.feed(receiver.rest or await anext(chunks, b""))
+            if previous is not None:
+                # Shielded: cancelled (at shutdown), the slice is still kept or dropped in the
+                # write thread, never left half-way.
+                await asyncio.shield(asyncio.wrap_future(previous))
     except Exception as exc:
         receiver.failed(exc)
     finally:

@@ -210,3 +210,48 @@ def test_a_stalled_disk_holds_back_neither_a_fill_nor_the_next_request(tmp_path:
     finally:
         resume.set()
         cache.close()
+
+
+def test_a_fill_runs_at_most_one_slice_ahead_of_the_disk(tmp_path: Path) -> None:
+    """A download faster than the disk: the fill hands a slice to the store and receives the
+    next, then waits for the first to be stored, so every slice is kept, none dropped."""
+    data = os.urandom(4 * SLICE)
+    cache = open_cache(
+        MemoryStorage({"clip.mp4": data}),
+        CacheOptions(tmp_path, OPTIONS_MAX, SLICE, 60.0),
+        sync=True,
+    )
+    assert isinstance(cache, SliceCache)
+    stalled, resume = threading.Event(), threading.Event()
+    try:
+
+        def stall() -> None:
+            stalled.set()
+            resume.wait(60)
+
+        cache.store.writes.submit(stall)
+        assert stalled.wait(10)
+        bodies: list[bytes] = []
+
+        def read() -> None:
+            reply = cache.open("clip.mp4", WHOLE)
+            with contextlib.closing(reply.body):
+                bodies.append(b"".join(reply.body.iter_range(ByteRange(0, len(data)), SLICE)))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=1)
+        assert reader.is_alive()  # slices 0 and 1 received; the fill waits for slice 0's file
+        resume.set()
+        reader.join(timeout=10)
+        assert not reader.is_alive()
+        assert [sha256(body) for body in bodies] == [sha256(data)]
+        cache.store.writes.submit(lambda: None).result(timeout=10)  # the queue drained
+        location = cache.inner.location("clip.mp4")
+        known = cache.store.meta(location)
+        assert known is not None and known[0].etag is not None
+        version = Version(location, known[0].etag, len(data))
+        assert all(cache.store.cached(version, index) for index in range(4))
+    finally:
+        resume.set()
+        cache.close()
