@@ -230,25 +230,27 @@ class _Writes:
 class SliceWriter:
     """A slice being written to ``fills/`` by the store's write thread: header space first,
     the data, then the header. ``write`` only queues a chunk; ``keep`` finishes the file and
-    hands it to the index once the writes are done; ``abort`` drops it. A write error is
-    counted once, when the slice is kept or dropped."""
+    hands it to the index once the writes are done; ``abort`` drops it. The file is made in the
+    write thread too (a file's creation waits on a journal that writeback holds up; on the
+    async flavour it would wait on the event loop). A failure is counted once, when the slice
+    is kept or dropped."""
 
     def __init__(self, store: SliceStore) -> None:
-        fd, self.path = tempfile.mkstemp(
-            dir=store.fills_directory, prefix=f"{os.getpid()}-", suffix=".part"
-        )
         self._store = store
         self._writes = store.writes
-        self._fd = fd
+        self.path = ""
+        self._fd = -1
         self._crc = 0
         self._error: OSError | None = None
         self.length = 0
-        try:
-            os.lseek(fd, HEADER_SIZE, os.SEEK_SET)
-        except BaseException:
-            self._close()
-            _unlink(self.path)
-            raise
+
+    def _open(self) -> None:
+        """Make the file (in the write thread), header space first."""
+        fd, self.path = tempfile.mkstemp(
+            dir=self._store.fills_directory, prefix=f"{os.getpid()}-", suffix=".part"
+        )
+        self._fd = fd
+        os.lseek(fd, HEADER_SIZE, os.SEEK_SET)
 
     def write(self, chunk: bytes) -> bool:
         """Queue ``chunk``; False when the disk is too far behind (then ``abort``)."""
@@ -270,6 +272,8 @@ class SliceWriter:
     def _write(self, chunk: bytes) -> None:
         try:
             if self._error is None:
+                if self._fd < 0:
+                    self._open()
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(self._fd, view) :]
@@ -282,6 +286,8 @@ class SliceWriter:
     def _keep(self, version: Version, index: int) -> bool:
         if self._error is None:
             try:
+                if self._fd < 0:
+                    self._open()
                 os.pwrite(self._fd, _HEADER.pack(MAGIC, self.length, self._crc), 0)
             except OSError as exc:
                 self._error = exc
@@ -293,10 +299,14 @@ class SliceWriter:
 
     def _abort(self) -> None:
         self._close()
-        _unlink(self.path)
+        if self.path:
+            _unlink(self.path)
         if self._error is not None:
             error, self._error = self._error, None
             self._store.fault("write", error)
+            if isinstance(error, FileNotFoundError):  # fills/ removed: made again for the next
+                with contextlib.suppress(OSError):
+                    os.makedirs(self._store.fills_directory, exist_ok=True)
 
     def _close(self) -> None:
         if self._fd >= 0:
@@ -594,15 +604,9 @@ class SliceStore:
                 self._index_failed("index", exc)
 
     def writer(self) -> SliceWriter | None:
-        """A new slice file in ``fills/``; None (a fault) when the directory cannot take one."""
-        try:
-            return SliceWriter(self)
-        except OSError as exc:
-            self.fault("write", exc)
-            with contextlib.suppress(OSError):
-                # removed: made again for the next one
-                os.makedirs(self.fills_directory, exist_ok=True)
-            return None
+        """A new slice file in ``fills/``, made by the write thread (a failure to make it is
+        counted when the slice is kept or dropped)."""
+        return SliceWriter(self)
 
     def commit(self, version: Version, index: int, finished: SliceFile) -> bool:
         """Hand a finished slice file to the index (which evicts to stay under the limit)."""
