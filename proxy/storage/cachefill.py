@@ -9,8 +9,8 @@ at most one slice ahead of the disk (a download faster than the disk would other
 most of its slices unkept). The fill runs at most one slice ahead of the furthest attached
 request, and stops after the slice it is receiving when no request is attached any more: a
 client that hangs up costs at most that slice's remaining bytes from S3.
-A slice the store could not keep (a cache fault) is marked ``unstored``: readers behind the
-fill read it from S3 themselves.
+A slice the store could not keep (a cache fault) is read from S3 by the requests behind the
+fill that come for it.
 
 The fill runs in a thread (blocking flavour) or a task (async flavour), apart from the requests
 that started it, so a slow or vanished client does not hold the others back.
@@ -39,7 +39,7 @@ _STORED_ENTRIES = 4096  # recently stored slices remembered (see ``Fills.stored`
 
 class Gone(Enum):
     """``Fill.take``'s answer when the fill will not give this request those bytes: read the
-    slice from disk (or, ``unstored``, from S3)."""
+    slice from disk (or, not stored, from S3)."""
 
     GONE = "gone"
 
@@ -56,7 +56,6 @@ class Fill:
         self.last = last
         self.store = store
         self.current = first  # the slice being received; last + 1 once all are
-        self.unstored: set[int] = set()
         self.error: BaseException | None = None
         self.ended = False  # nothing more will arrive (all received, failed, or stopped)
         self._chunks: list[bytes] = []  # the current slice's bytes so far
@@ -172,13 +171,11 @@ class Fill:
             self._chunks, self._received = [], 0
             self._notify()
 
-    def stored(self, index: int, stored: bool) -> None:
-        """The store has slice ``index`` now (``stored``) or will not: readers look on disk
-        (or, not stored, go to S3)."""
+    def stored(self, index: int) -> None:
+        """The store has slice ``index`` now, or will not: readers look on disk (and, not
+        there, go to S3)."""
         with self._cond:
             self._keeping.pop(index, None)
-            if not stored:
-                self.unstored.add(index)
             self._notify()
 
     def end(self, error: BaseException | None = None) -> None:
@@ -366,7 +363,7 @@ class _Receiver:
     def _stored(self, index: int, done: Future[bool]) -> None:
         """The store's answer for slice ``index``: readers move to its file (or to S3)."""
         stored = not done.cancelled() and done.exception() is None and done.result()
-        self.fill.stored(index, stored)
+        self.fill.stored(index)
         if stored:
             self.fills.stored(self.fill, index)
         else:

@@ -603,7 +603,7 @@ class SliceStore:
             except _INDEX_ERRORS as exc:
                 self._index_failed("index", exc)
 
-    def writer(self) -> SliceWriter | None:
+    def writer(self) -> SliceWriter:
         """A new slice file in ``fills/``, made by the write thread (a failure to make it is
         counted when the slice is kept or dropped)."""
         return SliceWriter(self)

@@ -32,6 +32,16 @@ def slice_files(directory: Path) -> list[Path]:
     return sorted(directory.rglob("*.val"))
 
 
+def stored_slices(proxy: CachedProxy, count: int) -> list[Path]:
+    """The slice files once the fill of the last request has stored ``count`` of them and let
+    go of them (until then it serves them from memory, and a change to a file goes unseen)."""
+    deadline = time.monotonic() + 10.0
+    while len(slice_files(proxy.directory)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the fill lets go once the index has the file: a callback, a moment later
+    return slice_files(proxy.directory)
+
+
 def no_parts_left(directory: Path, timeout: float = 10.0) -> bool:
     """Whether ``fills/`` is empty once the fills have ended (they may outlive the response
     that started them by a slice)."""
@@ -57,7 +67,7 @@ def test_a_truncated_slice_is_refetched_and_counted(proxy: CachedProxy) -> None:
     key, data = proxy.put(2 * SLICE)
     proxy.get(key)
     faults = metric(proxy, "proxy_cache_faults_total", 'cause="truncated"')
-    for path in slice_files(proxy.directory):
+    for path in stored_slices(proxy, 2):
         os.truncate(path, HEADER_SIZE + 1000)
     proxy.traffic.reset()
 
@@ -74,7 +84,7 @@ def test_a_corrupted_slice_is_never_served(proxy: CachedProxy) -> None:
     key, data = proxy.put(2 * SLICE)
     proxy.get(key)  # stored, and each file checked once by this process
     assert sha256(proxy.get(key).content) == sha256(data)
-    for path in slice_files(proxy.directory):
+    for path in stored_slices(proxy, 2):
         with path.open("r+b") as file:  # same size, one byte changed
             file.seek(HEADER_SIZE + 500)
             byte = file.read(1)
