@@ -8,6 +8,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from diskcache.core import DBNAME
@@ -162,12 +163,9 @@ def test_a_disk_that_falls_behind_leaves_slices_unkept_never_a_reader_waiting(
         store.close()
 
 
-def test_a_stalled_disk_holds_back_neither_a_fill_nor_the_next_request(tmp_path: Path) -> None:
-    """The write thread stalled (writeback throttling does that): a read across two missing
-    slices still gets all its bytes, the fill moving on from a slice it handed to the store;
-    the next request reads both from the fill, and says so (a hit, not a miss); once the
-    disk catches up, both are in the index."""
-    data = os.urandom(2 * SLICE)
+@contextlib.contextmanager
+def stalled_cache(tmp_path: Path, data: bytes) -> Iterator[tuple[SliceCache, threading.Event]]:
+    """A cache over ``clip.mp4`` (``data``) whose write thread is stalled until the event."""
     cache = open_cache(
         MemoryStorage({"clip.mp4": data}),
         CacheOptions(tmp_path, OPTIONS_MAX, SLICE, 60.0),
@@ -183,6 +181,26 @@ def test_a_stalled_disk_holds_back_neither_a_fill_nor_the_next_request(tmp_path:
 
         cache.store.writes.submit(stall)
         assert stalled.wait(10)
+        yield cache, resume
+    finally:
+        resume.set()
+        cache.close()
+
+
+def clip_version(cache: SliceCache, data: bytes) -> Version:
+    location = cache.inner.location("clip.mp4")
+    known = cache.store.meta(location)
+    assert known is not None and known[0].etag is not None
+    return Version(location, known[0].etag, len(data))
+
+
+def test_a_stalled_disk_holds_back_neither_a_fill_nor_the_next_request(tmp_path: Path) -> None:
+    """The write thread stalled (writeback throttling does that): a read across two missing
+    slices still gets all its bytes, the fill moving on from a slice it handed to the store;
+    the next request reads both from the fill, and says so (a hit, not a miss); once the
+    disk catches up, both are in the index."""
+    data = os.urandom(2 * SLICE)
+    with stalled_cache(tmp_path, data) as (cache, resume):
         bodies: list[bytes] = []
         statuses: list[str] = []
 
@@ -199,38 +217,18 @@ def test_a_stalled_disk_holds_back_neither_a_fill_nor_the_next_request(tmp_path:
         assert not reader.is_alive(), "a read waited for the stalled disk"
         assert statuses == ["media-proxy; fwd=miss; stored", "media-proxy; hit"]
         assert [sha256(body) for body in bodies] == [sha256(data)] * 2
-        location = cache.inner.location("clip.mp4")
-        known = cache.store.meta(location)
-        assert known is not None and known[0].etag is not None
-        version = Version(location, known[0].etag, len(data))
+        version = clip_version(cache, data)
         assert not cache.store.cached(version, 0)  # not written yet
         resume.set()
         cache.store.writes.submit(lambda: None).result(timeout=10)  # the queue drained
         assert cache.store.cached(version, 0) and cache.store.cached(version, 1)
-    finally:
-        resume.set()
-        cache.close()
 
 
 def test_a_fill_runs_at_most_one_slice_ahead_of_the_disk(tmp_path: Path) -> None:
     """A download faster than the disk: the fill hands a slice to the store and receives the
     next, then waits for the first to be stored, so every slice is kept, none dropped."""
     data = os.urandom(4 * SLICE)
-    cache = open_cache(
-        MemoryStorage({"clip.mp4": data}),
-        CacheOptions(tmp_path, OPTIONS_MAX, SLICE, 60.0),
-        sync=True,
-    )
-    assert isinstance(cache, SliceCache)
-    stalled, resume = threading.Event(), threading.Event()
-    try:
-
-        def stall() -> None:
-            stalled.set()
-            resume.wait(60)
-
-        cache.store.writes.submit(stall)
-        assert stalled.wait(10)
+    with stalled_cache(tmp_path, data) as (cache, resume):
         bodies: list[bytes] = []
 
         def read() -> None:
@@ -247,11 +245,5 @@ def test_a_fill_runs_at_most_one_slice_ahead_of_the_disk(tmp_path: Path) -> None
         assert not reader.is_alive()
         assert [sha256(body) for body in bodies] == [sha256(data)]
         cache.store.writes.submit(lambda: None).result(timeout=10)  # the queue drained
-        location = cache.inner.location("clip.mp4")
-        known = cache.store.meta(location)
-        assert known is not None and known[0].etag is not None
-        version = Version(location, known[0].etag, len(data))
+        version = clip_version(cache, data)
         assert all(cache.store.cached(version, index) for index in range(4))
-    finally:
-        resume.set()
-        cache.close()
