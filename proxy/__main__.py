@@ -1,4 +1,4 @@
-"""``python -m proxy`` (or ``media-proxy``): serve with uvicorn, settings from ``PROXY_*``."""
+"""``python -m proxy`` (or ``media-proxy``): the command line; ``PROXY_*`` settings, options."""
 
 from __future__ import annotations
 
@@ -15,6 +15,33 @@ import uvicorn
 from proxy.auth import hash_token, signed_url
 from proxy.config import DEFAULT_LOCAL_ROOT, Settings
 from proxy.sample import write_sample
+from proxy.settingsdoc import USAGE_EXIT, listing, markdown_table, settings_or_exit
+from proxy.version import __version__
+
+DESCRIPTION = """\
+Stream stored objects (video, audio, build artifacts) from a local directory or an S3 bucket
+over HTTP, with their media type, Range requests and conditional requests. With no command it
+serves (`serve`): ./media by default, created with a small sample on the first run.
+"""
+
+EPILOG = """\
+Every setting is an environment variable PROXY_<NAME>: `%(prog)s settings` lists them all with
+their current values and defaults. The options above override the environment.
+
+examples:
+  %(prog)s --port 9000 --root ./videos
+  PROXY_BACKEND=s3 PROXY_S3_BUCKET=media %(prog)s --host 0.0.0.0 --workers 2
+  %(prog)s sign video/clip.mp4 --ttl 3600
+"""
+
+# Options that override a setting: flag -> its variable. --root also means --backend local.
+OPTION_VARIABLES = {
+    "host": "PROXY_HOST",
+    "port": "PROXY_PORT",
+    "root": "PROXY_LOCAL_ROOT",
+    "backend": "PROXY_BACKEND",
+    "workers": "PROXY_WORKERS",
+}
 
 
 def _lean_log_records() -> None:
@@ -29,12 +56,13 @@ def _lean_log_records() -> None:
 _lean_log_records()
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, reload: bool = False) -> None:
     """Run uvicorn; on the local backend's default root, create the sample on first run."""
     root = settings.local_root
     if settings.backend == "local" and not root.exists():
         if root != DEFAULT_LOCAL_ROOT:
-            sys.exit(f"PROXY_LOCAL_ROOT {root} does not exist")
+            print(f"PROXY_LOCAL_ROOT: {str(root)!r} does not exist", file=sys.stderr)
+            raise SystemExit(USAGE_EXIT)
         keys = write_sample(root)
         print(f"created a sample in ./{root}/", flush=True)
         for key in keys:
@@ -54,6 +82,8 @@ def serve(settings: Settings) -> None:
         server_header=False,
         timeout_graceful_shutdown=settings.shutdown_timeout,
         access_log=not settings.access_log,  # ours is one JSON line per request
+        reload=reload,  # development: restart when a file of the package changes
+        reload_dirs=[str(Path(__file__).parent)] if reload else None,
     )
 
 
@@ -68,10 +98,64 @@ def _share_metrics_between_workers() -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="media-proxy", description=__doc__)
-    commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="run the proxy (the default)")
+def _port(value: str) -> int:
+    if not value.isdigit() or int(value) > 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer between 0 and 65535")
+    return int(value)
+
+
+def _workers(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer between 1 and 64")
+    return int(value)
+
+
+def _serve_options() -> argparse.ArgumentParser:
+    """The options of `serve` (and `settings`, which shows their effect); SUPPRESS keeps an
+    option given before the command from being reset by the subcommand's own parser."""
+    options = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    group = options.add_argument_group("serving options (override PROXY_* variables)")
+    group.add_argument("--host", help="listen address (PROXY_HOST; default 127.0.0.1)")
+    group.add_argument("--port", type=_port, help="listen port (PROXY_PORT; default 8000)")
+    group.add_argument(
+        "--root",
+        type=Path,
+        metavar="DIR",
+        help="serve this directory (PROXY_LOCAL_ROOT; implies --backend local)",
+    )
+    group.add_argument("--backend", choices=["local", "s3"], help="storage backend (PROXY_BACKEND)")
+    group.add_argument(
+        "--workers", type=_workers, metavar="N", help="worker processes (PROXY_WORKERS; default 1)"
+    )
+    group.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: restart when the proxy's code changes (one process)",
+    )
+    return options
+
+
+def parser() -> argparse.ArgumentParser:
+    """The whole command line: serving options, then an optional command."""
+    serve_options = _serve_options()
+    main_parser = argparse.ArgumentParser(
+        prog="media-proxy" if Path(sys.argv[0]).name == "media-proxy" else "python -m proxy",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        parents=[serve_options],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    main_parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = main_parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    commands.add_parser("serve", parents=[serve_options], help="run the proxy (the default)")
+    settings = commands.add_parser(
+        "settings",
+        parents=[serve_options],
+        help="list every setting: variable, current value, default, accepted values",
+    )
+    settings.add_argument(
+        "--markdown", action="store_true", help="print the README's configuration table instead"
+    )
     sign = commands.add_parser("sign", help="print a signed URL for one object")
     sign.add_argument("key", help="the object key, e.g. video/clip.mp4")
     sign.add_argument("--ttl", type=int, default=3600, help="seconds the URL stays valid")
@@ -79,18 +163,44 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands.add_parser(
         "hash-key", help="read an API token on stdin, print its PROXY_API_KEYS sha256"
     )
-    args = parser.parse_args(argv)
-    settings = Settings()
-    if args.command == "sign":
+    return main_parser
+
+
+def _apply_options(args: argparse.Namespace) -> None:
+    """Options override the environment: written into it, so that every uvicorn worker
+    (which builds its settings from the environment) sees them too."""
+    given = vars(args)
+    if "root" in given and "backend" not in given:
+        os.environ["PROXY_BACKEND"] = "local"
+    for option, variable in OPTION_VARIABLES.items():
+        if option in given:
+            os.environ[variable] = str(given[option])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.command == "hash-key":  # needs no settings: an unrelated bad one must not stop it
+        print(hash_token(sys.stdin.readline().strip()))
+        return
+    _apply_options(args)
+    if args.command == "settings" and args.markdown:
+        print(markdown_table(), end="")
+        return
+    settings = settings_or_exit()
+    if args.command == "settings":
+        print(listing(settings), end="")
+    elif args.command == "sign":
         base_url = args.base_url or f"http://{settings.host}:{settings.port}"
         try:
             print(signed_url(settings, base_url, args.key, args.ttl))
         except ValueError as exc:
             sys.exit(str(exc))
-    elif args.command == "hash-key":
-        print(hash_token(sys.stdin.readline().strip()))
     else:
-        serve(settings)
+        reload = bool(getattr(args, "reload", False))
+        if reload and settings.workers > 1:
+            print("--reload runs one process: drop --workers / PROXY_WORKERS", file=sys.stderr)
+            raise SystemExit(USAGE_EXIT)
+        serve(settings, reload)
 
 
 if __name__ == "__main__":

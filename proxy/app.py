@@ -21,6 +21,7 @@ from proxy.errorhandlers import RETRY_AFTER_SECONDS, add_error_handlers
 from proxy.idle import TrimWhenIdle, malloc_trim
 from proxy.observability import LineHandler, Observability, access_logger, record_waiting
 from proxy.routes import add_object_routes
+from proxy.settingsdoc import settings_or_exit
 from proxy.storage.factory import open_backend
 from proxy.version import __version__
 
@@ -46,8 +47,9 @@ CORS_EXPOSED_HEADERS = [
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the application; settings come from the environment unless given."""
-    settings = settings or Settings()
+    """Build the application; settings come from the environment unless given (a bad one:
+    one line per problem on stderr and exit status 2, also in a uvicorn worker)."""
+    settings = settings or settings_or_exit()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -33,70 +33,230 @@ class ApiKey(BaseModel):
 
 
 class Settings(BaseSettings):
-    """Every knob of the proxy; each field is read from ``PROXY_<NAME>``."""
+    """Every knob of the proxy; each field is read from ``PROXY_<NAME>``.
+
+    Each field's description is its line in the README's configuration table and in
+    ``python -m proxy settings`` (``proxy/settingsdoc.py`` renders both); ``shown`` in
+    ``json_schema_extra`` is how its default reads there, ``form`` what it accepts.
+    """
 
     model_config = SettingsConfigDict(env_prefix="PROXY_", extra="ignore")
 
-    backend: Literal["local", "s3"] = "local"
+    backend: Literal["local", "s3"] = Field(
+        default="local", description="storage backend: `local` or `s3`"
+    )
     flavor: Literal["sync", "async"] = Field(
         default="async",
-        description="local backend: sync = def endpoints (threadpool), async = async def",
+        description="local backend: `async` (`async def` endpoints; open and page-cache reads on "
+        "the event loop, reads that would wait for the disk in worker threads) or `sync` (`def` "
+        "endpoints in FastAPI's threadpool; while streaming, page-cache reads on the event loop "
+        "too, the others in worker threads)",
     )
-    local_root: Path = DEFAULT_LOCAL_ROOT
-    # Descriptors of recently served files kept open, checked by a stat on each use (0: none).
-    local_open_files: int = Field(default=DEFAULT_OPEN_FILES, ge=0, le=4096)
+    local_root: Path = Field(
+        default=DEFAULT_LOCAL_ROOT,
+        description="directory served by the local backend; the default is created with a "
+        "sample on first run",
+        json_schema_extra={"form": "a directory"},
+    )
+    local_open_files: int = Field(
+        default=DEFAULT_OPEN_FILES,
+        ge=0,
+        le=4096,
+        description="descriptors of recently served files kept open, like nginx's "
+        "`open_file_cache`, but each use first checks with one `stat` that the path still names "
+        "that very file (device, inode, size, mtime, ctime); closed after 10 s unused; `0` opens "
+        "every request afresh (advisable on NFS, where `stat` may answer from the attribute "
+        "cache)",
+    )
 
     # S3: credentials come only from the standard AWS chain (env, profile, container/instance role).
-    s3_client: Literal["aiobotocore", "boto3"] = "aiobotocore"
-    s3_bucket: str = ""
-    s3_prefix: str = ""
-    s3_endpoint_url: str | None = None
-    s3_region: str | None = None
-    s3_profile: str | None = None
-    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
-    s3_pool_size: int = Field(default=128, ge=1, le=4096)
-    s3_connect_timeout: float = Field(default=5.0, gt=0)
-    s3_read_timeout: float = Field(default=30.0, gt=0)
-    s3_max_attempts: int = Field(default=3, ge=1, le=20)
+    s3_client: Literal["aiobotocore", "boto3"] = Field(
+        default="aiobotocore",
+        description="`aiobotocore` (`async def` endpoints) or `boto3` (`def` endpoints)",
+    )
+    s3_bucket: str = Field(
+        default="",
+        description="the bucket; required with `PROXY_BACKEND=s3`",
+        json_schema_extra={"shown": "—"},
+    )
+    s3_prefix: str = Field(
+        default="",
+        description="key prefix inside the bucket (`videos` serves `videos/{key}`)",
+        json_schema_extra={"shown": "empty"},
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="endpoint of an S3-compatible store",
+        json_schema_extra={"shown": "AWS", "form": "a URL"},
+    )
+    s3_region: str | None = Field(
+        default=None, description="region", json_schema_extra={"shown": "from the AWS chain"}
+    )
+    s3_profile: str | None = Field(
+        default=None,
+        description="shared-config profile to take credentials from",
+        json_schema_extra={"shown": "from the AWS chain"},
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto", description="`auto`, `path` or `virtual`"
+    )
+    s3_pool_size: int = Field(
+        default=128,
+        ge=1,
+        le=4096,
+        description="idle S3 connections kept per worker process (a download holds one while "
+        "it streams)",
+    )
+    s3_connect_timeout: float = Field(default=5.0, gt=0, description="seconds")
+    s3_read_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds without a byte from S3 before 504 (or an abort mid-stream)",
+    )
+    s3_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="attempts per S3 call through botocore, the first included (standard "
+        "retries); a failed presigned GetObject is then asked through botocore",
+    )
     # GetObject as a presigned GET (a fifth of botocore's CPU per call); botocore still answers
     # what that cannot (errors it must retry, expired credentials) and every other call.
-    s3_presigned_gets: bool = True
-    # The slice cache in front of S3 (off unless a directory is set); sizes accept "10GiB".
-    cache_dir: Path | None = None
-    cache_max_size: ByteSize = Field(default=ByteSize(10 * 1024**3), ge=16 * 1024 * 1024)
-    cache_slice_size: ByteSize = Field(
-        default=ByteSize(1024 * 1024), ge=64 * 1024, le=64 * 1024 * 1024
+    s3_presigned_gets: bool = Field(
+        default=True,
+        description="GetObject as a cached presigned URL and one plain GET; `false`: every call "
+        "through botocore",
     )
-    cache_validity: float = Field(default=60.0, ge=0)
-
-    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1024, le=16 * 1024 * 1024)
-    min_chunk_size: int = Field(default=DEFAULT_MIN_CHUNK_SIZE, ge=1024, le=16 * 1024 * 1024)
-    cache_control: str = "no-cache"
-    max_ranges: int = Field(default=16, ge=1, le=1000)
-    threadpool_size: int = Field(default=64, ge=1, le=1000)
-    readiness_cache_seconds: float = Field(default=5.0, ge=0)
+    # The slice cache in front of S3 (off unless a directory is set); sizes accept "10GiB".
+    cache_dir: Path | None = Field(
+        default=None,
+        description="a directory for the slice cache in front of S3; unset: no cache",
+        json_schema_extra={"form": "a directory"},
+    )
+    cache_max_size: ByteSize = Field(
+        default=ByteSize(10 * 1024**3),
+        ge=16 * 1024 * 1024,
+        description="the most bytes the cache directory holds (`20GiB`, `500MB`, bytes; at "
+        "least 16 MiB)",
+        json_schema_extra={
+            "shown": "`10GiB`",
+            "form": "a size such as 20GiB, 500MB or a number of bytes, at least 16MiB",
+        },
+    )
+    cache_slice_size: ByteSize = Field(
+        default=ByteSize(1024 * 1024),
+        ge=64 * 1024,
+        le=64 * 1024 * 1024,
+        description="slice size and alignment (64 KiB – 64 MiB)",
+        json_schema_extra={"shown": "`1MiB`", "form": "a size between 64KiB and 64MiB"},
+    )
+    cache_validity: float = Field(
+        default=60.0,
+        ge=0,
+        description="seconds cached metadata is used before it is revalidated with S3",
+    )
+    readiness_cache_seconds: float = Field(
+        default=5.0, ge=0, description="how long a `/readyz` answer is reused"
+    )
     # Origins whose pages may use the objects (players on other sites): none by default.
-    cors_allow_origins: Annotated[list[str], NoDecode] = []
-    cors_max_age: int = Field(default=600, ge=0)
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="origins whose pages may fetch objects, comma-separated or a JSON list "
+        "(`https://player.example`)",
+        json_schema_extra={"shown": "none", "form": "origins, comma-separated or a JSON list"},
+    )
+    cors_max_age: int = Field(
+        default=600, ge=0, description="seconds a browser may cache a preflight answer"
+    )
+
+    chunk_size: int = Field(
+        default=DEFAULT_CHUNK_SIZE,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="the largest read and send (1 KiB – 16 MiB), for clients that keep up; "
+        "bodies up to this size are read in one go",
+    )
+    min_chunk_size: int = Field(
+        default=DEFAULT_MIN_CHUNK_SIZE,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="the first read of a stream, and the size slow clients get (bounds memory "
+        "per slow stream)",
+    )
+    cache_control: str = Field(
+        default="no-cache",
+        description="`Cache-Control` on 200/206/304; empty to send none",
+        json_schema_extra={"form": "a header value in visible ASCII"},
+    )
+    max_ranges: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        description="more ranges than this in one `Range` header: the whole object is sent",
+    )
+    threadpool_size: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="worker threads for `def` endpoints and blocking reads",
+    )
 
     # Access control: on as soon as any API key or signing key is configured.
-    api_keys: list[ApiKey] = []
-    signing_keys: dict[str, SecretStr] = {}  # key id -> HMAC secret; several for rotation
-    signing_key_id: str | None = None  # the id `python -m proxy sign` uses (default: the last)
-    max_signed_ttl: int = Field(default=7 * 24 * 3600, ge=1)
+    api_keys: list[ApiKey] = Field(
+        default=[],
+        description='bearer keys, a JSON list of `{"name", "sha256", "prefix"}`',
+        json_schema_extra={
+            "shown": "none",
+            "form": 'a JSON list of {"name": ..., "sha256": <64 hex digits>, "prefix": ...}',
+        },
+    )
+    signing_keys: dict[str, SecretStr] = Field(
+        default={},
+        description='signed-URL secrets, a JSON object `{"key id": "secret"}`',
+        json_schema_extra={
+            "shown": "none",
+            "form": 'a JSON object {"key id": "secret"}',
+            "secret": True,
+        },
+    )
+    signing_key_id: str | None = Field(
+        default=None,
+        description="the key id `python -m proxy sign` uses",
+        json_schema_extra={"shown": "the last"},
+    )
+    max_signed_ttl: int = Field(
+        default=7 * 24 * 3600,
+        ge=1,
+        description="the latest a signed link may expire, in seconds from now",
+    )
 
     # Operations.
-    access_log: bool = True
-    metrics: bool = True
-    shutdown_timeout: int = Field(default=30, ge=0)  # seconds in-flight streams may finish in
+    access_log: bool = Field(default=True, description="one JSON line per request on stdout")
+    metrics: bool = Field(default=True, description="serve `/metrics` and count")
+    shutdown_timeout: int = Field(
+        default=30,
+        ge=0,
+        description="seconds running downloads may take to finish after SIGTERM",
+    )
     # Stored HTML, SVG and XML are sent as attachments in a CSP sandbox unless this is true.
-    inline_active_content: bool = False
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
-    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
-    loop: Literal["auto", "asyncio", "uvloop"] = "auto"  # auto: uvloop when installed
-    http: Literal["auto", "h11", "httptools"] = "auto"  # auto: httptools when installed
+    inline_active_content: bool = Field(
+        default=False,
+        description="render stored HTML/SVG/XML inline (only on an origin of its own)",
+    )
+    host: str = Field(default="127.0.0.1", description="listen address")
+    port: int = Field(default=8000, ge=0, le=65535, description="listen port")
+    workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        default="info", description="uvicorn log level"
+    )
+    loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        default="auto",
+        description="uvicorn event loop: `auto` (uvloop when installed), `asyncio`, `uvloop`",
+    )
+    http: Literal["auto", "h11", "httptools"] = Field(
+        default="auto",
+        description="uvicorn HTTP parser: `auto` (httptools when installed), `h11`, `httptools`",
+    )
 
     @field_validator("cors_allow_origins", mode="before")
     @classmethod
@@ -114,17 +274,21 @@ class Settings(BaseSettings):
     def _visible_ascii(cls, value: str) -> str:
         # A header value from the environment must not smuggle CR/LF into responses.
         if not re.fullmatch(r"[\x20-\x7e]*", value):
-            raise ValueError("cache_control must be visible ASCII")
+            raise ValueError("must be visible ASCII")
         return value.strip()
 
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> Settings:
         if self.backend == "s3" and not self.s3_bucket:
-            raise ValueError("PROXY_S3_BUCKET is required with PROXY_BACKEND=s3")
+            raise ValueError("PROXY_S3_BUCKET: required with PROXY_BACKEND=s3")
         if self.cache_dir is not None and self.backend != "s3":
-            raise ValueError("PROXY_CACHE_DIR caches S3 objects: it needs PROXY_BACKEND=s3")
+            raise ValueError(
+                "PROXY_CACHE_DIR: the cache is for S3 objects; it needs PROXY_BACKEND=s3"
+            )
         if self.cache_slice_size * 2 > self.cache_max_size:
-            raise ValueError("PROXY_CACHE_MAX_SIZE must hold at least two slices")
+            raise ValueError(
+                "PROXY_CACHE_MAX_SIZE: must hold at least two slices (PROXY_CACHE_SLICE_SIZE)"
+            )
         return self
 
     @property

@@ -26,6 +26,7 @@ from botocore.exceptions import (
 
 from proxy.config import Settings
 from proxy.sample import write_sample
+from proxy.settingsdoc import settings_or_exit
 from proxy.storage.mediatypes import media_type_for
 from proxy.storage.s3 import config_options
 
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m proxy.seed", description=__doc__)
     parser.parse_args(argv)
     try:
-        results = seed(Settings())
+        results = seed(settings_or_exit())
     except (ValueError, BotoCoreError, ClientError) as exc:
         sys.exit(f"seed failed: {exc}")
     for key, media_type, uploaded in results:
