@@ -1,5 +1,6 @@
 """``create_app`` composes: settings, the storage stack (``proxy.storage.factory``) in the
-lifespan, the object route, health and metrics endpoints, JSON errors, middleware."""
+lifespan, the object route, the landing page, offline docs, health and metrics endpoints, JSON
+errors, middleware."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from starlette.responses import JSONResponse, Response
 
 from proxy import metrics
 from proxy.config import Settings
+from proxy.docs import add_docs_routes
 from proxy.errorhandlers import RETRY_AFTER_SECONDS, add_error_handlers
 from proxy.idle import TrimWhenIdle, malloc_trim
+from proxy.landing import add_landing_route
 from proxy.observability import LineHandler, Observability, access_logger, record_waiting
 from proxy.routes import add_object_routes
 from proxy.settingsdoc import settings_or_exit
@@ -76,9 +79,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Metrics and logs come from Observability; FastAPI's OpenTelemetry hooks would only
         # check on every request whether some provider was configured.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # /docs is served by add_docs_routes from installed files: FastAPI's own pages load a
+        # CDN's. No ReDoc, no OAuth2 redirect: proxy.docs says why.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.settings = settings
     add_error_handlers(app)
+    add_landing_route(app)
+    add_docs_routes(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -27,14 +27,14 @@ from proxy.http.plan import Plan, body_length, plan_response
 from proxy.http.request import ObjectRequest
 from proxy.responses import ObjectResponse, Pacer, aiter_plan, iter_plan
 from proxy.storage.base import METADATA_ONLY, WHOLE, AsyncStorage, ObjectMeta, ReadHint, Storage
-from proxy.storage.keys import check_key
+from proxy.storage.keys import check_request_key
 from proxy.storage.mediatypes import is_active_content
 
 
 class ObjectKeyConvertor(PathConvertor):
     """Starlette's ``path`` with one change: ``.*`` stops at a newline and the route's ``$`` also
     matches before a final one, so ``/objects/a.txt%0A`` would arrive as key ``a.txt``. This
-    regex takes every character, and ``check_key`` refuses the control characters."""
+    regex takes every character, and ``check_request_key`` refuses the control characters."""
 
     regex = r"[\s\S]*"
 
@@ -157,7 +157,7 @@ class ObjectEndpoint:
         # Parsing an absent query string still cost 2% of a small range.
         download = request.query_params.get("download") if scope["query_string"] else None
         fields = ObjectRequest.from_raw(scope["method"], scope["headers"], settings.max_ranges)
-        arguments = (check_key(key), fields, state.storage, settings, download)
+        arguments = (check_request_key(key), fields, state.storage, settings, download)
         if self.sync:
             return await run_in_threadpool(get_object, *arguments)
         return await aget_object(*arguments)
@@ -206,7 +206,7 @@ _OBJECT_RESPONSES: dict[str, dict[str, Any]] = {
     "400": {"description": "Invalid key"},
     "401": {"description": "Credentials required (bearer key or signed URL)"},
     "403": {"description": "Not allowed to read this object"},
-    "404": {"description": "No such object"},
+    "404": {"description": "No such object, or a key ending in '/': listings are not enabled"},
     "412": {"description": "A precondition failed"},
     "416": {"description": "Range not satisfiable"},
 }

@@ -1,15 +1,17 @@
-"""Object key policy: which URL paths may name an object, whatever the backend."""
+"""Object key policy: which URL paths may name an object, whatever the backend; a path ending in
+``/`` names a folder, and folders are not listed."""
 
 from __future__ import annotations
 
 import re
 
-from proxy.storage.errors import InvalidKey
+from proxy.storage.errors import InvalidKey, ObjectNotFound
 
 MAX_KEY_BYTES = 1024  # S3's limit, applied to every backend so keys stay portable
 
 # C0 controls, DEL and C1 controls: never part of a name a client can mean.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+NO_LISTINGS = "listings are not enabled: a key ending in '/' names a folder, not an object"
 
 
 def check_key(key: str) -> str:
@@ -39,3 +41,15 @@ def check_key(key: str) -> str:
         if segment in ("", ".", ".."):
             raise InvalidKey("the key has an empty, '.' or '..' segment")
     return key
+
+
+def check_request_key(key: str) -> str:
+    """``check_key`` for the key of a request path (``/objects/{key}``), where a key ending in
+    ``/`` (the empty key of ``/objects/`` too) asks for a folder's listing: ``ObjectNotFound``
+    saying listings are not enabled, once the folder passes the policy itself: ``a//`` and
+    ``../`` stay ``InvalidKey``, like ``a//b`` and ``../b``."""
+    if key and not key.endswith("/"):
+        return check_key(key)
+    if key:
+        check_key(key[:-1])
+    raise ObjectNotFound(NO_LISTINGS)

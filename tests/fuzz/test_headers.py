@@ -489,6 +489,12 @@ def served_file(root: Path, key: str) -> Path | None:
     return Path(path)
 
 
+def asks_for_listing(key: str) -> bool:
+    """A key ending in ``/`` (``/objects/`` too) whose folder is a valid key: the README's 404
+    "listings are not enabled"; ``a//`` and ``../`` stay invalid keys."""
+    return key == "" or (key.endswith("/") and key_is_valid(key[:-1]))
+
+
 def key_is_valid(key: str) -> bool:
     """The key policy of the README / proxy.storage.keys, restated."""
     try:
@@ -524,10 +530,12 @@ def test_keys_never_leave_the_root(target: Target, path: str) -> None:
     elif b"Invalid HTTP request" in response.body:
         assert response.status == 400  # refused by the HTTP parser before the app
     else:
-        # Policy: an invalid key is 400, a valid one naming nothing 404. A newline inside the
-        # key misses Starlette's `{key:path}` route (`.*` without DOTALL), so the router's 404
-        # comes first: harmless, tolerated. What is never tolerated is a 200 (above).
-        allowed = {404 if key_is_valid(key) else 400} | ({404} if "\n" in key else set())
+        # Policy: an invalid key is 400, a valid one naming nothing 404, and so is a valid
+        # folder (listings are not enabled). A newline inside the key misses Starlette's
+        # `{key:path}` route (`.*` without DOTALL), so the router's 404 comes first: harmless,
+        # tolerated. What is never tolerated is a 200 (above).
+        not_found = key_is_valid(key) or asks_for_listing(key)
+        allowed = {404 if not_found else 400} | ({404} if "\n" in key else set())
         assert response.status in allowed, f"{path!r} (key {key!r}) -> {raw[:300]!r}"
         assert response.body.startswith(b'{"error":'), raw[:300]
 
