@@ -8,6 +8,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,20 +205,30 @@ def test_a_stalled_disk_holds_back_neither_a_fill_nor_the_next_request(tmp_path:
         bodies: list[bytes] = []
         statuses: list[str] = []
 
-        def read_twice() -> None:
-            for _ in range(2):
-                reply = cache.open("clip.mp4", WHOLE)
-                statuses.append(dict(reply.fields)["cache-status"])
-                with contextlib.closing(reply.body):
-                    bodies.append(b"".join(reply.body.iter_range(ByteRange(0, len(data)), SLICE)))
+        def read() -> None:
+            reply = cache.open("clip.mp4", WHOLE)
+            statuses.append(dict(reply.fields)["cache-status"])
+            with contextlib.closing(reply.body):
+                bodies.append(b"".join(reply.body.iter_range(ByteRange(0, len(data)), SLICE)))
 
-        reader = threading.Thread(target=read_twice)
-        reader.start()
-        reader.join(timeout=10)
-        assert not reader.is_alive(), "a read waited for the stalled disk"
+        def handed_over(version: Version) -> bool:
+            # The reader may take a slice's last bytes before the fill hands it to the store.
+            deadline = time.monotonic() + 10
+            while not (cache.fills.holds(version, 0) and cache.fills.holds(version, 1)):
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.01)
+            return True
+
+        for attempt in range(2):
+            reader = threading.Thread(target=read)
+            reader.start()
+            reader.join(timeout=10)
+            assert not reader.is_alive(), f"read {attempt} waited for the stalled disk"
+            version = clip_version(cache, data)
+            assert handed_over(version), "the fill never handed its slices to the store"
         assert statuses == ["media-proxy; fwd=miss; stored", "media-proxy; hit"]
         assert [sha256(body) for body in bodies] == [sha256(data)] * 2
-        version = clip_version(cache, data)
         assert not cache.store.cached(version, 0)  # not written yet
         resume.set()
         cache.store.writes.submit(lambda: None).result(timeout=10)  # the queue drained
