@@ -144,6 +144,23 @@ def test_swagger_ui_renders_offline(docs_proxy: RunningServer, tab: OfflineTab) 
     )
 
 
+def test_the_landing_page_renders_offline_and_leads_to_the_docs(
+    docs_proxy: RunningServer, tab: OfflineTab
+) -> None:
+    page = tab.page
+    response = page.goto(f"{docs_proxy.url}/")
+    assert response is not None and response.status == 200
+    assert response.headers["content-type"].startswith("text/html")
+    version = httpx.get(f"{docs_proxy.url}/", timeout=5).json()["version"]
+    assert version in page.locator("body").inner_text()
+    links = page.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+    for path in ("/docs", "/healthz", "/metrics"):
+        assert path in links, links
+    page.locator("a[href='/docs']").first.click()
+    page.locator("#operations-objects-get_object").wait_for(state="visible")
+    check_stayed_on_loopback(tab, docs_proxy.url, ["/", "/docs", "/openapi.json"])
+
+
 @pytest.mark.parametrize("name", ASSETS)
 def test_assets_are_the_installed_files(docs_proxy: RunningServer, name: str) -> None:
     spec = importlib.util.find_spec("fastapi_offline")
