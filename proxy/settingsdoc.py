@@ -15,7 +15,7 @@ import textwrap
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, NoReturn, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -101,25 +101,25 @@ def _is_secret(info: FieldInfo) -> bool:
     return bool(_extra(info).get("secret"))
 
 
-def _environment_lookup(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+def _environment_lookup() -> dict[str, tuple[str, str]]:
     """``PROXY_*`` variables by upper-case name -> (name as written, value); case-insensitive
     like pydantic-settings."""
     return {
         name.upper(): (name, value)
-        for name, value in environ.items()
+        for name, value in os.environ.items()
         if name.upper().startswith(ENV_PREFIX)
     }
 
 
 def _unknown_names(variables: Mapping[str, tuple[str, str]]) -> list[str]:
-    known = [env_name(field) for field in Settings.model_fields]
+    # Compared without the prefix, which every name shares and would make any name "close".
+    known = [field.upper() for field in Settings.model_fields]
     lines = []
     for upper, (written, _) in sorted(variables.items()):
-        if upper in known:
+        suffix = upper.removeprefix(ENV_PREFIX)
+        if suffix in known:
             continue
-        # Compared without the prefix, which every name shares and would make any name "close".
-        suffixes = [name.removeprefix(ENV_PREFIX) for name in known]
-        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), suffixes, 1, 0.75)
+        close = difflib.get_close_matches(suffix, known, 1, 0.75)
         hint = (
             f"did you mean {ENV_PREFIX}{close[0]}?"
             if close
@@ -173,41 +173,33 @@ def _shown_input(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from ``os.environ``, every problem with them raised at once as
-    ``SettingsProblems``: unknown ``PROXY_*`` names, JSON that does not parse, invalid values.
-
-    ``environ`` is only for the checks of names and JSON: the values always come from
-    ``os.environ``, through pydantic-settings."""
-    variables = _environment_lookup(os.environ if environ is None else environ)
+def load_settings() -> Settings:
+    """Settings from the environment, every problem with them raised at once as
+    ``SettingsProblems``: unknown ``PROXY_*`` names, JSON that does not parse, invalid values."""
+    variables = _environment_lookup()
     undecodable = _json_problems(variables)
     lines = _unknown_names(variables) + undecodable
-    settings = None
-    if not undecodable:  # pydantic-settings would stop at the first of those
-        try:
-            settings = Settings()
-        except ValidationError as exc:
-            lines += _validation_lines(exc, variables)
-        except SettingsError as exc:  # a decoding failure the JSON check did not foresee
-            lines.append(str(exc))
-    if lines or settings is None:
+    if undecodable:  # pydantic-settings would stop at the first of those
+        raise SettingsProblems(lines)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise SettingsProblems(lines + _validation_lines(exc, variables)) from None
+    except SettingsError as exc:  # a decoding failure the JSON check did not foresee
+        raise SettingsProblems([*lines, str(exc)]) from None
+    if lines:
         raise SettingsProblems(lines)
     return settings
 
 
-def exit_with(problems: SettingsProblems) -> NoReturn:
-    """Print one line per problem on stderr, no traceback, and exit with status 2."""
-    for line in problems.lines:
-        print(line, file=sys.stderr)
-    raise SystemExit(USAGE_EXIT)
-
-
 def settings_or_exit() -> Settings:
-    """``load_settings``, or the problems on stderr and status 2."""
+    """``load_settings``, or one line per problem on stderr, no traceback, and status 2."""
     try:
         return load_settings()
     except SettingsProblems as problems:
-        exit_with(problems)
+        for line in problems.lines:
+            print(line, file=sys.stderr)
+        raise SystemExit(USAGE_EXIT) from None
 
 
 def shown_default(info: FieldInfo) -> str:
@@ -255,10 +247,10 @@ def current_value(field: str, value: object) -> str:
     return _plain_value(value)
 
 
-def listing(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+def listing(settings: Settings) -> str:
     """Every setting: variable, current value (and whether the environment set it), what it
     means, what it accepts and its default."""
-    variables = _environment_lookup(os.environ if environ is None else environ)
+    variables = _environment_lookup()
     blocks = []
     for field, info in Settings.model_fields.items():
         value = current_value(field, getattr(settings, field))

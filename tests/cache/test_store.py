@@ -9,7 +9,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from diskcache.core import DBNAME
@@ -30,6 +30,24 @@ def sha256(data: bytes) -> str:
 
 
 OPTIONS_MAX = 16 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def stalled(submit: Callable[[Callable[[], None]], object]) -> Iterator[threading.Event]:
+    """A one-thread executor (its ``submit``) held by a task until the event it yields is set,
+    as a write blocked in the kernel's writeback throttling holds it; set on exit too."""
+    running, resume = threading.Event(), threading.Event()
+
+    def stall() -> None:
+        running.set()
+        resume.wait(60)
+
+    submit(stall)
+    assert running.wait(10)
+    try:
+        yield resume
+    finally:
+        resume.set()
 
 
 def open_slice_files() -> list[str]:
@@ -103,29 +121,21 @@ def test_lookups_do_not_wait_for_the_index_writer(tmp_path: Path) -> None:
         store.close()
     store = SliceStore(options)  # nothing remembered: every answer comes from the index
     store.start()
-    stalled, resume = threading.Event(), threading.Event()
     try:
-
-        def stall() -> None:
-            stalled.set()
-            resume.wait(10)
-
-        store._worker.submit(stall)  # the index's one writing thread
-        assert stalled.wait(10)
-        writer = store.writer()
-        assert writer is not None and writer.write(os.urandom(SLICE))
-        committing = writer.keep(second, 0)  # queued behind the stall
-        assert store.meta(first.location) == (meta, 1000.0)
-        assert store.cached(first, 0) and not store.cached(second, 0)
-        fd = store.open_slice(first, 0)
-        assert fd is not None
-        os.close(fd)
-        assert not committing.done()  # all of the above was answered while it waited
-        resume.set()
-        assert committing.result(timeout=10)
-        assert store.cached(second, 0)
+        with stalled(store._worker.submit) as resume:  # the index's one writing thread
+            writer = store.writer()
+            assert writer is not None and writer.write(os.urandom(SLICE))
+            committing = writer.keep(second, 0)  # queued behind the stall
+            assert store.meta(first.location) == (meta, 1000.0)
+            assert store.cached(first, 0) and not store.cached(second, 0)
+            fd = store.open_slice(first, 0)
+            assert fd is not None
+            os.close(fd)
+            assert not committing.done()  # all of the above was answered while it waited
+            resume.set()
+            assert committing.result(timeout=10)
+            assert store.cached(second, 0)
     finally:
-        resume.set()
         store.close()
 
 
@@ -137,30 +147,22 @@ def test_a_disk_that_falls_behind_leaves_slices_unkept_never_a_reader_waiting(
     queued before the stall is written when the thread resumes."""
     store = SliceStore(CacheOptions(tmp_path, OPTIONS_MAX, SLICE, 60.0), write_behind=SLICE)
     store.start()
-    stalled, resume = threading.Event(), threading.Event()
     try:
-
-        def stall() -> None:
-            stalled.set()
-            resume.wait(10)
-
-        store.writes.submit(stall)
-        assert stalled.wait(10)
-        kept, dropped = store.writer(), store.writer()
-        assert kept is not None and dropped is not None
-        first = Version("s3://media/a.mp4", '"v1"', SLICE)
-        second = Version("s3://media/b.mp4", '"v1"', SLICE)
-        assert kept.write(os.urandom(SLICE))  # queued: within the budget
-        assert not dropped.write(os.urandom(1))  # the budget is spent: refused, at once
-        dropped.abort()
-        keeping = kept.keep(first, 0)
-        assert not keeping.done()  # behind the stall
-        resume.set()
-        assert keeping.result(timeout=10)
-        assert store.cached(first, 0) and not store.cached(second, 0)
-        assert sorted(p.name for p in (tmp_path / "fills").iterdir()) == []
+        with stalled(store.writes.submit) as resume:
+            kept, dropped = store.writer(), store.writer()
+            assert kept is not None and dropped is not None
+            first = Version("s3://media/a.mp4", '"v1"', SLICE)
+            second = Version("s3://media/b.mp4", '"v1"', SLICE)
+            assert kept.write(os.urandom(SLICE))  # queued: within the budget
+            assert not dropped.write(os.urandom(1))  # the budget is spent: refused, at once
+            dropped.abort()
+            keeping = kept.keep(first, 0)
+            assert not keeping.done()  # behind the stall
+            resume.set()
+            assert keeping.result(timeout=10)
+            assert store.cached(first, 0) and not store.cached(second, 0)
+            assert sorted(p.name for p in (tmp_path / "fills").iterdir()) == []
     finally:
-        resume.set()
         store.close()
 
 
@@ -173,18 +175,10 @@ def stalled_cache(tmp_path: Path, data: bytes) -> Iterator[tuple[SliceCache, thr
         sync=True,
     )
     assert isinstance(cache, SliceCache)
-    stalled, resume = threading.Event(), threading.Event()
     try:
-
-        def stall() -> None:
-            stalled.set()
-            resume.wait(60)
-
-        cache.store.writes.submit(stall)
-        assert stalled.wait(10)
-        yield cache, resume
+        with stalled(cache.store.writes.submit) as resume:
+            yield cache, resume
     finally:
-        resume.set()
         cache.close()
 
 
