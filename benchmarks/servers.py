@@ -173,6 +173,13 @@ def _proxy_env(
     return env
 
 
+def proxy_command(python: str) -> list[str]:
+    """``python -m proxy`` for the proxy installed in ``python``'s environment. ``-P``: without
+    it, ``-m`` puts the working directory first on sys.path, and run from the repository every
+    build (--baseline's too) ran the working tree's ``proxy/``."""
+    return [python, "-P", "-m", "proxy"]
+
+
 def start_proxy(target: Target, site: Site, s3_port: int | None = None) -> Server:
     """The proxy (`python -m proxy`); S3 flavours talk to s3_port (default: SeaweedFS)."""
     if s3_port is None and site.s3 is not None:
@@ -188,9 +195,10 @@ def start_proxy(target: Target, site: Site, s3_port: int | None = None) -> Serve
         parent = site.work_dir / "fresh"
         parent.mkdir(exist_ok=True)
         fresh_dir = Path(tempfile.mkdtemp(prefix=f"{target.name}{suffix}-", dir=parent))
-    command = [python, "-m", "proxy"]
     try:
-        process = spawn(command, log, _proxy_env(target, site, port, s3_port, fresh_dir))
+        process = spawn(
+            proxy_command(python), log, _proxy_env(target, site, port, s3_port, fresh_dir)
+        )
     except BaseException:
         if fresh_dir is not None:
             shutil.rmtree(fresh_dir, ignore_errors=True)

@@ -309,3 +309,25 @@ def test_coalescing_clients_count_who_got_the_whole_object() -> None:
     result = asyncio.run(serve_twice())
     assert (result["clients"], result["complete"]) == (3, 2)
     assert 0 < result["seconds"] < 10
+
+
+def test_a_proxy_build_runs_its_own_code_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # run.py is started from the repository: its proxy/ must not shadow the build under test
+    # (--baseline's, or the "pip install ." venv's).
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    servers = benchmark_module("servers")
+    shadow = tmp_path / "proxy"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("")
+    (shadow / "__main__.py").write_text("print('the working directory s proxy')\n")
+
+    def run(command: list[str]) -> str:
+        result = subprocess.run(
+            [*command, "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        return result.stdout.strip()
+
+    assert run([sys.executable, "-m", "proxy"]) == "the working directory s proxy"  # the trap
+    assert run(servers.proxy_command(sys.executable)).startswith("python -m proxy 0.")
