@@ -220,12 +220,12 @@ def run_scenario(
     results: Results,
     profile: Path | None = None,
 ) -> None:
-    """Run the scenario `runs` times; within each run every server once, in the same order,
-    each first left to become idle (or restarted when it does not); a cache target's cache
-    made warm or cold first (see prepare_cache). With profile, the proxies' first runs are
-    recorded by py-spy into that directory."""
+    """Run the scenario `runs` times; within each run every server once, in the order of
+    `run_order` (reversed every other run), each first left to become idle (or restarted when it
+    does not); a cache target's cache made warm or cold first (see prepare_cache). With profile,
+    the proxies' first runs are recorded by py-spy into that directory."""
     for run_index in range(runs):
-        for key in fleet.keys(relayed=scenario.relayed):
+        for key in run_order(fleet.keys(relayed=scenario.relayed), run_index):
             server = fleet.servers[key]
             if not scenario.applies(server.target):
                 continue
@@ -248,6 +248,13 @@ def run_scenario(
                     measured = measure_once(scenario, config, server, run_index)
             for metric, value in measured.items():
                 results.setdefault(metric, {}).setdefault(server.target.name, []).append(value)
+
+
+def run_order(keys: Sequence[str], run_index: int) -> list[str]:
+    """The servers in their order on even runs, reversed on odd ones: whatever drifts within a
+    run (SeaweedFS warming up, a neighbour's load) then favours no server, --baseline's builds
+    included, which would otherwise always run after today's."""
+    return list(keys) if run_index % 2 == 0 else list(reversed(keys))
 
 
 def no_data(

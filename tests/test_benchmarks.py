@@ -331,3 +331,13 @@ def test_a_proxy_build_runs_its_own_code_whatever_the_working_directory(
 
     assert run([sys.executable, "-m", "proxy"]) == "the working directory s proxy"  # the trap
     assert run(servers.proxy_command(sys.executable)).startswith("python -m proxy 0.")
+
+
+def test_runs_alternate_the_servers_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whatever drifts within a run must not always favour the build measured last (--baseline).
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    run = benchmark_module("run")
+    keys = ["proxy-s3-aio", "proxy-s3-boto3", "proxy-s3-aio@baseline"]
+    orders = [run.run_order(keys, index) for index in range(4)]
+    assert orders[0] == orders[2] == keys
+    assert orders[1] == orders[3] == list(reversed(keys))
