@@ -273,7 +273,8 @@ def _slices(fill: Fill, chunk: bytes, index: int, filled: int) -> tuple[bytes, b
 
 
 class _Slot:
-    """The slice being received: its writer (None once it is not to be kept) and length."""
+    """The slice being received: its writer (None once handed to the store or dropped) and
+    length."""
 
     def __init__(self, fill: Fill, index: int) -> None:
         self.fill = fill
@@ -283,20 +284,19 @@ class _Slot:
         self.writer: SliceWriter | None = fill.store.writer()
 
     def write(self, chunk: bytes) -> None:
-        """Publish ``chunk`` to the readers, then queue it for the disk (which they never
-        wait for); a disk too far behind means this slice is not kept."""
+        """Publish ``chunk`` to the readers and collect it for the disk (written once the
+        slice is whole: ``keep``)."""
         self.filled += len(chunk)
         self.fill.received(chunk)
-        if self.writer is not None and not self.writer.write(chunk):
-            self.abort()
-            self.fill.store.fault("behind")
+        if self.writer is not None:
+            self.writer.write(chunk)
 
     @property
     def full(self) -> bool:
         return self.filled >= self.length
 
     def keep(self) -> Future[bool]:
-        """Hand the slice to the store once it is on disk: whether the store kept it."""
+        """Hand the slice to the store: whether the store kept it, once it is on disk."""
         writer, self.writer = self.writer, None
         if writer is None:
             unkept: Future[bool] = Future()

@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,7 +61,15 @@ _INDEX_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 # cache holds the file anyway. A 1 GiB cache of 1 MiB slices has a ~0.3 MiB index.
 _INDEX_CACHE_PAGES = 256
 _CHECK_PIECE = 256 * 1024  # the reads a slice's checksum is computed over
-WRITE_BEHIND = 8 * 1024 * 1024  # bytes queued for the disk before new slices go unkept
+# A slice handed to the disk while its oldest queued write has waited this long is not kept;
+# nor while the queued slices hold WRITE_BUDGET bytes (held in memory until written).
+WRITE_LAG_S = 0.25
+WRITE_BUDGET = 64 * 1024 * 1024
+_IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one writev takes
+
+
+class _Unkept(Exception):
+    """The index is closed (or failed): the queued slices are not kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,40 +193,49 @@ class _Memo(OrderedDict[Hashable, Any]):
 
 
 class _Writes:
-    """The one thread that writes slice files, and how far it may fall behind. Fills hand it
-    their chunks after their readers have them, so neither a reader nor the event loop ever
-    waits for the disk; when the disk falls more than ``budget`` bytes behind (writeback
-    throttling: a page-cache write can block for hundreds of ms), new slices are not kept."""
+    """The one thread that writes slice files, and when the disk is too far behind to take one
+    more. Fills hand it each slice whole once their readers have its bytes, so neither a reader
+    nor the event loop ever waits for the disk. A slice is not kept (the fill streams on at S3's
+    pace, as without the cache) when the oldest write still queued has waited more than ``lag``
+    seconds (writeback throttling: a page-cache write can block for hundreds of ms), or when the
+    queued slices hold ``budget`` bytes (memory)."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, lag: float) -> None:
         self.budget = budget
+        self.lag = lag
         self._pending = 0
+        self._queued: deque[float] = deque()  # when each task queued or running was submitted
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="cache-write")
         self._closed = False
 
-    def reserve(self, size: int) -> bool:
+    def admit(self, size: int) -> bool:
+        """Reserve room for ``size`` bytes; False when the disk is too far behind."""
         with self._lock:
-            if self._pending + size > self.budget:
+            if self._queued and time.monotonic() - self._queued[0] > self.lag:
+                return False
+            if self._pending and self._pending + size > self.budget:
                 return False
             self._pending += size
             return True
 
-    def release(self, size: int) -> None:
-        with self._lock:
-            self._pending -= size
-
-    def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
-        """``function(*args)`` in the write thread, in order; at once once closed."""
+    def submit(self, function: Callable[..., T], *args: Any, size: int = 0) -> Future[T]:
+        """``function(*args)`` in the write thread, in order (``size``: the bytes ``admit``
+        reserved for it, released when it is done); at once once closed."""
         with self._lock:
             if not self._closed:
-                return self._executor.submit(function, *args)
-        done: Future[T] = Future()
+                self._queued.append(time.monotonic())
+                return self._executor.submit(self._run, function, args, size)
+        return _called(self._run, function, args, size)
+
+    def _run(self, function: Callable[..., T], args: tuple[Any, ...], size: int) -> T:
         try:
-            done.set_result(function(*args))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, as the thread would
-            done.set_exception(exc)
-        return done
+            return function(*args)
+        finally:
+            with self._lock:
+                self._pending -= size
+                if self._queued:
+                    self._queued.popleft()
 
     def close(self) -> None:
         """Let the queued writes and commits finish."""
@@ -227,92 +244,99 @@ class _Writes:
         self._executor.shutdown(wait=True)
 
 
+def _called(function: Callable[..., T], *args: Any) -> Future[T]:
+    """A future already done with ``function(*args)``'s result or exception."""
+    done: Future[T] = Future()
+    try:
+        done.set_result(function(*args))
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller, as the thread would
+        done.set_exception(exc)
+    return done
+
+
+def _write_all(fd: int, buffers: list[bytes]) -> None:
+    """Write ``buffers`` one after another: one ``writev`` for a slice, as a rule."""
+    views = [memoryview(buffer) for buffer in buffers if buffer]
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        while written:
+            if written >= len(views[0]):
+                written -= len(views.pop(0))
+            else:
+                views[0], written = views[0][written:], 0
+
+
 class SliceWriter:
-    """A slice being written to ``fills/`` by the store's write thread: header space first,
-    the data, then the header. ``write`` only queues a chunk; ``keep`` finishes the file and
-    hands it to the index once the writes are done; ``abort`` drops it. The file is made in the
-    write thread too (a file's creation waits on a journal that writeback holds up; on the
-    async flavour it would wait on the event loop). A failure is counted once, when the slice
-    is kept or dropped."""
+    """A slice on its way to the disk: ``write`` collects its chunks (the fill holds them for
+    its readers anyway: no copy), ``keep`` hands the whole slice to the write thread, which
+    makes its file in ``fills/`` (a file's creation waits on a journal that writeback holds up;
+    on the async flavour it would wait on the event loop), writes header and data in one
+    ``writev`` and hands the file to the index; ``abort`` drops it. One write-thread task per
+    slice, not one per chunk: on the boto3 flavour each task is a turn on the interpreter lock
+    among the threadpool's threads, and the disk fell behind for want of them (see
+    docs/design.md). A failure is counted once."""
 
     def __init__(self, store: SliceStore) -> None:
         self._store = store
-        self._writes = store.writes
-        self.path = ""
-        self._fd = -1
-        self._crc = 0
-        self._error: OSError | None = None
+        self._chunks: list[bytes] = []
         self.length = 0
 
-    def _open(self) -> None:
-        """Make the file (in the write thread), header space first."""
-        fd, self.path = tempfile.mkstemp(
-            dir=self._store.fills_directory, prefix=f"{os.getpid()}-", suffix=".part"
-        )
-        self._fd = fd
-        os.lseek(fd, HEADER_SIZE, os.SEEK_SET)
-
-    def write(self, chunk: bytes) -> bool:
-        """Queue ``chunk``; False when the disk is too far behind (then ``abort``)."""
-        if not self._writes.reserve(len(chunk)):
-            return False
+    def write(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
         self.length += len(chunk)
-        self._writes.submit(self._write, chunk)
-        return True
 
     def keep(self, version: Version, index: int) -> Future[bool]:
-        """Whether the store kept the slice, once its writes are done."""
-        return self._writes.submit(self._keep, version, index)
+        """Whether the store kept the slice, once the index has it: at once False (a
+        ``behind`` fault) when the disk is too far behind."""
+        chunks, self._chunks = self._chunks, []
+        kept: Future[bool] = Future()
+        if not self._store.admit(self.length):
+            self._store.fault("behind")
+            kept.set_result(False)
+            return kept
+        self._store.writes.submit(self._keep, chunks, version, index, kept, size=self.length)
+        return kept
 
     def abort(self) -> None:
-        self._writes.submit(self._abort)
+        self._chunks = []
 
-    # -- in the write thread ----------------------------------------------------------------
-
-    def _write(self, chunk: bytes) -> None:
+    def _keep(self, chunks: list[bytes], version: Version, index: int, kept: Future[bool]) -> None:
+        """In the write thread: the file, written whole, then queued for the index (the write
+        thread goes on with the next slice meanwhile)."""
         try:
-            if self._error is None:
-                if self._fd < 0:
-                    self._open()
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(self._fd, view) :]
-                self._crc = zlib.crc32(chunk, self._crc)
-        except OSError as exc:
-            self._error = exc
-        finally:
-            self._writes.release(len(chunk))
+            path = self._write_file(chunks)
+        except BaseException as exc:
+            kept.set_exception(exc)
+            raise
+        if path is None:
+            kept.set_result(False)
+        else:
+            self._store.commit(version, index, SliceFile(path, HEADER_SIZE + self.length), kept)
 
-    def _keep(self, version: Version, index: int) -> bool:
-        if self._error is None:
+    def _write_file(self, chunks: list[bytes]) -> str | None:
+        """The slice's file in ``fills/``: its path, or None (a ``write`` fault)."""
+        crc = 0
+        for chunk in chunks:
+            crc = zlib.crc32(chunk, crc)
+        header = _HEADER.pack(MAGIC, self.length, crc)
+        path = ""
+        try:
+            fd, path = tempfile.mkstemp(
+                dir=self._store.fills_directory, prefix=f"{os.getpid()}-", suffix=".part"
+            )
             try:
-                if self._fd < 0:
-                    self._open()
-                os.pwrite(self._fd, _HEADER.pack(MAGIC, self.length, self._crc), 0)
-            except OSError as exc:
-                self._error = exc
-        self._close()
-        if self._error is not None:
-            self._abort()
-            return False
-        return self._store.commit(version, index, SliceFile(self.path, HEADER_SIZE + self.length))
-
-    def _abort(self) -> None:
-        self._close()
-        if self.path:
-            _unlink(self.path)
-        if self._error is not None:
-            error, self._error = self._error, None
-            self._store.fault("write", error)
-            if isinstance(error, FileNotFoundError):  # fills/ removed: made again for the next
+                _write_all(fd, [header, *chunks])
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if path:
+                _unlink(path)
+            self._store.fault("write", exc)
+            if isinstance(exc, FileNotFoundError):  # fills/ removed: made again for the next
                 with contextlib.suppress(OSError):
                     os.makedirs(self._store.fills_directory, exist_ok=True)
-
-    def _close(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            return None
+        return path
 
 
 def _meta_key(location: str) -> str:
@@ -338,12 +362,17 @@ def _meta_of(record: Any) -> tuple[ObjectMeta, float] | None:
 class SliceStore:
     """The cache directory: object metadata and slices, shared by every worker process."""
 
-    def __init__(self, options: CacheOptions, write_behind: int = WRITE_BEHIND) -> None:
+    def __init__(
+        self,
+        options: CacheOptions,
+        write_budget: int = WRITE_BUDGET,
+        write_lag: float = WRITE_LAG_S,
+    ) -> None:
         self.options = options
         self.slice_size = options.slice_size
         self._directory = os.fspath(options.directory)
         self.fills_directory = os.path.join(self._directory, FILLS)  # slices being written
-        self.writes = _Writes(write_behind)
+        self.writes = _Writes(write_budget, write_lag)
         self._lock = threading.Lock()
         self._index: diskcache.Cache | None = None
         self._reopen_at = 0.0
@@ -361,6 +390,8 @@ class SliceStore:
         # (three descriptors each) until those threads end; one thread also closes it for sure.
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="cache-index")
         self._lookups = _Lookups(self._directory)  # reads, beside that thread's writes
+        self._commits: list[tuple[Hashable, SliceFile, Future[bool]]] = []  # for the index
+        self._commits_since = 0.0  # when the oldest of them was queued
 
     def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``function(*args, **kwargs)`` in the index's thread."""
@@ -377,7 +408,8 @@ class SliceStore:
         self._toucher.start()
 
     def close(self) -> None:
-        self.writes.close()  # the slices being written are kept (or dropped) first
+        self.writes.close()  # the slices being written are kept (or dropped) first,
+        self._call(_nothing)  # and their commits, queued in the index's thread, done
         with self._lock:
             self._closed = True
         self._stop.set()
@@ -390,6 +422,11 @@ class SliceStore:
                 self._call(index.close)
         self._worker.shutdown(wait=True)
         self._lookups.close()
+
+    def flush(self) -> None:
+        """Wait until the slices handed so far are written and their commits done."""
+        self.writes.submit(_nothing).result()
+        self._call(_nothing)
 
     def _open_index(self) -> diskcache.Cache | None:
         with self._lock:
@@ -417,9 +454,10 @@ class SliceStore:
                 return None
             return self._index
 
-    def _index_failed(self, cause: str, exc: BaseException) -> None:
+    def _index_failed(self, cause: str, exc: BaseException, in_worker: bool = False) -> None:
         """A call to the index failed: count it, and open the index again after a pause (the
-        directory may have been removed and made again)."""
+        directory may have been removed and made again). ``in_worker``: called in the index's
+        thread."""
         with self._lock:
             index, self._index = self._index, None
             self._reopen_at = time.monotonic() + _REOPEN_AFTER_S
@@ -428,7 +466,10 @@ class SliceStore:
             self._lookups.reset()
         if index is not None:
             with contextlib.suppress(*_INDEX_ERRORS):
-                self._call(index.close)
+                if in_worker:
+                    index.close()
+                else:
+                    self._call(index.close)
 
     def fault(self, cause: str, exc: BaseException | None = None) -> None:
         """Count a cache fault; log its cause the first time."""
@@ -604,27 +645,56 @@ class SliceStore:
                 self._index_failed("index", exc)
 
     def writer(self) -> SliceWriter:
-        """A new slice file in ``fills/``, made by the write thread (a failure to make it is
-        counted when the slice is kept or dropped)."""
+        """A new slice on its way to the disk (see ``SliceWriter``)."""
         return SliceWriter(self)
 
-    def commit(self, version: Version, index: int, finished: SliceFile) -> bool:
-        """Hand a finished slice file to the index (which evicts to stay under the limit)."""
-        key = self._key(version, index)
-        cache = self._open_index()
-        if cache is None:
+    def admit(self, size: int) -> bool:
+        """Whether a slice of ``size`` bytes may go to the disk now: neither the write thread
+        nor the index is more than the lag behind (see ``_Writes``)."""
+        with self._lock:
+            late = bool(self._commits) and time.monotonic() - self._commits_since > self.writes.lag
+        return not late and self.writes.admit(size)
+
+    def commit(self, version: Version, index: int, finished: SliceFile, kept: Future[bool]) -> None:
+        """Hand a finished slice file to the index (which evicts to stay under the limit);
+        ``kept`` says whether it has it. The commits queued while the index's thread is busy
+        go in one transaction: one commit each took ~17 ms of the write thread's turns on the
+        interpreter lock on the boto3 flavour, and the disk fell behind (see docs/design.md)."""
+        entry = (self._key(version, index), finished, kept)
+        if self._open_index() is None:
             _unlink(finished.path)
-            return False
+            kept.set_result(False)
+            return
+        with self._lock:
+            self._commits.append(entry)
+            if len(self._commits) > 1:
+                return  # a drain is queued already, and will take this one too
+            self._commits_since = time.monotonic()
+        self._worker.submit(self._commit_queued)
+
+    def _commit_queued(self) -> None:
+        """In the index's thread: every commit queued, in one transaction."""
+        with self._lock:
+            batch, self._commits = self._commits, []
+            index = self._index
+        if not batch:
+            return
         try:
-            evicted, volume = self._call(_store, cache, key, finished)
-        except _INDEX_ERRORS as exc:
-            _unlink(finished.path)
-            self._index_failed("index", exc)
-            return False
+            if index is None:
+                raise _Unkept()
+            evicted, volume = _store(index, [(key, finished) for key, finished, _ in batch])
+        except (_Unkept, *_INDEX_ERRORS) as exc:
+            for _, finished, kept in batch:
+                _unlink(finished.path)
+                kept.set_result(False)
+            if not isinstance(exc, _Unkept):
+                self._index_failed("index", exc, in_worker=True)
+            return
         if evicted:
             CACHE_EVICTIONS.inc(evicted)
         CACHE_DISK_BYTES.set(volume)
-        return True
+        for *_, kept in batch:
+            kept.set_result(True)
 
     # -- recency ----------------------------------------------------------------------------
 
@@ -661,9 +731,12 @@ def _checksum(fd: int, length: int) -> int:
     return crc
 
 
-def _store(index: _Index, key: Hashable, finished: SliceFile) -> tuple[int, int]:
-    """Adopt a finished slice, evict what the limit requires: (evicted, volume)."""
-    index.set(key, finished, read=True)
+def _store(index: _Index, finished: list[tuple[Hashable, SliceFile]]) -> tuple[int, int]:
+    """Adopt finished slices in one transaction, evict what the limit requires: (evicted,
+    volume)."""
+    with index.transact():
+        for key, slice_file in finished:
+            index.set(key, slice_file, read=True)
     volume = index.volume()
     if volume <= index.size_limit:  # culling would only measure the volume again
         return 0, volume
@@ -677,6 +750,10 @@ def _touch(index: _Index, keys: list[Hashable]) -> None:
     with index.transact():
         for key in keys:
             index._sql(_TOUCH_ROW, (now, key))  # noqa: SLF001 (diskcache's own statement runner)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _alive(pid: int) -> bool:

@@ -65,8 +65,7 @@ def open_slice_files() -> list[str]:
 
 def keep_one_slice(store: SliceStore, version: Version) -> None:
     writer = store.writer()
-    assert writer is not None
-    assert writer.write(os.urandom(SLICE))
+    writer.write(os.urandom(SLICE))
     assert writer.keep(version, 0).result()
 
 
@@ -124,7 +123,7 @@ def test_lookups_do_not_wait_for_the_index_writer(tmp_path: Path) -> None:
     try:
         with stalled(store._worker.submit) as resume:  # the index's one writing thread
             writer = store.writer()
-            assert writer is not None and writer.write(os.urandom(SLICE))
+            writer.write(os.urandom(SLICE))
             committing = writer.keep(second, 0)  # queued behind the stall
             assert store.meta(first.location) == (meta, 1000.0)
             assert store.cached(first, 0) and not store.cached(second, 0)
@@ -143,20 +142,27 @@ def test_a_disk_that_falls_behind_leaves_slices_unkept_never_a_reader_waiting(
     tmp_path: Path,
 ) -> None:
     """The write thread stalled (a page-cache write blocked in writeback throttling does the
-    same): writes beyond the budget are refused at once, the slice is dropped, and what was
-    queued before the stall is written when the thread resumes."""
-    store = SliceStore(CacheOptions(tmp_path, OPTIONS_MAX, SLICE, 60.0), write_behind=SLICE)
+    same): a slice handed within the lag is queued; once the stall has lasted longer, the next
+    is refused at once (a ``behind`` fault) and the first is written when the thread resumes."""
+    lag = 0.5
+    store = SliceStore(CacheOptions(tmp_path, OPTIONS_MAX, SLICE, 60.0), write_lag=lag)
     store.start()
+    behind = CACHE_FAULTS.labels("behind")
     try:
         with stalled(store.writes.submit) as resume:
-            kept, dropped = store.writer(), store.writer()
-            assert kept is not None and dropped is not None
+            stalled_at = time.monotonic()
             first = Version("s3://media/a.mp4", '"v1"', SLICE)
             second = Version("s3://media/b.mp4", '"v1"', SLICE)
-            assert kept.write(os.urandom(SLICE))  # queued: within the budget
-            assert not dropped.write(os.urandom(1))  # the budget is spent: refused, at once
-            dropped.abort()
-            keeping = kept.keep(first, 0)
+            kept, dropped = store.writer(), store.writer()
+            kept.write(os.urandom(SLICE))
+            keeping = kept.keep(first, 0)  # queued: the stall is younger than the lag
+            assert time.monotonic() - stalled_at < lag, "too slow a machine for this test"
+            time.sleep(lag * 1.5)
+            before = behind._value.get()
+            dropped.write(os.urandom(SLICE))
+            refused = dropped.keep(second, 0)
+            assert refused.done() and refused.result() is False  # at once, not queued
+            assert behind._value.get() == before + 1
             assert not keeping.done()  # behind the stall
             resume.set()
             assert keeping.result(timeout=10)
@@ -166,15 +172,36 @@ def test_a_disk_that_falls_behind_leaves_slices_unkept_never_a_reader_waiting(
         store.close()
 
 
+def test_queued_slices_never_hold_more_than_the_budget(tmp_path: Path) -> None:
+    """The queued slices' bytes are memory until written: past the budget, a slice is not
+    kept, however young the stall."""
+    store = SliceStore(CacheOptions(tmp_path, OPTIONS_MAX, SLICE, 60.0), write_budget=SLICE)
+    store.start()
+    try:
+        with stalled(store.writes.submit) as resume:
+            kept, dropped = store.writer(), store.writer()
+            kept.write(os.urandom(SLICE))
+            keeping = kept.keep(Version("s3://media/a.mp4", '"v1"', SLICE), 0)
+            dropped.write(os.urandom(1))
+            refused = dropped.keep(Version("s3://media/b.mp4", '"v1"', 1), 0)
+            assert refused.done() and refused.result() is False
+            resume.set()
+            assert keeping.result(timeout=10)
+    finally:
+        store.close()
+
+
 @contextlib.contextmanager
 def stalled_cache(tmp_path: Path, data: bytes) -> Iterator[tuple[SliceCache, threading.Event]]:
-    """A cache over ``clip.mp4`` (``data``) whose write thread is stalled until the event."""
+    """A cache over ``clip.mp4`` (``data``) whose write thread is stalled until the event: a
+    disk slower than the download, not one stalled past the lag (tested on its own above)."""
     cache = open_cache(
         MemoryStorage({"clip.mp4": data}),
         CacheOptions(tmp_path, OPTIONS_MAX, SLICE, 60.0),
         sync=True,
     )
     assert isinstance(cache, SliceCache)
+    cache.store.writes.lag = 60.0
     try:
         with stalled(cache.store.writes.submit) as resume:
             yield cache, resume
@@ -225,7 +252,7 @@ def test_a_stalled_disk_holds_back_neither_a_fill_nor_the_next_request(tmp_path:
         assert [sha256(body) for body in bodies] == [sha256(data)] * 2
         assert not cache.store.cached(version, 0)  # not written yet
         resume.set()
-        cache.store.writes.submit(lambda: None).result(timeout=10)  # the queue drained
+        cache.store.flush()  # the queue drained, its commits done
         assert cache.store.cached(version, 0) and cache.store.cached(version, 1)
 
 
@@ -249,6 +276,6 @@ def test_a_fill_runs_at_most_one_slice_ahead_of_the_disk(tmp_path: Path) -> None
         reader.join(timeout=10)
         assert not reader.is_alive()
         assert [sha256(body) for body in bodies] == [sha256(data)]
-        cache.store.writes.submit(lambda: None).result(timeout=10)  # the queue drained
+        cache.store.flush()  # the queue drained, its commits done
         version = clip_version(cache, data)
         assert all(cache.store.cached(version, index) for index in range(4))
