@@ -201,6 +201,12 @@ class Settings(BaseSettings):
         description="worker threads for `def` endpoints and blocking reads",
     )
 
+    listing: bool = Field(
+        default=False,
+        description="list a prefix at `/objects/{prefix}/` (and `/objects/`): JSON Lines, a "
+        "JSON array or an HTML browse page, streamed; off: such a path is `404`",
+    )
+
     # Access control: on as soon as any API key or signing key is configured.
     api_keys: list[ApiKey] = Field(
         default=[],

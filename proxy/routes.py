@@ -5,7 +5,8 @@ the threadpool, blocking storage) and ``aget_object`` (``async def``, async stor
 request's fields once (``ObjectRequest``), open with a read hint, plan, and stream. A ``Route``
 to an ASGI endpoint, not an ``APIRoute``: FastAPI's per-request parameter solving nearly doubled
 a small range's CPU (see docs/design.md); the app's router and exception handlers serve it, and
-``document_object_routes`` describes it in the OpenAPI document.
+``document_object_routes`` describes it in the OpenAPI document. With listings on, a key
+ending in ``/`` goes to ``proxy.listing`` instead.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from proxy.config import Settings
 from proxy.http.disposition import content_disposition, download_filename
 from proxy.http.plan import Plan, body_length, plan_response
 from proxy.http.request import ObjectRequest
+from proxy.listing import ListingEndpoint
 from proxy.responses import ObjectResponse, Pacer, aiter_plan, iter_plan
 from proxy.storage.base import METADATA_ONLY, WHOLE, AsyncStorage, ObjectMeta, ReadHint, Storage
 from proxy.storage.keys import check_request_key
@@ -137,11 +139,14 @@ class ObjectEndpoint:
     """``/objects/{key}`` as an ASGI app, in the shape of Starlette's ``StaticFiles``
     (``__call__`` -> ``get_response`` -> response), for the flavour: access control first when
     it is on (``auth``; the same for both flavours), then the flavour's function. Its errors
-    propagate to the app's exception handlers (Starlette's ``ExceptionMiddleware``)."""
+    propagate to the app's exception handlers (Starlette's ``ExceptionMiddleware``). A key
+    ending in ``/`` (or empty) asks for a listing: ``listing`` serves it when listings are on;
+    without it, ``check_request_key`` answers 404."""
 
-    def __init__(self, sync: bool, auth: bool) -> None:
+    def __init__(self, sync: bool, auth: bool, listing: ListingEndpoint | None = None) -> None:
         self.sync = sync
         self.auth = auth
+        self.listing = listing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self.get_response(Request(scope, receive, send))
@@ -149,6 +154,8 @@ class ObjectEndpoint:
 
     async def get_response(self, request: Request) -> Response:
         key: str = request.path_params["key"]
+        if self.listing is not None and (not key or key[-1] == "/"):
+            return await self.listing.get_response(request, key)
         if self.auth:
             await authorize(request, key)
         state = request.app.state
@@ -181,7 +188,8 @@ def add_object_routes(app: FastAPI, settings: Settings) -> None:
 
     The route goes first: the router tries routes in order, and the documentation and health
     routes before it cost a ranged GET ~8% more instructions (callgrind, in process)."""
-    endpoint = ObjectEndpoint(settings.sync, settings.auth_enabled)
+    listing = ListingEndpoint(settings.sync) if settings.listing else None
+    endpoint = ObjectEndpoint(settings.sync, settings.auth_enabled, listing)
     app.router.routes.insert(0, ObjectRoute(OBJECT_PATH, endpoint, methods=["GET"], name="object"))
     document_object_routes(app)
 

@@ -1,5 +1,6 @@
-"""A key ending in ``/`` asks for a listing, which the proxy does not serve: 404 with its JSON
-error, on every backend and both flavours; other empty segments stay 400 (``check_request_key``).
+"""A key ending in ``/`` asks for a listing, which the proxy serves only with ``PROXY_LISTING``
+on; off (the default): 404 with its JSON error, on every backend and both flavours; other empty
+segments stay 400 either way (``check_request_key``, ``check_prefix``).
 """
 
 from __future__ import annotations
@@ -93,3 +94,14 @@ def test_check_request_key_keeps_the_key_policy(key: str) -> None:
 @pytest.mark.parametrize("key", ["a", "video/clip.mp4", "a/.b"])
 def test_check_request_key_returns_an_object_key(key: str) -> None:
     assert check_request_key(key) is key
+
+
+def test_with_listings_on_the_same_folders_are_listed(media: MediaTree, serve: StartServer) -> None:
+    running = serve(settings_for(media, "sync", access_log=False, listing=True))
+    for target in FOLDERS:
+        head = raw_request(running.port, target).partition(b"\r\n\r\n")[0]
+        assert head.startswith(b"HTTP/1.1 200 "), target
+        assert b"content-type: application/jsonl" in head
+    for target in STILL_INVALID:
+        status, body = answer(raw_request(running.port, target))
+        assert (status, body["error"]) == (400, "invalid_key"), target

@@ -1,5 +1,6 @@
 """The storage contract: ``open(key, hint)`` answers with a ``Reply``: the object's metadata, the
-range already fetched with it, and a body that streams any range of that version.
+range already fetched with it, and a body that streams any range of that version; and
+``listing(prefix, ...)``: what lies under a prefix, page by page, in S3's order.
 
 Backends do not inherit from these Protocols; ``tests/storage/test_contract.py`` checks them. A
 backend may wrap another one (``open`` in, ``open`` out): a cache or a router of several
@@ -8,7 +9,7 @@ backends implements the same Protocol as what it wraps.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar, runtime_checkable
@@ -82,6 +83,7 @@ class AsyncBody(Protocol):
 
 
 B = TypeVar("B", covariant=True)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,70 @@ class Reply(Generic[B]):
     body: B
     range: ByteRange | None = None
     fields: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Folder:
+    """A prefix that keys continue below, ending in ``/``: a folder in a listing (S3's
+    ``CommonPrefixes``). It exists only while some object lies below it."""
+
+    prefix: str
+
+
+Listed = ObjectMeta | Folder
+"""One entry of a listing: an object (its metadata, as ``open`` gives it, except that the media
+type comes from the key: S3 lists no ContentType) or a folder."""
+
+LIST_PAGE_SIZE = 1000  # entries per page: what one S3 ListObjectsV2 call returns at most
+
+
+def listed_name(entry: Listed) -> str:
+    """The key of an object, the prefix of a folder: what a listing is ordered by."""
+    return entry.prefix if isinstance(entry, Folder) else entry.key
+
+
+def folded(entries: Iterable[Listed], prefix: str) -> Iterator[Listed]:
+    """``entries`` (in order, all below ``prefix``) as a listing of ``prefix`` without
+    recursion: whatever continues past the next ``/`` becomes that one folder. Keys sharing a
+    prefix are contiguous in order, so a folder's entries are adjacent and it is given once."""
+    start = len(prefix)
+    last = None
+    for entry in entries:
+        name = listed_name(entry)
+        cut = name.find("/", start)
+        if cut < 0:
+            yield entry
+            continue
+        folder = name[: cut + 1]
+        if folder != last:
+            last = folder
+            yield entry if folder == name else Folder(folder)
+
+
+class Lister(Protocol):
+    """What a blocking storage lists."""
+
+    def listing(
+        self, prefix: str, recursive: bool = False, start_after: str = ""
+    ) -> Iterator[list[Listed]]:
+        """Pages (at most ``LIST_PAGE_SIZE`` entries, never empty) of the objects whose keys
+        start with ``prefix`` and, unless ``recursive``, a ``Folder`` for each group of them
+        continuing past the next ``/`` instead; in the UTF-8 byte order of the names (S3's),
+        only names after ``start_after``. A prefix with nothing below it gives no page.
+
+        Each page is fetched when it is asked for (the first at the first ``next``), so a
+        failure raises a ``StorageError`` from ``next``; entries are not checked against the
+        key policy (the caller leaves out what ``proxy.storage.keys.listable`` refuses).
+        """
+        ...
+
+
+class AsyncLister(Protocol):
+    """The async twin of ``Lister``."""
+
+    def listing(
+        self, prefix: str, recursive: bool = False, start_after: str = ""
+    ) -> AsyncIterator[list[Listed]]: ...
 
 
 class Storage(Protocol):
@@ -128,7 +194,7 @@ class AsyncStorage(Protocol):
     async def aclose(self) -> None: ...
 
 
-class VersionedStorage(Storage, Protocol):
+class VersionedStorage(Storage, Lister, Protocol):
     """A blocking storage that a cache can stack on: it names where a key lives, reads a known
     version without a call, and revalidates metadata (S3)."""
 
@@ -144,7 +210,7 @@ class VersionedStorage(Storage, Protocol):
         ...
 
 
-class AsyncVersionedStorage(AsyncStorage, Protocol):
+class AsyncVersionedStorage(AsyncStorage, AsyncLister, Protocol):
     """The async twin of ``VersionedStorage``."""
 
     def location(self, key: str) -> str: ...
@@ -182,5 +248,18 @@ async def aiter_ready(chunks: ReadyChunks) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _next_or_none(chunks: Iterator[bytes]) -> bytes | None:
+def _next_or_none(chunks: Iterator[T]) -> T | None:
     return next(chunks, None)  # StopIteration cannot cross into the awaiting coroutine
+
+
+async def aiter_blocking(items: Iterator[T]) -> AsyncIterator[T]:
+    """A blocking iterator's items, each ``next`` in a worker thread (one hop per item: give
+    it pages, not lines); closed in a worker thread too when the iteration ends or is left."""
+    try:
+        while (item := await anyio.to_thread.run_sync(_next_or_none, items)) is not None:
+            yield item
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(close)

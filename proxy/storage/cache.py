@@ -31,6 +31,7 @@ from proxy.storage.base import (
     AsyncVersionedStorage,
     Body,
     ChunkSize,
+    Listed,
     ObjectMeta,
     ReadHint,
     Reply,
@@ -183,6 +184,11 @@ class SliceCache(_Cache):
         threading.Thread(target=fill_thread, name="cache-fill", daemon=True).start()
         return fill
 
+    def listing(
+        self, prefix: str, recursive: bool = False, start_after: str = ""
+    ) -> Iterator[list[Listed]]:
+        return self.inner.listing(prefix, recursive, start_after)  # listings are not cached
+
     def check(self) -> None:
         self.inner.check()
 
@@ -240,6 +246,11 @@ class AsyncSliceCache(_Cache):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fill
+
+    def listing(
+        self, prefix: str, recursive: bool = False, start_after: str = ""
+    ) -> AsyncIterator[list[Listed]]:
+        return self.inner.listing(prefix, recursive, start_after)  # listings are not cached
 
     async def acheck(self) -> None:
         await self.inner.acheck()

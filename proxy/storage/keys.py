@@ -1,5 +1,6 @@
 """Object key policy: which URL paths may name an object, whatever the backend; a path ending in
-``/`` names a folder, and folders are not listed."""
+``/`` names a folder, listed only where listings are on (``check_prefix``), and a listing shows
+only what the policy lets a request name (``listable``)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,28 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` (``""`` or a folder's, ending in ``/``) unchanged if a listing may be
+    asked for it: the folder passes ``check_key``; else raise ``InvalidKey``."""
+    if prefix:
+        check_key(prefix[:-1])
+    return prefix
+
+
+def listable(name: str, folder: bool = False) -> bool:
+    """Whether a listing may show ``name``: an object key that passes ``check_key``, or a
+    folder's prefix (ending in ``/``) whose name does. Anything else could be neither read nor
+    listed through the proxy (``a//b``, ``../x``, a folder marker object ``a/``, a control
+    character)."""
+    if folder != name.endswith("/"):
+        return False
+    try:
+        check_key(name[:-1] if folder else name)
+    except InvalidKey:
+        return False
+    return True
+
+
 def check_request_key(key: str) -> str:
     """``check_key`` for the key of a request path (``/objects/{key}``), where a key ending in
     ``/`` (the empty key of ``/objects/`` too) asks for a folder's listing: ``ObjectNotFound``
@@ -50,6 +73,5 @@ def check_request_key(key: str) -> str:
     ``../`` stay ``InvalidKey``, like ``a//b`` and ``../b``."""
     if key and not key.endswith("/"):
         return check_key(key)
-    if key:
-        check_key(key[:-1])
+    check_prefix(key)
     raise ObjectNotFound(NO_LISTINGS)

@@ -6,6 +6,10 @@ and inode caches answer them), and so does a read the page cache can serve at on
 (``preadv`` with ``RWF_NOWAIT``); only a read that would wait for the disk goes to a worker
 thread. A thread hop costs more than a cached 256 KiB read: doing every call in a thread held
 a 64 KiB range at a third of the rate.
+
+Listings walk the directories in S3's order (the UTF-8 bytes of the keys, a folder's name
+followed by ``/``) and show what a read could serve: regular files, through links only when
+they resolve under the root, never a directory twice on one path (a link loop).
 """
 
 from __future__ import annotations
@@ -17,19 +21,24 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
+from itertools import islice
 
 import anyio.to_thread
 
 from proxy.http.codec import ByteRange
 from proxy.metrics import BACKEND_CALLS
 from proxy.storage.base import (
+    LIST_PAGE_SIZE,
     METADATA_ONLY,
     AsyncBody,
     Body,
     ChunkSize,
+    Folder,
+    Listed,
     ObjectMeta,
     ReadHint,
     Reply,
+    aiter_blocking,
     aiter_ready,
     chunk_limit,
 )
@@ -40,7 +49,7 @@ from proxy.storage.errors import (
     ObjectNotFound,
     StorageError,
 )
-from proxy.storage.keys import check_key
+from proxy.storage.keys import check_key, listable
 from proxy.storage.mediatypes import media_type_for
 from proxy.storage.openfiles import OpenFiles, Signature, signature
 from proxy.storage.options import DEFAULT_OPEN_FILES
@@ -198,6 +207,97 @@ def _close_fd(fd: int) -> int:
     return -1
 
 
+_Node = tuple[str, os.stat_result]  # a directory entry's key (a folder's ends in "/") and stat
+
+
+def _scan(root: str, folder: str, stem: str = "") -> list[_Node]:
+    """The entries of directory ``folder`` ("" or "a/b/") whose names start with ``stem``, in
+    the order of their keys: regular files and directories, links resolved, but only links that
+    stay under ``root``; names the key policy refuses are left out."""
+    nodes = []
+    try:
+        with os.scandir(os.path.join(root, folder) if folder else root) as entries:
+            for entry in entries:
+                name = entry.name
+                if not name.startswith(stem):
+                    continue
+                try:
+                    st = entry.stat()  # follows a link: what a read would open
+                    if entry.is_symlink() and not _under(root, os.path.realpath(entry.path)):
+                        continue  # a link out of the root: as if there were nothing there
+                except OSError:
+                    continue  # a dangling link, or gone since the scan
+                if stat.S_ISDIR(st.st_mode):
+                    key = f"{folder}{name}/"
+                elif stat.S_ISREG(st.st_mode):
+                    key = folder + name
+                else:
+                    continue  # a FIFO, socket or device is not an object
+                if listable(key, key.endswith("/")):
+                    nodes.append((key, st))
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # S3 semantics: a prefix with nothing below it lists nothing
+    except OSError as exc:
+        raise storage_error(exc) from exc
+    nodes.sort(key=lambda node: node[0])  # code point order is UTF-8 byte order
+    return nodes
+
+
+def _walk(
+    root: str, nodes: list[_Node], recursive: bool, after: str, seen: frozenset[tuple[int, int]]
+) -> Iterator[Listed]:
+    """The listing of ``nodes`` (from ``_scan``): files, and folders descended into
+    (``recursive``) or shown when they hold a file; only names after ``after``; a directory
+    already on the path (``seen``: device and inode) is a loop and left out."""
+    for key, st in nodes:
+        if not key.endswith("/"):
+            if key > after:
+                yield _meta(key, st)
+            continue
+        inode = (st.st_dev, st.st_ino)
+        if inode in seen or (key <= after and not after.startswith(key)):
+            continue  # a loop, or a folder wholly before ``after``
+        below = _walk(root, _scan(root, key), recursive, after, seen | {inode})
+        if recursive:
+            yield from below
+        elif key > after and next(below, None) is not None:
+            yield Folder(key)
+
+
+def _path_inodes(root: str, folder: str) -> frozenset[tuple[int, int]] | None:
+    """The directories from ``root`` down to ``folder`` (device and inode), or None when a
+    walk from the root would not reach it: a name the key policy refuses, a link out of the
+    root, a directory met twice on the way (a link loop), or no directory at all."""
+    if folder and (
+        not listable(folder, True) or not _under(root, os.path.realpath(os.path.join(root, folder)))
+    ):
+        return None
+    seen: set[tuple[int, int]] = set()
+    path = root
+    for part in ["", *folder.split("/")[:-1]]:
+        path = os.path.join(path, part) if part else path
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if (st.st_dev, st.st_ino) in seen or not stat.S_ISDIR(st.st_mode):
+            return None
+        seen.add((st.st_dev, st.st_ino))
+    return frozenset(seen)
+
+
+def _listing(root: str, prefix: str, recursive: bool, after: str) -> Iterator[list[Listed]]:
+    """Pages of the listing of ``prefix`` under ``root`` (see ``Lister.listing``)."""
+    folder, _, stem = prefix.rpartition("/")
+    folder = f"{folder}/" if folder else ""
+    seen = _path_inodes(root, folder)
+    if seen is None:
+        return  # not a folder a listing of the root would lead to: nothing to list
+    entries = _walk(root, _scan(root, folder, stem), recursive, after, seen)
+    while page := list(islice(entries, LIST_PAGE_SIZE)):
+        yield page
+
+
 class _FileBody:
     """What both body flavours hold: a descriptor read with ``pread`` (no seek state)."""
 
@@ -302,6 +402,11 @@ class LocalStorage(_Root):
         fd, meta = _open_object(self._root, key, self._files)
         return Reply(meta, LocalBody(fd))
 
+    def listing(
+        self, prefix: str, recursive: bool = False, start_after: str = ""
+    ) -> Iterator[list[Listed]]:
+        return _listing(self._root, prefix, recursive, start_after)
+
     def check(self) -> None:
         _check_root(self._root)
 
@@ -318,6 +423,12 @@ class AsyncLocalStorage(_Root):
         # On the loop: see the module's docstring.
         fd, meta = _open_object(self._root, key, self._files)
         return Reply(meta, AsyncLocalBody(fd))
+
+    def listing(
+        self, prefix: str, recursive: bool = False, start_after: str = ""
+    ) -> AsyncIterator[list[Listed]]:
+        # Directory scans wait for the disk: each page is made in a worker thread.
+        return aiter_blocking(_listing(self._root, prefix, recursive, start_after))
 
     async def acheck(self) -> None:
         await anyio.to_thread.run_sync(_check_root, self._root)

@@ -9,19 +9,24 @@ import hashlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 
 import anyio.lowlevel
 
 from proxy.http.codec import ByteRange
 from proxy.storage.base import (
+    LIST_PAGE_SIZE,
     METADATA_ONLY,
     AsyncBody,
     Body,
     ChunkSize,
+    Listed,
     ObjectMeta,
     ReadHint,
     Reply,
     chunk_limit,
+    folded,
+    listed_name,
 )
 from proxy.storage.errors import BodyTruncated, ObjectChanged, ObjectNotFound
 from proxy.storage.keys import check_key
@@ -85,6 +90,15 @@ class _Objects:
     def _revalidate(self, key: str, meta: ObjectMeta) -> ObjectMeta | None:
         stored = self._lookup(key)
         return None if stored.meta.etag == meta.etag else stored.meta
+
+    def _listing(self, prefix: str, recursive: bool, after: str) -> Iterator[list[Listed]]:
+        keys = sorted(key for key in self._objects if key.startswith(prefix))
+        entries: Iterator[Listed] = (self._objects[key].meta for key in keys)
+        if not recursive:
+            entries = folded(entries, prefix)
+        entries = (entry for entry in entries if listed_name(entry) > after)
+        while page := list(islice(entries, LIST_PAGE_SIZE)):
+            yield page
 
 
 class _Buffer:
@@ -154,6 +168,11 @@ class MemoryStorage(_Objects):
     def pinned(self, key: str, meta: ObjectMeta) -> MemoryBody:
         return MemoryBody(self._pinned(key, meta))
 
+    def listing(
+        self, prefix: str, recursive: bool = False, start_after: str = ""
+    ) -> Iterator[list[Listed]]:
+        return self._listing(prefix, recursive, start_after)
+
     def revalidate(self, key: str, meta: ObjectMeta) -> ObjectMeta | None:
         return self._revalidate(key, meta)
 
@@ -175,6 +194,13 @@ class AsyncMemoryStorage(_Objects):
 
     def pinned(self, key: str, meta: ObjectMeta) -> AsyncMemoryBody:
         return AsyncMemoryBody(self._pinned(key, meta))
+
+    async def listing(
+        self, prefix: str, recursive: bool = False, start_after: str = ""
+    ) -> AsyncIterator[list[Listed]]:
+        for page in self._listing(prefix, recursive, start_after):
+            await anyio.lowlevel.checkpoint()
+            yield page
 
     async def revalidate(self, key: str, meta: ObjectMeta) -> ObjectMeta | None:
         return self._revalidate(key, meta)

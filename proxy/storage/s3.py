@@ -4,12 +4,15 @@ A GET with one range or none is ONE GetObject whose answer carries the metadata;
 revalidations and multipart use HeadObject, then ranged GETs pinned to its ETag (IfMatch).
 GetObject goes out as a presigned GET (``proxy.storage.presigned``) unless that is turned off;
 botocore answers what it cannot. Either way the GET comes back as one ``S3Answer``.
+A listing is ListObjectsV2 through botocore, one call per page, each only when it is asked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import heapq
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -17,9 +20,21 @@ from botocore.exceptions import ClientError
 
 from proxy.http.codec import ByteRange, Range
 from proxy.storage import presigned
-from proxy.storage.base import METADATA_ONLY, ChunkSize, ObjectMeta, ReadHint, Reply, chunk_limit
+from proxy.storage.base import (
+    LIST_PAGE_SIZE,
+    METADATA_ONLY,
+    ChunkSize,
+    Folder,
+    Listed,
+    ObjectMeta,
+    ReadHint,
+    Reply,
+    chunk_limit,
+    listed_name,
+)
 from proxy.storage.connections import AsyncConnections, AsyncReply
 from proxy.storage.errors import BodyTruncated, RangeNotSatisfiable
+from proxy.storage.mediatypes import media_type_for
 from proxy.storage.options import S3Options
 from proxy.storage.s3answer import S3Answer, map_client_errors, meta_from
 from proxy.storage.s3client import aiobotocore_client, boto3_client, config_options
@@ -241,11 +256,57 @@ class _Bucket:
         """Where ``key`` is stored: its ``s3://`` URL (a cache's name for the object)."""
         return f"s3://{self._bucket}/{self._s3_key(key)}"
 
+    def _list_args(
+        self, prefix: str, recursive: bool, start_after: str, token: str | None
+    ) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "Bucket": self._bucket,
+            "Prefix": self._s3_key(prefix),
+            "MaxKeys": LIST_PAGE_SIZE,
+        }
+        if not recursive:
+            args["Delimiter"] = "/"
+        if token is not None:
+            args["ContinuationToken"] = token
+        elif start_after:
+            args["StartAfter"] = self._s3_key(start_after)
+        return args
+
     def _head_args(self, key: str, meta: ObjectMeta) -> dict[str, str]:
         args = {"Bucket": self._bucket, "Key": self._s3_key(key)}
         if meta.etag:
             args["IfNoneMatch"] = meta.etag
         return args
+
+
+def _listed_time(value: str | datetime) -> datetime:
+    """A listing's LastModified: RFC 3339 text (the tuned sessions parse no timestamps)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+def _name(entry: object) -> str:
+    return listed_name(entry)  # type: ignore[arg-type]  # heapq.merge's key takes any object
+
+
+def _listed_page(response: Mapping[str, Any], strip: int) -> tuple[list[Listed], str | None]:
+    """A ListObjectsV2 answer as a page of entries (keys without the bucket's prefix, objects
+    and folders merged in key order) and the token of the next page (None: the last)."""
+    objects = [
+        ObjectMeta(
+            key=(key := item["Key"][strip:]),
+            size=item["Size"],
+            media_type=media_type_for(key),
+            etag=item.get("ETag"),
+            last_modified=_listed_time(item["LastModified"]),
+        )
+        for item in response.get("Contents", ())
+    ]
+    folders = [Folder(item["Prefix"][strip:]) for item in response.get("CommonPrefixes", ())]
+    page: list[Listed] = list(heapq.merge(objects, folders, key=_name)) if folders else [*objects]
+    token = response.get("NextContinuationToken") if response.get("IsTruncated") else None
+    return page, token
 
 
 def _not_modified(exc: ClientError) -> bool:
@@ -305,6 +366,21 @@ class S3Storage(_Bucket):
                 raise
         return meta_from(key, S3Answer.from_botocore(response))
 
+    def listing(
+        self, prefix: str, recursive: bool = False, start_after: str = ""
+    ) -> Iterator[list[Listed]]:
+        """ListObjectsV2 pages, following the continuation tokens to the end."""
+        token = None
+        while True:
+            args = self._list_args(prefix, recursive, start_after, token)
+            with map_client_errors():
+                response = self._client.list_objects_v2(**args)
+            page, token = _listed_page(response, len(self._prefix))
+            if page:
+                yield page
+            if token is None:
+                return
+
     def check(self) -> None:
         with map_client_errors():
             self._client.head_bucket(Bucket=self._bucket)
@@ -360,6 +436,21 @@ class AsyncS3Storage(_Bucket):
                     return None
                 raise
         return meta_from(key, S3Answer.from_botocore(response))
+
+    async def listing(
+        self, prefix: str, recursive: bool = False, start_after: str = ""
+    ) -> AsyncIterator[list[Listed]]:
+        """See ``S3Storage.listing``."""
+        token = None
+        while True:
+            args = self._list_args(prefix, recursive, start_after, token)
+            with map_client_errors():
+                response = await self._client.list_objects_v2(**args)
+            page, token = _listed_page(response, len(self._prefix))
+            if page:
+                yield page
+            if token is None:
+                return
 
     async def acheck(self) -> None:
         with map_client_errors():

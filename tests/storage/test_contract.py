@@ -9,7 +9,7 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import pytest
 
@@ -17,13 +17,19 @@ from proxy.http.codec import ByteRange
 from proxy.storage.base import (
     METADATA_ONLY,
     AsyncBody,
+    AsyncLister,
     AsyncStorage,
     Body,
+    Folder,
+    Listed,
     ObjectMeta,
     ReadHint,
     Reply,
     Storage,
+    folded,
+    listed_name,
 )
+from proxy.storage.base import Lister as SyncLister
 from proxy.storage.cache import open_cache
 from proxy.storage.errors import BodyTruncated, InvalidKey, ObjectNotFound
 from proxy.storage.local import AsyncLocalStorage, LocalStorage
@@ -388,3 +394,92 @@ def test_memory_etag_derives_from_content() -> None:
 def test_memory_rejects_invalid_keys_at_put() -> None:
     with pytest.raises(InvalidKey):
         MemoryStorage({"../x": b""})
+
+
+# -- listings ----------------------------------------------------------------------------------
+
+
+class Listings:
+    """Lists ``SOURCE`` (every page of a listing) through one backend and flavour, and opens
+    its objects through the same storage."""
+
+    def __init__(self, backend: str, flavour: str, root: Path) -> None:
+        self.flavour = flavour
+        self.sync = make_sync(backend, root)
+        self.async_ = make_async(backend, root)
+
+    async def pages(self, prefix: str, recursive: bool, after: str) -> list[list[Listed]]:
+        if self.flavour == "sync":
+            return list(cast(SyncLister, self.sync).listing(prefix, recursive, after))
+        lister = cast(AsyncLister, self.async_)
+        return [page async for page in lister.listing(prefix, recursive, after)]
+
+    async def meta(self, key: str) -> ObjectMeta:
+        if self.flavour == "sync":
+            reply = self.sync.open(key)
+            reply.body.close()
+            return reply.meta
+        areply = await self.async_.open(key)
+        await areply.body.aclose()
+        return areply.meta
+
+
+@pytest.fixture(
+    params=[
+        (backend, flavour)
+        for backend in ("memory", "local", "memory+cache")
+        for flavour in ("sync", "async")
+    ],
+    ids=lambda p: "-".join(p),
+)
+async def listings(request: pytest.FixtureRequest, root: Path) -> AsyncIterator[Listings]:
+    backend, flavour = request.param
+    made = Listings(backend, flavour, root)
+    yield made
+    made.sync.close()
+    await made.async_.aclose()
+
+
+def listed(pages: list[list[Listed]]) -> list[str]:
+    assert all(pages), "pages are never empty"
+    return [listed_name(entry) for page in pages for entry in page]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "recursive", "after", "expected"),
+    [
+        ("", False, "", ["empty.bin", "media/", "notes.txt"]),
+        ("", True, "", ["empty.bin", "media/clip.mp4", "notes.txt"]),
+        ("media/", False, "", ["media/clip.mp4"]),
+        ("me", False, "", ["media/"]),  # a prefix, not a folder: S3's
+        ("no", True, "", ["notes.txt"]),
+        ("", False, "empty.bin", ["media/", "notes.txt"]),
+        ("", False, "media/", ["notes.txt"]),
+        ("", True, "media/a", ["media/clip.mp4", "notes.txt"]),
+        ("", True, "media/clip.mp4", ["notes.txt"]),
+        ("missing/", False, "", []),
+        ("notes.txt/", True, "", []),
+    ],
+)
+async def test_listing(
+    listings: Listings, prefix: str, recursive: bool, after: str, expected: list[str]
+) -> None:
+    assert listed(await listings.pages(prefix, recursive, after)) == expected
+
+
+async def test_listed_objects_carry_the_metadata_open_gives(listings: Listings) -> None:
+    (page,) = await listings.pages("", True, "")
+    assert [entry.key for entry in page if isinstance(entry, ObjectMeta)] == [
+        "empty.bin",
+        "media/clip.mp4",
+        "notes.txt",
+    ]
+    for entry in page:
+        assert entry == await listings.meta(listed_name(entry))
+
+
+def test_folded_lists_what_continues_past_the_next_slash_once() -> None:
+    metas = [ObjectMeta(key, 1) for key in ["a/b", "a/c/d", "a/c/e", "a/cd", "a/d/"]]
+    names = [listed_name(entry) for entry in folded(metas, "a/")]
+    assert names == ["a/b", "a/c/", "a/cd", "a/d/"]
+    assert [listed_name(entry) for entry in folded([Folder("x/y/"), *metas], "")] == ["x/", "a/"]
