@@ -42,6 +42,12 @@ METRICS = {  # metric: (label, decimals)
     "coalesce_s3_ratio": ("coalesce, 32 x 64 MiB: S3 bytes / object size", 2),
     "coalesce_complete": ("coalesce: clients with the whole object", 0),
     "coalesce_s": ("coalesce: s until the last client finished", 2),
+    "listing_kps": ("listing: keys/s through the proxy", 0),
+    "listing_paginator_kps": ("listing: keys/s, boto3 paginator straight from S3", 0),
+    "listing_vs_paginator": ("listing: proxy / paginator keys/s (same run)", 2),
+    "listing_first_line_ms": ("listing: first line, ms", 1),
+    "listing_rss_growth_mb": ("listing: RSS growth while listing, MB", 1),
+    "listing_complete": ("listing: complete (every key, then the last line)", 0),
 }
 
 
@@ -121,6 +127,11 @@ GOALS = [
         for cached, plain in zip(CACHE_PROXIES, S3_PROXIES, strict=True)
     ),
     *(Goal(name, "ranges_cold_non206", False, 0) for name in CACHE_PROXIES),
+    # Listings (issue 28): against boto3's paginator in the same run; first line; memory.
+    *(Goal(name, "listing_vs_paginator", True, 0.8) for name in S3_PROXIES),
+    *(Goal(name, "listing_first_line_ms", False, 100) for name in S3_PROXIES),
+    *(Goal(name, "listing_rss_growth_mb", False, 20) for name in S3_PROXIES),
+    *(Goal(name, "listing_complete", True, 1) for name in S3_PROXIES),
 ]
 RATIO_PAIRS = [
     ("proxy-local", "nginx"),

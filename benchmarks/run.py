@@ -2,7 +2,7 @@
 
   python benchmarks/run.py [--size-mib 1024] [--runs 5] [--scenarios big,ranges,...]
                            [--targets proxy-local,nginx,...] [--quick] [--profile DIR]
-                           [--baseline REV]
+                           [--baseline REV] [--listing-keys 100000]
 
 Writes a random object (a 64 MiB one for the coalesce scenario, and a tiny one) to a temporary
 directory, uploads them to a public-read SeaweedFS bucket, starts every server, runs each
@@ -41,6 +41,7 @@ from profiles import recording
 from report import Provenance, Results, cpu_model, git_commit, markdown, results_document, write
 from scenarios import (
     ALIASES,
+    LISTING_PREFIX,
     SCENARIOS,
     SETTLE_TIMEOUT_S,
     Config,
@@ -74,7 +75,7 @@ MIB = 1024 * 1024
 Measured = dict[str, float | None]
 BUSY_NOTE_S = 1.0  # report a server that needed longer than this to become idle
 TOOLS = {"nginx": "nginx", "wrk": "wrk", "curl": "curl"}  # command: Debian package
-SCENARIOS_DEFAULT = "big,ranges,memory,fairness,disconnect,ttfb,ranges-cold,coalesce"
+SCENARIOS_DEFAULT = "big,ranges,memory,fairness,disconnect,ttfb,ranges-cold,coalesce,listing"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -102,9 +103,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="REV",
         help="also measure the proxies as built from this git revision (name@baseline)",
     )
+    parser.add_argument(
+        "--listing-keys",
+        type=int,
+        default=100_000,
+        help="objects the listing scenario lists (uploaded empty, under list/)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.size_mib, args.runs, args.seconds = 64, 1, 2.0
+        args.listing_keys = min(args.listing_keys, 10_000)
     return args
 
 
@@ -149,6 +157,15 @@ def write_data(directory: Path, size: int) -> tuple[list[Path], str]:
     tiny = directory / TINY
     tiny.write_text("ok\n", encoding="ascii")
     return [directory / BIG, directory / COALESCE, tiny], coalesce_sha256
+
+
+def upload_listing(site: Site, count: int) -> None:
+    """The listing scenario's ``count`` empty objects below LISTING_PREFIX (listing.py upload)."""
+    assert site.s3 is not None
+    print(f"uploading {count:,} empty objects for the listing scenario", flush=True)
+    command = [sys.executable, str(HERE / "listing.py"), "upload", site.s3.endpoint_url]
+    command += [site.s3.bucket, LISTING_PREFIX, str(count)]
+    subprocess.run(command, check=True, capture_output=True, timeout=1800)
 
 
 def start_relay(site: Site, stack: contextlib.ExitStack) -> tuple[int, Path]:
@@ -353,11 +370,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             baseline = baseline_python(work_dir, args.baseline)
         need_s3 = any(t.backend == "s3" for t in targets)
         site = stack.enter_context(environment(work_dir, files, need_s3, python, baseline))
+        listing_keys = 0
+        if site.s3 is not None and any(s.name == "listing" for s in scenarios):
+            settings["listing_keys"] = listing_keys = args.listing_keys
+            upload_listing(site, listing_keys)
         fleet = Fleet(stack)
         relay_log = start_all(targets, site, fleet, any(s.relayed for s in scenarios))
         config = Config(
             size, args.seconds, 20, idle_timeout_s=10.0, relay_log=relay_log,
-            coalesce_sha256=coalesce_sha256,
+            coalesce_sha256=coalesce_sha256, listing_keys=listing_keys,
+            s3_endpoint_url=site.s3.endpoint_url if site.s3 else "",
+            s3_bucket=site.s3.bucket if site.s3 else "",
         )  # fmt: skip
         for scenario in scenarios:
             print(f"{scenario.name}: {args.runs} run(s)", flush=True)

@@ -10,6 +10,9 @@ ttfb        curl, 64 KiB ranges: median time to first byte
 ranges-cold ranges on a cache target restarted with an empty cache before each run
 coalesce    32 clients start the same uncached 64 MiB download at once (cache targets, via
             relay.py): S3 bytes / object size, clients that got the whole object
+listing     S3 proxies: a JSON Lines listing of LISTING_PREFIX (--listing-keys keys) against
+            boto3's paginator listing it straight from SeaweedFS in the same run: keys/s, the
+            ratio, the first line's latency, the proxy's RSS growth
 
 Before a cache target's run, `Scenario.cache` says what its cache holds: "warm" (the whole big
 object was read through it once since it started: see warm), "cold" (restarted, empty), or ""
@@ -48,6 +51,8 @@ SETTLE_TIMEOUT_S = 30.0
 WARM_PROBES = 8
 COALESCE_CLIENTS = 32
 COALESCE_TIMEOUT_S = 120.0
+LISTING_PREFIX = "list/"  # where run.py uploads the listing scenario's empty objects
+LISTING_TIMEOUT_S = 600.0
 
 Measurement = dict[str, float]
 
@@ -64,6 +69,9 @@ class Config:
     idle_timeout_s: float
     relay_log: Path | None
     coalesce_sha256: str = ""  # of the COALESCE object
+    listing_keys: int = 0  # objects below LISTING_PREFIX (0: not uploaded)
+    s3_endpoint_url: str = ""  # SeaweedFS, for the paginator
+    s3_bucket: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +357,61 @@ def measure_coalesce(config: Config, server: Server, _run_index: int) -> Measure
     }
 
 
+# -- listing ---------------------------------------------------------------------------------
+
+
+def _listing_client(*args: object) -> dict[str, float]:
+    command = [sys.executable, str(HERE / "listing.py"), *map(str, args)]
+    result: dict[str, float] = json.loads(_run(command, LISTING_TIMEOUT_S))
+    return result
+
+
+def measure_listing(config: Config, server: Server, run_index: int) -> Measurement:
+    """The proxy's listing of LISTING_PREFIX (?recursive: every key, no folders) and boto3's
+    paginator listing the same prefix from SeaweedFS, one after the other (the order alternates
+    with the run): keys/s of both and their ratio, the time to the first line, and the peak of
+    the proxy's RSS while it listed over its RSS before."""
+    if not config.listing_keys or not config.s3_endpoint_url:
+        raise NoData("listing: no objects uploaded for it")
+    pids = _server_pids(server)
+
+    def direct() -> dict[str, float]:
+        return _listing_client(
+            "paginator", config.s3_endpoint_url, config.s3_bucket, LISTING_PREFIX
+        )
+
+    def through() -> tuple[dict[str, float], float]:
+        before = rss_bytes(pids)
+        with Sampler(lambda: rss_bytes(pids)) as sampler:
+            result = _listing_client(
+                "proxy", server.port, f"{server.target.prefix}{LISTING_PREFIX}?recursive"
+            )
+        return result, max(0.0, sampler.peak() - before)
+
+    if run_index % 2:
+        (proxied, growth), paginated = through(), direct()
+    else:
+        paginated = direct()
+        proxied, growth = through()
+    for name, result in (("proxy", proxied), ("paginator", paginated)):
+        if result["keys"] != config.listing_keys:
+            raise NoData(f"listing: {name} listed {result['keys']:.0f} keys")
+    proxy_kps = proxied["keys"] / proxied["seconds"]
+    paginator_kps = paginated["keys"] / paginated["seconds"]
+    return {
+        "listing_kps": proxy_kps,
+        "listing_paginator_kps": paginator_kps,
+        "listing_vs_paginator": proxy_kps / paginator_kps,
+        "listing_first_line_ms": proxied["first_line_s"] * 1e3,
+        "listing_rss_growth_mb": growth / MB,
+        "listing_complete": proxied["complete"],
+    }
+
+
+def _uncached_s3_proxies(target: Target) -> bool:
+    return target.role == "proxy" and target.backend == "s3" and not has_cache(target)
+
+
 # -- the list --------------------------------------------------------------------------------
 
 
@@ -418,6 +481,19 @@ SCENARIOS = [
         measure_coalesce,
         relayed=True,
         cache="cold",
+    ),
+    Scenario(
+        "listing",
+        (
+            "listing_kps",
+            "listing_paginator_kps",
+            "listing_vs_paginator",
+            "listing_first_line_ms",
+            "listing_rss_growth_mb",
+            "listing_complete",
+        ),
+        _uncached_s3_proxies,
+        measure_listing,
     ),
 ]
 ALIASES = {"memory": ("memory50", "memory100")}

@@ -156,6 +156,8 @@ def _proxy_env(
         "PROXY_ACCESS_LOG": "true",
         "PROXY_BACKEND": target.backend,
     }
+    if target.build == "head":  # a --baseline build may predate the setting (issue 28)
+        env["PROXY_LISTING"] = "true"
     if target.backend == "local":
         env["PROXY_LOCAL_ROOT"] = str(site.data_dir)
     elif site.s3 is not None and s3_port is not None:

@@ -341,3 +341,24 @@ def test_runs_alternate_the_servers_order(monkeypatch: pytest.MonkeyPatch) -> No
     orders = [run.run_order(keys, index) for index in range(4)]
     assert orders[0] == orders[2] == keys
     assert orders[1] == orders[3] == list(reversed(keys))
+
+
+def test_the_listing_scenario_measures_the_proxy_beside_the_paginator(tmp_path: Path) -> None:
+    for tool in ["nginx", "wrk", "curl"]:
+        require_tool(tool)
+    command = [sys.executable, "benchmarks/run.py", "--scenarios", "listing", "--runs", "1"]
+    command += ["--size-mib", "1", "--listing-keys", "1200", "--targets", "proxy-s3-aio"]
+    command += ["--proxy-python", sys.executable, "--results", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    document = json.loads((tmp_path / "latest.json").read_text())
+    assert document["settings"]["listing_keys"] == 1200  # two ListObjectsV2 pages
+    medians = {metric: values["proxy-s3-aio"] for metric, values in document["medians"].items()}
+    assert medians["listing_complete"] == 1
+    assert medians["listing_kps"] > 0 and medians["listing_paginator_kps"] > 0
+    ratio = medians["listing_kps"] / medians["listing_paginator_kps"]
+    assert medians["listing_vs_paginator"] == pytest.approx(ratio)
+    assert 0 < medians["listing_first_line_ms"] < 60_000
+    assert medians["listing_rss_growth_mb"] >= 0
+    goals = {goal["goal"] for goal in document["goals"]}
+    assert "proxy-s3-aio listing: first line, ms <= 100" in goals
