@@ -127,46 +127,44 @@ class _Index(diskcache.Cache):  # type: ignore[misc]
 
 class _Lookups:
     """The index's read-only questions (is a slice there, where is its file, an object's
-    metadata), on a SQLite connection and a thread of their own. SQLite's write-ahead log lets
-    them run beside the index's writer: behind it, every miss waited for the commits before it,
-    and with the kernel throttling page-cache writes a commit can take tens of milliseconds.
-    They read the table diskcache writes (``Cache``: key, raw, mode, filename, value) without
-    its least-recently-used bookkeeping, which is a write; hits' recency is sent by ``touch``."""
+    metadata), on a SQLite connection of their own, asked in the caller's thread. SQLite's
+    write-ahead log lets them run beside the index's writer: behind it, every miss waited for the
+    commits before it, and with the kernel throttling page-cache writes a commit can take tens of
+    milliseconds. They read the table diskcache writes (``Cache``: key, raw, mode, filename,
+    value) without its least-recently-used bookkeeping, which is a write; hits' recency is sent
+    by ``touch``. One connection, one question at a time (the lock): asked in a thread of their
+    own, each question cost the boto3 flavour two more turns on the interpreter lock."""
 
     def __init__(self, directory: str) -> None:
         self._path = os.path.join(directory, diskcache.core.DBNAME)
-        self._connection: sqlite3.Connection | None = None  # used in the worker thread only
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="cache-lookup")
+        self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
 
     def row(self, key: str) -> tuple[int, str | None, Any] | None:
         """(mode, filename, value) of ``key``'s entry, or None."""
-        return self._worker.submit(self._row, key).result()
-
-    def _row(self, key: str) -> tuple[int, str | None, Any] | None:
-        if self._connection is None:
-            self._connection = sqlite3.connect(
-                f"file:{urllib.parse.quote(self._path)}?mode=ro",
-                uri=True,
-                timeout=_INDEX_TIMEOUT_S,
-                isolation_level=None,  # autocommit: no read transaction held between calls
-            )
-            self._connection.execute(f"PRAGMA cache_size = {_INDEX_CACHE_PAGES}")
-        row = self._connection.execute(_SELECT_ROW, (key,)).fetchone()
+        with self._lock:
+            if self._connection is None:
+                self._connection = sqlite3.connect(
+                    f"file:{urllib.parse.quote(self._path)}?mode=ro",
+                    uri=True,
+                    timeout=_INDEX_TIMEOUT_S,
+                    isolation_level=None,  # autocommit: no read transaction held between calls
+                    check_same_thread=False,  # any caller's thread, one at a time (the lock)
+                )
+                self._connection.execute(f"PRAGMA cache_size = {_INDEX_CACHE_PAGES}")
+            row = self._connection.execute(_SELECT_ROW, (key,)).fetchone()
         return None if row is None else (row[0], row[1], row[2])
 
     def reset(self) -> None:
         """Close the connection (the index was found failing): the next question opens one."""
-        self._worker.submit(self._close).result()
-
-    def _close(self) -> None:
-        connection, self._connection = self._connection, None
+        with self._lock:
+            connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
 
     def close(self) -> None:
         with contextlib.suppress(*_INDEX_ERRORS):
             self.reset()
-        self._worker.shutdown(wait=True)
 
 
 _SELECT_ROW = (
