@@ -191,7 +191,7 @@ def add_object_routes(app: FastAPI, settings: Settings) -> None:
     listing = ListingEndpoint(settings.sync) if settings.listing else None
     endpoint = ObjectEndpoint(settings.sync, settings.auth_enabled, listing)
     app.router.routes.insert(0, ObjectRoute(OBJECT_PATH, endpoint, methods=["GET"], name="object"))
-    document_object_routes(app)
+    document_object_routes(app, settings.listing)
 
 
 _OBJECT_PARAMETERS = [
@@ -231,9 +231,44 @@ def _operation(operation_id: str, summary: str) -> dict[str, Any]:
     }
 
 
-def document_object_routes(app: FastAPI) -> None:
-    """Add GET and HEAD ``/objects/{key}`` to the OpenAPI document FastAPI generates (FastAPI's
-    "Extending OpenAPI" recipe: the object route is a Starlette ``Route``, which it skips)."""
+_LISTING_PARAMETERS = [
+    {"name": "prefix", "in": "path", "required": True, "schema": {"type": "string"}},
+    *(
+        {"name": name, "in": "query", "required": False, "description": text, "schema": schema}
+        for name, text, schema in [
+            ("format", "jsonl, json or html (else by Accept)", {"enum": ["jsonl", "json", "html"]}),
+            ("recursive", "every key below, no folders", {"type": "boolean"}),
+            ("limit", "the most entries", {"type": "integer", "minimum": 1}),
+            ("after", "only names after this one", {"type": "string"}),
+        ]
+    ),
+]
+_LISTING_OPERATION: dict[str, Any] = {
+    "tags": ["objects"],
+    "summary": "List a prefix",
+    "description": "The keys and folders below the prefix in S3's order, streamed: JSON Lines "
+    '(then {"complete": true, "count": N}), a JSON array, or an HTML browse page.',
+    "operationId": "list_prefix",
+    "parameters": _LISTING_PARAMETERS,
+    "responses": {
+        "200": {
+            "description": "The listing (empty when nothing lies below the prefix)",
+            "content": {
+                "application/jsonl": {},
+                "application/json": {"schema": {"type": "array", "items": {}}},
+                "text/html": {},
+            },
+        },
+        **{code: _OBJECT_RESPONSES[code] for code in ("400", "401", "403")},
+        "503": {"description": "The storage backend is unavailable"},
+    },
+}
+
+
+def document_object_routes(app: FastAPI, listing: bool = False) -> None:
+    """Add GET and HEAD ``/objects/{key}`` (and, with ``listing``, GET ``/objects/{prefix}/``)
+    to the OpenAPI document FastAPI generates (FastAPI's "Extending OpenAPI" recipe: the object
+    route is a Starlette ``Route``, which it skips)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -243,6 +278,8 @@ def document_object_routes(app: FastAPI) -> None:
                 "get": _operation("get_object", "Get Object"),
                 "head": _operation("head_object", "Head Object"),
             }
+            if listing:
+                schema["paths"]["/objects/{prefix}/"] = {"get": _LISTING_OPERATION}
         assert app.openapi_schema is not None
         return app.openapi_schema
 

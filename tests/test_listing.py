@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import httpx
 import pytest
 
+from proxy.app import create_app
 from proxy.auth import hash_token, signed_query
 from proxy.config import Settings
 from tests.conftest import FLAVORS, MediaTree, RunningServer, StartServer, settings_for
@@ -358,3 +359,17 @@ def test_a_signed_listing_signs_its_links_for_the_same_lifetime(secured: Running
         assert client.get(f"/objects/video/clip.mp4?{query}").status_code == 403
         jsonl = lines(client.get(f"/objects/awk/?{query}&recursive"))
         assert names(jsonl) == ALL_AWK
+
+
+def test_listings_are_in_the_openapi_document_when_on(root: Path) -> None:
+    documented = create_app(listing_settings(root, "async")).openapi()["paths"]
+    operation = documented["/objects/{prefix}/"]["get"]
+    names = [parameter["name"] for parameter in operation["parameters"]]
+    assert names == ["prefix", "format", "recursive", "limit", "after"]
+    assert set(operation["responses"]["200"]["content"]) == {
+        "application/jsonl",
+        "application/json",
+        "text/html",
+    }
+    off = create_app(settings_for(MediaTree(root, root), "async")).openapi()["paths"]
+    assert "/objects/{prefix}/" not in off

@@ -210,11 +210,10 @@ def _close_fd(fd: int) -> int:
 _Node = tuple[str, os.stat_result]  # a directory entry's key (a folder's ends in "/") and stat
 
 
-def _scan(root: str, folder: str, stem: str = "") -> list[_Node]:
-    """The entries of directory ``folder`` ("" or "a/b/") whose names start with ``stem``, in
-    the order of their keys: regular files and directories, links resolved, but only links that
-    stay under ``root``; names the key policy refuses are left out."""
-    nodes = []
+def _entries(root: str, folder: str, stem: str = "") -> Iterator[_Node]:
+    """The entries of directory ``folder`` ("" or "a/b/") whose names start with ``stem``, as
+    the directory gives them: regular files and directories, links resolved, but only links
+    that stay under ``root``; names the key policy refuses are left out."""
     try:
         with os.scandir(os.path.join(root, folder) if folder else root) as entries:
             for entry in entries:
@@ -234,13 +233,29 @@ def _scan(root: str, folder: str, stem: str = "") -> list[_Node]:
                 else:
                     continue  # a FIFO, socket or device is not an object
                 if listable(key, key.endswith("/")):
-                    nodes.append((key, st))
+                    yield key, st
     except (FileNotFoundError, NotADirectoryError):
-        return []  # S3 semantics: a prefix with nothing below it lists nothing
+        return  # S3 semantics: a prefix with nothing below it lists nothing
     except OSError as exc:
         raise storage_error(exc) from exc
-    nodes.sort(key=lambda node: node[0])  # code point order is UTF-8 byte order
-    return nodes
+
+
+def _scan(root: str, folder: str, stem: str = "") -> list[_Node]:
+    """``_entries`` in the order of their keys (code point order is UTF-8 byte order)."""
+    return sorted(_entries(root, folder, stem), key=lambda node: node[0])
+
+
+def _holds_object(root: str, folder: str, seen: frozenset[tuple[int, int]]) -> bool:
+    """Whether the walk would find a file below ``folder``: in the directory's own order, so
+    it stops at the first one (no sort, no listing of every file of a large folder)."""
+    folders = []
+    for key, st in _entries(root, folder):
+        if not key.endswith("/"):
+            return True
+        folders.append((key, (st.st_dev, st.st_ino)))
+    return any(
+        _holds_object(root, key, seen | {inode}) for key, inode in folders if inode not in seen
+    )
 
 
 def _walk(
@@ -257,10 +272,9 @@ def _walk(
         inode = (st.st_dev, st.st_ino)
         if inode in seen or (key <= after and not after.startswith(key)):
             continue  # a loop, or a folder wholly before ``after``
-        below = _walk(root, _scan(root, key), recursive, after, seen | {inode})
         if recursive:
-            yield from below
-        elif key > after and next(below, None) is not None:
+            yield from _walk(root, _scan(root, key), recursive, after, seen | {inode})
+        elif key > after and _holds_object(root, key, seen | {inode}):
             yield Folder(key)
 
 
