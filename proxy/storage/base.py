@@ -9,7 +9,7 @@ backends implements the same Protocol as what it wraps.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar, runtime_checkable
@@ -208,6 +208,11 @@ class VersionedStorage(Storage, Lister, Protocol):
     def revalidate(self, key: str, meta: ObjectMeta) -> ObjectMeta | None:
         """None while ``meta`` still describes ``key``; else the metadata of what is stored."""
         ...
+
+
+# A read on the event loop from a blocking storage (``S3Storage.loop_read``): the chunks of a
+# byte range, or None when the storage must read them itself (in a thread).
+LoopRead = Callable[[ByteRange, ChunkSize], Awaitable[AsyncIterator[bytes] | None]]
 
 
 class AsyncVersionedStorage(AsyncStorage, AsyncLister, Protocol):

@@ -23,6 +23,8 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio.to_thread
+
 from proxy.http.codec import ByteRange
 from proxy.metrics import CACHE_BYTES, CACHE_SLICES
 from proxy.storage.base import (
@@ -32,10 +34,12 @@ from proxy.storage.base import (
     Body,
     ChunkSize,
     Listed,
+    LoopRead,
     ObjectMeta,
     ReadHint,
     Reply,
     VersionedStorage,
+    aiter_blocking,
     aiter_ready,
     chunk_limit,
 )
@@ -138,11 +142,20 @@ class _Cache:
 
 
 class SliceCache(_Cache):
-    """The blocking flavour, in front of ``S3Storage``."""
+    """The blocking flavour, in front of ``S3Storage``. With the server's event loop
+    (``loop``), its fills run there when the storage can read on it (``loop_read``: presigned
+    GETs over the proxy's async connections), else each in a thread of its own."""
 
-    def __init__(self, inner: VersionedStorage, store: SliceStore) -> None:
+    def __init__(
+        self,
+        inner: VersionedStorage,
+        store: SliceStore,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         super().__init__(store)
         self.inner = inner
+        self.loop = loop
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def open(self, key: str, hint: ReadHint = METADATA_ONLY) -> Reply[Body]:
         if not self.store.usable():
@@ -173,7 +186,13 @@ class SliceCache(_Cache):
         fill, new = self.fills.start(version, run, self.store)
         if fill is None or not new:
             return fill
-        body, span = self.inner.pinned(key, meta), self.fill_span(fill)
+        span = self.fill_span(fill)
+        loop_read = getattr(self.inner, "loop_read", None)
+        read = None if self.loop is None or loop_read is None else loop_read(key, meta)
+        if read is not None:
+            self._fill_on_loop(fill, key, meta, read, span)
+            return fill
+        body = self.inner.pinned(key, meta)
 
         def fill_thread() -> None:
             try:
@@ -189,10 +208,49 @@ class SliceCache(_Cache):
     ) -> Iterator[list[Listed]]:
         return self.inner.listing(prefix, recursive, start_after)  # listings are not cached
 
+    def _fill_on_loop(
+        self, fill: Fill, key: str, meta: ObjectMeta, read: LoopRead, span: ByteRange
+    ) -> None:
+        """Run ``fill`` as a task on the event loop: a fill thread per miss took turns on the
+        interpreter lock with every other thread at each read from S3 (see docs/design.md).
+        Bytes the presigned GET cannot give are read in a worker thread, botocore deciding."""
+        assert self.loop is not None
+        opened: list[AsyncIterator[bytes]] = []
+        bodies: list[Body] = []
+
+        async def start() -> AsyncIterator[bytes]:
+            chunks = await read(span, FILL_CHUNK)
+            if chunks is None:
+                body = self.inner.pinned(key, meta)
+                bodies.append(body)
+                blocking = await anyio.to_thread.run_sync(body.iter_range, span, FILL_CHUNK)
+                chunks = aiter_blocking(blocking)
+            opened.append(chunks)
+            return chunks
+
+        async def fill_task() -> None:
+            try:
+                await arun_fill(fill, self.fills, start)
+            finally:
+                for chunks in opened:
+                    await chunks.aclose()  # type: ignore[attr-defined]
+                for body in bodies:
+                    await anyio.to_thread.run_sync(body.close)
+
+        def schedule() -> None:
+            task = asyncio.get_running_loop().create_task(fill_task())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self.loop.call_soon_threadsafe(schedule)
+
     def check(self) -> None:
         self.inner.check()
 
     def close(self) -> None:
+        for task in list(self._tasks):
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.call_soon_threadsafe(task.cancel)
         self.store.close()
         self.inner.close()
 
@@ -562,11 +620,15 @@ class AsyncCachedBody:
 
 
 def open_cache(
-    inner: VersionedStorage | AsyncVersionedStorage, options: CacheOptions, sync: bool
+    inner: VersionedStorage | AsyncVersionedStorage,
+    options: CacheOptions,
+    sync: bool,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> SliceCache | AsyncSliceCache:
-    """The cache in front of ``inner`` (its store started: index opened, orphans removed)."""
+    """The cache in front of ``inner`` (its store started: index opened, orphans removed);
+    ``loop``: the server's event loop, where the blocking flavour's fills may run."""
     store = SliceStore(options)
     store.start()
     if sync:
-        return SliceCache(inner, store)  # type: ignore[arg-type]
+        return SliceCache(inner, store, loop)  # type: ignore[arg-type]
     return AsyncSliceCache(inner, store)  # type: ignore[arg-type]

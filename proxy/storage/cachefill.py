@@ -64,7 +64,8 @@ class Fill:
         self._readers = 0
         self._wanted = first  # the furthest slice an attached request asked for
         self._cond = threading.Condition()
-        self._event: asyncio.Event | None = None  # the async flavour's wake-up (see ``changed``)
+        self._event: asyncio.Event | None = None  # a waiter's wake-up on the event loop
+        self._event_loop: asyncio.AbstractEventLoop | None = None  # the loop it belongs to
 
     # -- the requests' side -------------------------------------------------------------------
 
@@ -118,16 +119,32 @@ class Fill:
                 answer = self._take(index, offset, limit)
                 if answer is not None:
                     return answer
-                if self._event is None:
-                    self._event = asyncio.Event()
-                event = self._event
+                event = self._loop_event()
             await event.wait()
 
+    def _loop_event(self) -> asyncio.Event:
+        """The event a waiter on the event loop awaits (one for all of them); with the lock."""
+        if self._event is None:
+            self._event = asyncio.Event()
+            self._event_loop = asyncio.get_running_loop()
+        return self._event
+
     def _notify(self) -> None:
+        """Wake every waiter: threads (the condition) and tasks (the event, set on its loop:
+        requests of the blocking flavour, in threads, wake a fill that runs on the loop)."""
         self._cond.notify_all()
-        if self._event is not None:
-            self._event.set()
-            self._event = None
+        event, self._event = self._event, None
+        if event is None:
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is self._event_loop
+        except RuntimeError:  # a thread without a loop
+            on_loop = False
+        if on_loop:
+            event.set()
+        elif self._event_loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                self._event_loop.call_soon_threadsafe(event.set)
 
     # -- the fill's side ------------------------------------------------------------------------
 
@@ -151,9 +168,7 @@ class Fill:
                     return True
                 if self._readers == 0:
                     return False
-                if self._event is None:
-                    self._event = asyncio.Event()
-                event = self._event
+                event = self._loop_event()
             await event.wait()
 
     def received(self, chunk: bytes) -> None:

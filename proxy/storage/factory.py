@@ -85,7 +85,8 @@ async def _open_storage(options: StorageOptions, stack: AsyncExitStack) -> Stora
         from proxy.storage.cache import open_cache  # diskcache loads only when it is used
 
         inner = cast("VersionedStorage | AsyncVersionedStorage", storage)
-        cache = await anyio.to_thread.run_sync(open_cache, inner, options.cache, options.sync)
+        loop = asyncio.get_running_loop()
+        cache = await anyio.to_thread.run_sync(open_cache, inner, options.cache, options.sync, loop)
         stack.callback(cache.store.close)
         return cache
     assert isinstance(options, LocalOptions)

@@ -158,6 +158,23 @@ class PresignedGets(_Gets):
             self._urls.put(s3_key, url)
         return url
 
+    def url(self, s3_key: str) -> str | None:
+        """The presigned URL of ``s3_key`` (made now, or one of the last minutes'); None when
+        botocore cannot presign it."""
+        try:
+            return self._url(s3_key)
+        except (BotoCoreError, OSError, HTTPException, ValueError):
+            self._urls.drop(s3_key)
+            return None
+
+    def loop_twin(self, connect: Callable[[str], Any]) -> AsyncPresignedGets:
+        """Presigned GETs on the event loop (``AsyncConnections``) of the URLs this one makes
+        in its callers' threads (``url``): what the slice cache's fills use on this flavour.
+        One URL cache for both: a URL dropped by either is presigned again."""
+        twin = AsyncPresignedGets(self._client, self._bucket, connect)
+        twin._urls = self._urls
+        return twin
+
     def get(self, s3_key: str, range_value: str | None, etag: str | None) -> S3Answer | None:
         try:
             origin, target = split_url(self._url(s3_key))
@@ -193,7 +210,19 @@ class AsyncPresignedGets(_Gets):
 
     async def get(self, s3_key: str, range_value: str | None, etag: str | None) -> S3Answer | None:
         try:
-            origin, target = split_url(await self._url(s3_key))
+            url = await self._url(s3_key)
+        except (BotoCoreError, OSError, HTTPException, ValueError):
+            self._urls.drop(s3_key)
+            return None
+        return await self.fetch(s3_key, url, range_value, etag)
+
+    async def fetch(
+        self, s3_key: str, url: str, range_value: str | None, etag: str | None
+    ) -> S3Answer | None:
+        """GET ``url``, presigned for ``s3_key``: S3's answer with its body, None when botocore
+        must answer; raises a definite error (``definite_error``)."""
+        try:
+            origin, target = split_url(url)
             reply = await self._origin(origin).get(target, request_headers(range_value, etag))
         except (BotoCoreError, OSError, HTTPException, ValueError):  # timeouts are OSErrors
             self._urls.drop(s3_key)

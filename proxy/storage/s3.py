@@ -26,6 +26,7 @@ from proxy.storage.base import (
     ChunkSize,
     Folder,
     Listed,
+    LoopRead,
     ObjectMeta,
     ReadHint,
     Reply,
@@ -226,6 +227,15 @@ async def _achunks(stream: Any, length: int, chunk_size: ChunkSize) -> AsyncIter
         yield chunk
 
 
+async def _achunks_closing(stream: Any, length: int, chunk_size: ChunkSize) -> AsyncIterator[bytes]:
+    """``_achunks``, closing the stream when they end or are left."""
+    try:
+        async for chunk in _achunks(stream, length, chunk_size):
+            yield chunk
+    finally:
+        stream.close()
+
+
 class _Bucket:
     """What both storage flavours hold: one long-lived client, the bucket, the key prefix and
     the presigned GETs (None when turned off)."""
@@ -327,7 +337,40 @@ def _prefetched(key: str, answer: S3Answer) -> tuple[ObjectMeta, _Prefetch]:
 class S3Storage(_Bucket):
     """A bucket read with a boto3 client (thread-safe; one per worker process)."""
 
-    __slots__ = ()
+    __slots__ = ("_loop_gets",)
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        presigned: Any = None,
+        loop_gets: presigned.AsyncPresignedGets | None = None,
+    ) -> None:
+        super().__init__(client, bucket, prefix, presigned)
+        self._loop_gets = loop_gets
+
+    def loop_read(self, key: str, meta: ObjectMeta) -> LoopRead | None:
+        """A read of the version ``meta`` describes that runs on the event loop (the slice
+        cache's fills: no thread per fill), presigned now, in the calling thread; None when
+        GETs are not presigned. It answers None when the presigned GET cannot give the bytes:
+        then ``pinned`` reads them, in a thread, where botocore decides."""
+        gets = self._loop_gets
+        if gets is None or self._presigned is None:
+            return None
+        s3_key = self._s3_key(key)
+        url = self._presigned.url(s3_key)
+        if url is None:
+            return None
+
+        async def read(byte_range: ByteRange, chunk_size: ChunkSize) -> AsyncIterator[bytes] | None:
+            range_value = Range.of(byte_range).to_header()
+            answer = await gets.fetch(s3_key, url, range_value, meta.etag)
+            if answer is None:
+                return None
+            return _achunks_closing(answer.stream, byte_range.length, chunk_size)
+
+        return read
 
     def get(self, s3_key: str, range_value: str | None, etag: str | None = None) -> S3Answer:
         """GetObject: presigned when it can, else (or when that cannot answer) botocore's."""
@@ -393,6 +436,8 @@ class S3Storage(_Bucket):
     def close(self) -> None:
         if self._presigned is not None:
             self._presigned.close()
+        if self._loop_gets is not None:
+            self._loop_gets.close()
         self._client.close()
 
 
@@ -472,11 +517,12 @@ def _presigning(options: S3Options, client: Any) -> bool:
 def open_s3(options: S3Options) -> S3Storage:
     """The boto3 flavour: one client per worker process, closed by ``S3Storage.close``."""
     client, session = boto3_client(options)
-    gets = None
-    if _presigning(options, client):
-        connect = presigned.connections(options, presigned.ca_file(session))
-        gets = presigned.PresignedGets(client, options.bucket, connect)
-    return S3Storage(client, options.bucket, options.prefix, gets)
+    if not _presigning(options, client):
+        return S3Storage(client, options.bucket, options.prefix)
+    cafile = presigned.ca_file(session)
+    gets = presigned.PresignedGets(client, options.bucket, presigned.connections(options, cafile))
+    loop_gets = gets.loop_twin(presigned.connections(options, cafile, AsyncConnections))
+    return S3Storage(client, options.bucket, options.prefix, gets, loop_gets)
 
 
 async def aopen_s3(options: S3Options, stack: AsyncExitStack) -> AsyncS3Storage:
