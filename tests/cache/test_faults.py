@@ -20,8 +20,9 @@ import httpx
 import pytest
 
 from proxy.storage.cachestore import FILLS, HEADER_SIZE
+from proxy.testing.s3servers import put_object
 from tests.cache.conftest import MIB, SLICE, CachedProxy, MakeProxy
-from tests.conftest import free_port, wait_healthy
+from tests.conftest import StartServer, free_port, s3_server, s3_settings, wait_healthy
 
 
 def sha256(data: bytes) -> str:
@@ -243,3 +244,40 @@ def test_two_processes_fill_the_same_slices_once(proxy: CachedProxy) -> None:
     proxy.traffic.reset()
     assert proxy.get(key).headers["cache-status"] == "media-proxy; hit"
     assert proxy.traffic.requests == []
+
+
+def test_a_url_s3_rejects_sends_the_fill_to_botocore(
+    request: pytest.FixtureRequest, serve: StartServer, tmp_path: Path
+) -> None:
+    """The boto3 flavour's fills run on the event loop with a presigned GET; one S3 rejects (as
+    an expired URL would be) is dropped, botocore reads the slice in a worker thread, and the
+    slice is kept all the same."""
+    s3 = s3_server(request, "seaweedfs")  # checks signatures; moto does not
+    key = f"cache-test/rejected-{os.getpid()}.bin"
+    data = os.urandom(2 * SLICE)
+    put_object(s3, key, data, "application/octet-stream")
+    settings = s3_settings(s3, "boto3", cache_dir=tmp_path / "cache", cache_slice_size=SLICE)
+    proxy = serve(settings)
+    cache = proxy.app.state.storage
+    with httpx.Client(base_url=proxy.url, timeout=20) as client:
+        first = client.get(f"/objects/{key}", headers={"Range": "bytes=0-99"})
+        assert (first.status_code, first.content) == (206, data[:100])
+        urls = cache.inner.presigned._urls
+        good = urls.get(key)
+        signature = good.rsplit("X-Amz-Signature=", 1)[1]
+        forged = good.replace(signature, "0" * len(signature))
+        assert forged != good
+        urls.put(key, forged)
+        spec = f"bytes={SLICE + 10}-{SLICE + 5000}"
+        second = client.get(f"/objects/{key}", headers={"Range": spec})
+        assert second.status_code == 206
+        assert sha256(second.content) == sha256(data[SLICE + 10 : SLICE + 5001])
+        assert urls.get(key) != forged  # dropped: the next GET is presigned again
+        deadline = time.monotonic() + 10
+        while True:  # kept: a hit once the fill has handed the slice over
+            third = client.get(f"/objects/{key}", headers={"Range": spec})
+            assert sha256(third.content) == sha256(second.content)
+            if third.headers["cache-status"] == "media-proxy; hit":
+                break
+            assert time.monotonic() < deadline, third.headers["cache-status"]
+            time.sleep(0.05)
