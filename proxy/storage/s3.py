@@ -266,13 +266,15 @@ class _Bucket:
         """Where ``key`` is stored: its ``s3://`` URL (a cache's name for the object)."""
         return f"s3://{self._bucket}/{self._s3_key(key)}"
 
+    page_size: int  # keys per ListObjectsV2 after the first (each flavour's)
+
     def _list_args(
         self, prefix: str, recursive: bool, start_after: str, token: str | None
     ) -> dict[str, Any]:
         args: dict[str, Any] = {
             "Bucket": self._bucket,
             "Prefix": self._s3_key(prefix),
-            "MaxKeys": LIST_PAGE_SIZE if token is not None else FIRST_PAGE_SIZE,
+            "MaxKeys": self.page_size if token is not None else FIRST_PAGE_SIZE,
         }
         if not recursive:
             args["Delimiter"] = "/"
@@ -290,8 +292,11 @@ class _Bucket:
 
 
 # The first ListObjectsV2 of a listing asks for fewer keys: its answer comes back (and is parsed)
-# sooner, so the first line leaves sooner; the later ones ask for S3's most per call.
+# sooner, so the first line leaves sooner; the later ones ask for S3's most per call (boto3) or
+# a quarter of it (aiobotocore, which parses each answer on the event loop: a 1,000-key page held
+# every other request for ~20 ms; see ``AsyncS3Storage.page_size``).
 FIRST_PAGE_SIZE = 100
+ASYNC_PAGE_SIZE = 250
 
 
 def _listed_time(value: str | datetime) -> datetime:
@@ -338,6 +343,7 @@ class S3Storage(_Bucket):
     """A bucket read with a boto3 client (thread-safe; one per worker process)."""
 
     __slots__ = ("_loop_gets",)
+    page_size = LIST_PAGE_SIZE  # keys per ListObjectsV2 after the first: parsed in a thread
 
     def __init__(
         self,
@@ -445,6 +451,10 @@ class AsyncS3Storage(_Bucket):
     """The async twin of ``S3Storage`` (an aiobotocore client entered in the app's lifespan)."""
 
     __slots__ = ()
+    # aiobotocore parses each answer on the event loop. SeaweedFS, 20,000 keys, /healthz every
+    # 10 ms while listing, 4 listings each, alternated: p50 21.8 ms, p99 56.9 ms with pages of
+    # 1,000; 2.6 and 27.9 ms with 250, at 19,300 keys/s instead of 23,200.
+    page_size = ASYNC_PAGE_SIZE
 
     async def aget(self, s3_key: str, range_value: str | None, etag: str | None = None) -> S3Answer:
         if self._presigned is not None:
