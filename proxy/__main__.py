@@ -156,8 +156,10 @@ def parser() -> argparse.ArgumentParser:
     settings.add_argument(
         "--markdown", action="store_true", help="print the README's configuration table instead"
     )
-    sign = commands.add_parser("sign", help="print a signed URL for one object")
-    sign.add_argument("key", help="the object key, e.g. video/clip.mp4")
+    sign = commands.add_parser(
+        "sign", help="print a signed URL for one object, or a folder's listing (a key ending in /)"
+    )
+    sign.add_argument("key", help="the object key, e.g. video/clip.mp4, or a folder, e.g. video/")
     sign.add_argument("--ttl", type=int, default=3600, help="seconds the URL stays valid")
     sign.add_argument("--base-url", help="default: http://PROXY_HOST:PROXY_PORT")
     commands.add_parser(
