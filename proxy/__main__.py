@@ -8,7 +8,9 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import uvicorn
 
@@ -179,6 +181,27 @@ def _apply_options(args: argparse.Namespace) -> None:
             os.environ[variable] = str(given[option])
 
 
+def sign(settings: Settings, key: str, ttl: int, base_url: str | None) -> None:
+    """Print a signed URL on stdout and when it expires on stderr; a TTL the proxy would refuse
+    (not positive, or past PROXY_MAX_SIGNED_TTL) is a one-line error and status 2: the link could
+    never work."""
+    if not 0 < ttl <= settings.max_signed_ttl:
+        print(
+            f"--ttl: {ttl} is not between 1 and PROXY_MAX_SIGNED_TTL ({settings.max_signed_ttl})",
+            file=sys.stderr,
+        )
+        raise SystemExit(USAGE_EXIT)
+    base_url = base_url or f"http://{settings.host}:{settings.port}"
+    try:
+        url = signed_url(settings, base_url, key, ttl)
+    except ValueError as exc:
+        sys.exit(str(exc))
+    expires = int(parse_qs(urlsplit(url).query)["expires"][0])
+    print(url)
+    when = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"expires {when} (in {ttl} s)", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.command == "hash-key":  # needs no settings: an unrelated bad one must not stop it
@@ -192,11 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "settings":
         print(listing(settings), end="")
     elif args.command == "sign":
-        base_url = args.base_url or f"http://{settings.host}:{settings.port}"
-        try:
-            print(signed_url(settings, base_url, args.key, args.ttl))
-        except ValueError as exc:
-            sys.exit(str(exc))
+        sign(settings, args.key, args.ttl, args.base_url)
     else:
         reload = bool(getattr(args, "reload", False))
         if reload and settings.workers > 1:

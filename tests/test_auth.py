@@ -150,6 +150,30 @@ def test_sign_command_prints_a_working_url(secured: RunningServer, media: MediaT
     expires = int(parse_qs(urlsplit(url).query)["expires"][0])
     assert 3500 < expires - time.time() <= 3600
     assert sha256(httpx.get(url).content) == sha256(media.data(CLIP))
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+    assert result.stderr.decode() == f"expires {when} (in 3600 s)\n"  # stdout: the URL alone
+
+
+@pytest.mark.parametrize("ttl", ["-5", "0", "604801", "99999999"])
+def test_sign_refuses_a_ttl_the_proxy_would_refuse(ttl: str) -> None:
+    """A link that could never work is not printed: one line naming the option, status 2."""
+    env = {
+        "PROXY_SIGNING_KEYS": json.dumps(SIGNING_KEYS),
+        "PROXY_SIGNING_KEY_ID": "2026",
+        "PROXY_MAX_SIGNED_TTL": "604800",
+        "PATH": "/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "sign", CLIP, "--ttl", ttl],
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert result.stderr.decode() == (
+        f"--ttl: {ttl} is not between 1 and PROXY_MAX_SIGNED_TTL (604800)\n"
+    )
 
 
 def test_hash_key_command() -> None:
