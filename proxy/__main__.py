@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -58,6 +59,19 @@ def _lean_log_records() -> None:
 _lean_log_records()
 
 
+def _stop(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _exit_cleanly_on(*signals: signal.Signals) -> None:
+    """A stop by ``signals`` ends with status 0, as ECS, systemd and Kubernetes expect of a clean
+    stop: uvicorn drains on them, then puts back the handlers it found and raises the signal
+    again, which without a handler of ours ended the process by the signal (status -15). Before
+    uvicorn takes over, the same handler stops the process at once, also with 0."""
+    for signum in signals:
+        signal.signal(signum, _stop)
+
+
 def serve(settings: Settings, reload: bool = False) -> None:
     """Run uvicorn; on the local backend's default root, create the sample on first run."""
     root = settings.local_root
@@ -71,6 +85,7 @@ def serve(settings: Settings, reload: bool = False) -> None:
             print(f"  http://{settings.host}:{settings.port}/objects/{key}", flush=True)
     if settings.workers > 1 and settings.metrics:
         _share_metrics_between_workers()
+    _exit_cleanly_on(signal.SIGTERM, signal.SIGINT)
     uvicorn.run(
         "proxy.app:create_app",
         factory=True,  # each worker builds its own app (and its own storage client)
