@@ -100,7 +100,7 @@ StartDevstack = Callable[[int], Devstack]
 @pytest.fixture
 def start_devstack(tmp_path: Path) -> Iterator[StartDevstack]:
     """Starts devstacks on ports from ``base``, all on one data directory in tmp_path; each is
-    killed (with its SeaweedFS, by PID) if a test leaves it up."""
+    killed (with its SeaweedFS and its proxy, by PID) if a test leaves it up."""
     started: list[Devstack] = []
 
     def start(base: int) -> Devstack:
@@ -124,9 +124,11 @@ def start_devstack(tmp_path: Path) -> Iterator[StartDevstack]:
             if stack.process.poll() is None:
                 stack.process.kill()
                 stack.process.wait()
-            match = re.search(r"seaweedfs: pid ([0-9]+)", stack.output())
-            if match and alive(int(match.group(1))):
-                os.kill(int(match.group(1)), signal.SIGKILL)
+            # Its children run in sessions of their own: a killed devstack leaves them behind.
+            for child in ("seaweedfs", "proxy"):
+                match = re.search(rf"{child}: pid ([0-9]+)", stack.output())
+                if match and alive(int(match.group(1))):
+                    os.kill(int(match.group(1)), signal.SIGKILL)
 
 
 def wait_healthy(stack: Devstack) -> None:
