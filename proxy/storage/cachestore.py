@@ -668,7 +668,10 @@ class SliceStore:
             if len(self._commits) > 1:
                 return  # a drain is queued already, and will take this one too
             self._commits_since = time.monotonic()
-        self._worker.submit(self._commit_queued)
+        try:
+            self._worker.submit(self._commit_queued)
+        except RuntimeError:  # the index's thread has ended (a close racing a fill): here, then
+            self._commit_queued()
 
     def _commit_queued(self) -> None:
         """In the index's thread: every commit queued, in one transaction."""

@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from diskcache.core import DBNAME
@@ -188,6 +189,25 @@ def test_queued_slices_never_hold_more_than_the_budget(tmp_path: Path) -> None:
             resume.set()
             assert keeping.result(timeout=10)
     finally:
+        store.close()
+
+
+def test_a_slice_handed_over_as_the_index_thread_ends_is_still_answered(
+    tmp_path: Path,
+) -> None:
+    """A close racing a fill: the index's thread has ended when the slice's commit comes. The
+    fill waiting for the answer gets one (it would otherwise wait for ever)."""
+    store = SliceStore(CacheOptions(tmp_path, OPTIONS_MAX, SLICE, 60.0))
+    store.start()
+    version = Version("s3://media/a.mp4", '"v1"', SLICE)
+    try:
+        store._worker.shutdown(wait=True)  # as close does, before the index is let go
+        writer = store.writer()
+        writer.write(os.urandom(SLICE))
+        assert writer.keep(version, 0).result(timeout=10) in (True, False)
+        assert list((tmp_path / "fills").iterdir()) == []  # kept or removed, never left
+    finally:
+        store._worker = ThreadPoolExecutor(1)  # for close, which asks that thread to finish
         store.close()
 
 
