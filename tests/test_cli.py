@@ -49,32 +49,72 @@ def test_python_m_proxy_serves_a_generated_sample(tmp_path: Path, workers: str) 
     assert f"http://127.0.0.1:{port}/objects/audio/tone.wav" in out.decode()
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def workers_of(pid: int) -> set[int]:
+    """The uvicorn workers ``pid`` started (Linux: /proc/PID/task/*/children), not
+    multiprocessing's resource tracker, which ends by itself once the parent is gone."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"multiprocessing.spawn" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(int(child))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("workers", "to"),
+    [("1", "process"), ("2", "process"), ("2", "group")],
+    ids=["1-worker", "2-workers", "2-workers-signal-to-the-group"],
+)
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stop_drains_the_download_in_flight_and_exits_0(
-    tmp_path: Path, stop: signal.Signals
+    tmp_path: Path, stop: signal.Signals, workers: str, to: str
 ) -> None:
     """SIGTERM or SIGINT with a download in flight: it still gets every byte, then the process
-    ends with status 0 (uvicorn raised the signal again after draining: status -15)."""
+    ends with status 0 (uvicorn raised the signal again after draining: status -15). With two
+    workers, whether the signal reaches the parent alone (docker stop, Kubernetes) or every
+    process of the group (systemd, Ctrl-C in a terminal), the workers drain and the parent
+    exits 0 after them."""
     root = tmp_path / "media"
     root.mkdir()
     data = os.urandom(32 * 1024 * 1024)
     (root / "big.bin").write_bytes(data)
     port = free_port()
-    env = clean_env(PROXY_PORT=str(port), PROXY_LOCAL_ROOT=str(root), PROXY_LOG_LEVEL="warning")
-    process = subprocess.Popen([sys.executable, "-m", "proxy"], cwd=tmp_path, env=env)
+    env = clean_env(
+        PROXY_PORT=str(port),
+        PROXY_LOCAL_ROOT=str(root),
+        PROXY_LOG_LEVEL="warning",
+        PROXY_WORKERS=workers,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy"], cwd=tmp_path, env=env, start_new_session=True
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, process)
+        started = workers_of(process.pid)
+        assert len(started) == (2 if workers == "2" else 0)
         with httpx.stream("GET", f"{url}/objects/big.bin", timeout=20) as response:
             chunks = response.iter_bytes(65536)
             received = [next(chunks)]  # the download is in flight
-            process.send_signal(stop)
+            if to == "group":
+                os.killpg(process.pid, stop)
+            else:
+                process.send_signal(stop)
             received.extend(chunks)
         assert hashlib.sha256(b"".join(received)).digest() == hashlib.sha256(data).digest()
         assert process.wait(timeout=30) == 0
+        assert [pid for pid in started if running(pid)] == []  # the parent went last
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
 
 
