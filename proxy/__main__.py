@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 import uvicorn
@@ -18,6 +19,7 @@ import uvicorn
 from proxy.auth import hash_token, signed_url
 from proxy.config import DEFAULT_LOCAL_ROOT, Settings
 from proxy.sample import write_sample
+from proxy.server import uvicorn_options
 from proxy.settingsdoc import USAGE_EXIT, listing, markdown_table, settings_or_exit
 from proxy.version import __version__
 
@@ -93,10 +95,7 @@ def serve(settings: Settings, reload: bool = False) -> None:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
-        loop=settings.loop,
-        http=settings.http,
-        ws="none",  # no WebSockets here: uvicorn would import a WebSocket library (~1 MB)
-        server_header=False,
+        **uvicorn_options(settings),
         timeout_graceful_shutdown=settings.shutdown_timeout,
         access_log=not settings.access_log,  # ours is one JSON line per request
         reload=reload,  # development: restart when a file of the package changes
@@ -179,6 +178,26 @@ def parser() -> argparse.ArgumentParser:
     sign.add_argument("key", help="the object key, e.g. video/clip.mp4, or a folder, e.g. video/")
     sign.add_argument("--ttl", type=int, default=3600, help="seconds the URL stays valid")
     sign.add_argument("--base-url", help="default: http://PROXY_HOST:PROXY_PORT")
+    sign.add_argument(
+        "--method",
+        choices=SIGNABLE_METHODS,
+        default="GET",
+        help="the method the URL grants (default GET, which grants HEAD too)",
+    )
+    sign.add_argument(
+        "--download",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="an object: sent as an attachment named NAME (default: the key's file name)",
+    )
+    listing = sign.add_argument_group(
+        "a folder's listing (signed with the URL: a request may not add or change any)"
+    )
+    listing.add_argument("--format", choices=["jsonl", "json", "html"])
+    listing.add_argument("--recursive", action="store_true", help="every key below, no folders")
+    listing.add_argument("--limit", type=int, metavar="N", help="the most entries")
+    listing.add_argument("--after", metavar="NAME", help="only names after this one")
     commands.add_parser(
         "hash-key", help="read an API token on stdin, print its PROXY_API_KEYS sha256"
     )
@@ -196,19 +215,53 @@ def _apply_options(args: argparse.Namespace) -> None:
             os.environ[variable] = str(given[option])
 
 
-def sign(settings: Settings, key: str, ttl: int, base_url: str | None) -> None:
+SIGNABLE_METHODS = ["GET", "HEAD"]  # the signature covers any method: these are served now
+LISTING_OPTIONS = ("format", "recursive", "limit", "after")
+
+
+def sign_params(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The query parameters ``sign``'s options put on (and sign into) the URL; a one-line error
+    and status 2 for an option the key's kind has not (a folder's listing, or an object)."""
+    folder = args.key == "" or args.key.endswith("/")
+    given = [name for name in LISTING_OPTIONS if getattr(args, name) not in (None, False)]
+    params: list[tuple[str, str]] = []
+    if folder and args.download is not None:
+        _usage_error("--download: a folder's listing is not a download (give an object's key)")
+    if not folder and given:
+        _usage_error(f"--{given[0]}: listing options need a folder's key, ending in /")
+    if args.download is not None:
+        params.append(("download", args.download))
+    if args.limit is not None and args.limit < 1:
+        _usage_error(f"--limit: {args.limit} is not a positive whole number")
+    for name in given:
+        value = getattr(args, name)
+        params.append((name, "true" if value is True else str(value)))
+    return params
+
+
+def _usage_error(message: str) -> NoReturn:
+    print(message, file=sys.stderr)
+    raise SystemExit(USAGE_EXIT)
+
+
+def sign(
+    settings: Settings,
+    key: str,
+    ttl: int,
+    base_url: str | None,
+    method: str = "GET",
+    params: Sequence[tuple[str, str]] = (),
+) -> None:
     """Print a signed URL on stdout and when it expires on stderr; a TTL the proxy would refuse
     (not positive, or past PROXY_MAX_SIGNED_TTL) is a one-line error and status 2: the link could
-    never work."""
+    never work. The URL grants ``method`` with ``params`` and no other parameter."""
     if not 0 < ttl <= settings.max_signed_ttl:
-        print(
-            f"--ttl: {ttl} is not between 1 and PROXY_MAX_SIGNED_TTL ({settings.max_signed_ttl})",
-            file=sys.stderr,
+        _usage_error(
+            f"--ttl: {ttl} is not between 1 and PROXY_MAX_SIGNED_TTL ({settings.max_signed_ttl})"
         )
-        raise SystemExit(USAGE_EXIT)
     base_url = base_url or f"http://{settings.host}:{settings.port}"
     try:
-        url = signed_url(settings, base_url, key, ttl)
+        url = signed_url(settings, base_url, key, ttl, method=method, params=params)
     except ValueError as exc:
         sys.exit(str(exc))
     expires = int(parse_qs(urlsplit(url).query)["expires"][0])
@@ -230,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "settings":
         print(listing(settings), end="")
     elif args.command == "sign":
-        sign(settings, args.key, args.ttl, args.base_url)
+        sign(settings, args.key, args.ttl, args.base_url, args.method, sign_params(args))
     else:
         reload = bool(getattr(args, "reload", False))
         if reload and settings.workers > 1:

@@ -1,12 +1,25 @@
 """Access control: bearer API keys (RFC 6750) for services, HMAC-signed URLs for browsers.
 
-A signed URL carries ``expires`` (Unix seconds), ``kid`` and ``sig`` =
-base64url(HMAC-SHA256(secret[kid], "v1\\n{kid}\\n{expires}\\n{key}")); it stays valid for every
-Range request of the same object until it expires. One check serves both flavours.
+A signed URL (version 2) carries ``expires`` (Unix seconds), ``kid``, ``sv=2`` and ``sig`` =
+base64url(HMAC-SHA256(secret[kid], "v2\\n{METHOD}\\n{key}\\n{canonical query}")), where the
+canonical query is every parameter but ``sig`` (``expires``, ``kid`` and ``sv`` included),
+percent-encoded as SigV4's canonical query string (RFC 3986 unreserved characters kept, the rest
+``%XX`` of their UTF-8 bytes) and sorted by name, then value. So a signed request carries
+exactly the parameters that were signed (one more, one fewer or one changed: 403), and the
+method that was signed; a link signed for GET also serves HEAD (the same answer without its
+body, which players and browsers ask first). It stays valid for every Range request of the
+same object until it expires. The proxy reads each of its parameters once: one given twice is
+a 400 (``DuplicateParameter``), signed or not. Unsigned requests ignore parameters the proxy
+does not read (a cache-buster).
+
+Version 1 links (no ``sv``; ``sig`` over "v1\\n{kid}\\n{expires}\\n{key}", the key and expiry
+only) keep verifying until they expire, as long as they carry no parameter besides ``expires``,
+``kid`` and ``sig``. One check serves both flavours.
 
 A listing (``/objects/{prefix}/``) is a key ending in ``/``: its signature, made the same way over
-that prefix, grants the listing and every object and folder below it (the listing signs their
-links with the same ``kid`` and ``expires``); a bearer key lists within its own prefix only.
+that prefix and the listing's options, grants the listing and every object and folder below it
+(the listing signs their links with the same ``kid`` and ``expires``); a bearer key lists within
+its own prefix only.
 """
 
 from __future__ import annotations
@@ -16,8 +29,9 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import quote
 
 from fastapi import Request
@@ -26,6 +40,27 @@ from proxy.config import ApiKey, Settings
 
 REALM = "media-proxy"
 _DIGITS = re.compile(r"[0-9]{1,12}")
+
+SIGNATURE, EXPIRES, KEY_ID, VERSION = "sig", "expires", "kid", "sv"
+SIGNING_PARAMETERS = frozenset({SIGNATURE, EXPIRES, KEY_ID, VERSION})
+_V1_PARAMETERS = frozenset({SIGNATURE, EXPIRES, KEY_ID})
+SIGNED_VERSION = "2"
+# The query parameters the proxy reads, besides the signing ones: each at most once.
+OBJECT_PARAMETERS = frozenset({"download"})
+LISTING_PARAMETERS = frozenset({"format", "recursive", "limit", "after"})
+_READ_BY_OBJECTS = SIGNING_PARAMETERS | OBJECT_PARAMETERS
+_READ_BY_LISTINGS = SIGNING_PARAMETERS | LISTING_PARAMETERS
+
+Pairs = Sequence[tuple[str, str]]
+
+
+class MultiItems(Protocol):
+    """Starlette's ``QueryParams``: every (name, value) pair, in order, duplicates kept."""
+
+    def multi_items(self) -> list[tuple[str, str]]: ...
+
+
+Query = MultiItems | Mapping[str, str] | Pairs
 
 
 class Denied(Exception):
@@ -36,6 +71,15 @@ class Denied(Exception):
         self.status = status
         self.detail = detail
         self.challenge = challenge  # the WWW-Authenticate value of a 401
+
+
+class DuplicateParameter(ValueError):
+    """A query parameter the proxy reads, given more than once (400): which one to take is
+    not the proxy's guess to make."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the query parameter {name!r} is given more than once")
+        self.name = name
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,37 +100,121 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def _signature(secret: str, kid: str, expires: int, key: str) -> str:
-    message = f"v1\n{kid}\n{expires}\n{key}".encode()
-    digest = hmac.new(secret.encode("utf-8"), message, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+def query_pairs(query: Query) -> Pairs:
+    """Every (name, value) of a query, decoded, in order, duplicates kept."""
+    multi_items = getattr(query, "multi_items", None)
+    if multi_items is not None:
+        pairs: Pairs = multi_items()
+        return pairs
+    if isinstance(query, Mapping):
+        return list(query.items())
+    return query  # type: ignore[return-value]  # already pairs
 
 
-def signed_query(settings: Settings, key: str, ttl: int, now: float | None = None) -> str:
-    """The query string that grants GET/HEAD of ``key`` for ``ttl`` seconds."""
+def read_once(pairs: Iterable[tuple[str, str]], names: Collection[str]) -> dict[str, str]:
+    """The values of ``names`` found in ``pairs``; ``DuplicateParameter`` for one given twice."""
+    found: dict[str, str] = {}
+    for name, value in pairs:
+        if name in names:
+            if name in found:
+                raise DuplicateParameter(name)
+            found[name] = value
+    return found
+
+
+def _encode(text: str) -> str:
+    # quote() keeps exactly RFC 3986's unreserved characters with safe="", as SigV4 does, and
+    # writes upper-case hex; a lone surrogate (never from a parsed query) cannot raise.
+    return quote(text, safe="", errors="surrogatepass")
+
+
+def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
+    """SigV4's canonical query string of every parameter but the signature: names and values
+    percent-encoded, sorted by name, then value; ``name=`` for a parameter without a value."""
+    encoded = sorted((_encode(name), _encode(value)) for name, value in pairs if name != SIGNATURE)
+    return "&".join(f"{name}={value}" for name, value in encoded)
+
+
+def _digest(secret: str, message: str) -> str:
+    mac = hmac.new(secret.encode("utf-8"), message.encode("utf-8", "surrogatepass"), "sha256")
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
+
+
+def _v2_signature(secret: str, method: str, key: str, canonical: str) -> str:
+    # The canonical query holds no raw newline: the message splits one way only.
+    return _digest(secret, f"v2\n{method}\n{key}\n{canonical}")
+
+
+def _v1_signature(secret: str, kid: str, expires: int, key: str) -> str:
+    return _digest(secret, f"v1\n{kid}\n{expires}\n{key}")
+
+
+def _signed(
+    secret: str, kid: str, expires: int, method: str, key: str, params: Iterable[tuple[str, str]]
+) -> str:
+    """The query string (canonical order, then ``sig``) that grants ``method`` on ``key``."""
+    pairs = list(params)
+    reserved = sorted({name for name, _ in pairs} & SIGNING_PARAMETERS)
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)}: set by the signature itself")
+    pairs += [(EXPIRES, str(expires)), (KEY_ID, kid), (VERSION, SIGNED_VERSION)]
+    canonical = canonical_query(pairs)
+    return f"{canonical}&{SIGNATURE}={_v2_signature(secret, method, key, canonical)}"
+
+
+def signed_query(
+    settings: Settings,
+    key: str,
+    ttl: int,
+    now: float | None = None,
+    *,
+    method: str = "GET",
+    params: Iterable[tuple[str, str]] = (),
+) -> str:
+    """The query string that grants ``method`` (GET: also HEAD) on ``key`` for ``ttl`` seconds,
+    with the query parameters ``params`` (e.g. ``("download", "")``) and no others."""
     if not settings.signing_keys:
         raise ValueError("no signing key configured (PROXY_SIGNING_KEYS)")
     kid = settings.signing_key_id or list(settings.signing_keys)[-1]
     secret = settings.signing_keys[kid].get_secret_value()
     expires = int(now if now is not None else time.time()) + ttl
-    return f"expires={expires}&kid={quote(kid)}&sig={_signature(secret, kid, expires, key)}"
+    return _signed(secret, kid, expires, method, key, params)
 
 
-def signed_like(settings: Settings, grant: Grant, key: str) -> str:
-    """The query string that grants ``key`` for as long as ``grant``, a signed URL's, does
-    (same key id and expiry): what a signed listing puts on its links."""
+def signed_like(
+    settings: Settings, grant: Grant, key: str, params: Iterable[tuple[str, str]] = ()
+) -> str:
+    """The query string that grants GET of ``key`` with ``params`` for as long as ``grant``, a
+    signed URL's, does (same key id and expiry): what a signed listing puts on its links."""
     assert grant.kid is not None
     secret = settings.signing_keys[grant.kid].get_secret_value()
-    signature = _signature(secret, grant.kid, grant.expires, key)
-    return f"expires={grant.expires}&kid={quote(grant.kid)}&sig={signature}"
+    return _signed(secret, grant.kid, grant.expires, "GET", key, params)
 
 
-def signed_url(settings: Settings, base_url: str, key: str, ttl: int) -> str:
-    return f"{base_url.rstrip('/')}/objects/{quote(key)}?{signed_query(settings, key, ttl)}"
+def signed_url(
+    settings: Settings,
+    base_url: str,
+    key: str,
+    ttl: int,
+    *,
+    method: str = "GET",
+    params: Iterable[tuple[str, str]] = (),
+) -> str:
+    query = signed_query(settings, key, ttl, method=method, params=params)
+    return f"{base_url.rstrip('/')}/objects/{quote(key)}?{query}"
 
 
-def _check_signature(settings: Settings, key: str, query: Mapping[str, str], now: float) -> int:
-    kid, expires, sig = query.get("kid", ""), query.get("expires", ""), query.get("sig", "")
+def _check_signature(
+    settings: Settings,
+    method: str,
+    key: str,
+    pairs: Pairs,
+    values: Mapping[str, str],
+    now: float,
+) -> int:
+    """The signed URL's expiry; ``Denied`` (403) unless it grants ``method`` on ``key`` with
+    exactly the parameters ``pairs``."""
+    kid, expires, sig = values.get(KEY_ID, ""), values.get(EXPIRES, ""), values[SIGNATURE]
     secret = settings.signing_keys.get(kid)
     if secret is None or not _DIGITS.fullmatch(expires):
         raise Denied(403, "the signed URL is not valid")
@@ -95,8 +223,21 @@ def _check_signature(settings: Settings, key: str, query: Mapping[str, str], now
         raise Denied(403, "the signed URL has expired")
     if deadline > now + settings.max_signed_ttl:
         raise Denied(403, "the signed URL is not valid")
-    expected = _signature(secret.get_secret_value(), kid, deadline, key)
-    if not hmac.compare_digest(expected.encode(), sig.encode("utf-8", "replace")):
+    version = values.get(VERSION)
+    if version is None:  # version 1: the key and expiry only, so no other parameter may ride
+        if any(name not in _V1_PARAMETERS for name, _ in pairs):
+            raise Denied(403, "the signed URL does not cover all of this request's parameters")
+        expected = [_v1_signature(secret.get_secret_value(), kid, deadline, key)]
+    elif version == SIGNED_VERSION:
+        canonical = canonical_query(pairs)
+        # A link signed for GET serves HEAD too; one signed for HEAD serves HEAD only.
+        methods = ("GET", "HEAD") if method == "HEAD" else (method,)
+        value = secret.get_secret_value()
+        expected = [_v2_signature(value, signed, key, canonical) for signed in methods]
+    else:
+        raise Denied(403, "the signed URL is not valid")
+    given = sig.encode("utf-8", "replace")
+    if not any([hmac.compare_digest(digest.encode(), given) for digest in expected]):
         raise Denied(403, "the signed URL is not valid")
     return deadline
 
@@ -114,13 +255,17 @@ def check_access(
     settings: Settings,
     key: str,
     authorization: str | None,
-    query: Mapping[str, str],
+    query: Query,
     now: float | None = None,
+    *,
+    method: str = "GET",
 ) -> None:
-    """Raise ``Denied`` unless the request may read ``key``; a no-op when auth is off."""
+    """Raise ``Denied`` unless the request may read ``key`` (``DuplicateParameter`` for a
+    parameter it reads given twice); a no-op when auth is off."""
     if not settings.auth_enabled:
         return
-    if not key.startswith(grant_for(settings, key, authorization, query, now).scope):
+    grant = grant_for(settings, key, authorization, query, now, method=method)
+    if not key.startswith(grant.scope):
         raise Denied(403, "this key may not read this object")
 
 
@@ -128,15 +273,22 @@ def grant_for(
     settings: Settings,
     key: str,
     authorization: str | None,
-    query: Mapping[str, str],
+    query: Query,
     now: float | None = None,
+    *,
+    method: str = "GET",
+    reads: frozenset[str] = _READ_BY_OBJECTS,
 ) -> Grant:
     """What the request's credentials grant (``Denied`` when they are missing or invalid): a
-    signed URL checked against ``key``, else a bearer key; auth on."""
+    signed URL checked against ``method``, ``key`` and every parameter, else a bearer key; auth
+    on. The parameters ``reads`` (the signing ones among them) must come once each, signed
+    or not (``DuplicateParameter``), checked first."""
     now = time.time() if now is None else now
-    if "sig" in query:
-        expires = _check_signature(settings, key, query, now)
-        return Grant(key, query["kid"], expires)
+    pairs = query_pairs(query)
+    values = read_once(pairs, reads)
+    if SIGNATURE in values:
+        expires = _check_signature(settings, method, key, pairs, values, now)
+        return Grant(key, values[KEY_ID], expires)
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Denied(401, "credentials required", f'Bearer realm="{REALM}"')
@@ -152,7 +304,9 @@ async def authorize(request: Request, key: str) -> None:
     settings: Settings = request.app.state.settings
     if not settings.auth_enabled:
         return  # before touching the query string: parsing it costs on every request
-    check_access(settings, key, request.headers.get("authorization"), request.query_params)
+    authorization = request.headers.get("authorization")
+    query = request.query_params
+    check_access(settings, key, authorization, query, method=request.method)
 
 
 async def authorize_listing(request: Request, prefix: str) -> Grant:
@@ -163,7 +317,10 @@ async def authorize_listing(request: Request, prefix: str) -> Grant:
     if not settings.auth_enabled:
         return OPEN
     query = request.query_params
-    grant = grant_for(settings, prefix, request.headers.get("authorization"), query)
+    authorization = request.headers.get("authorization")
+    grant = grant_for(
+        settings, prefix, authorization, query, method=request.method, reads=_READ_BY_LISTINGS
+    )
     if not (prefix.startswith(grant.scope) or grant.scope.startswith(prefix)):
         raise Denied(403, "this key may not list this prefix")
     return grant

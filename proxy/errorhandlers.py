@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from proxy import metrics
-from proxy.auth import Denied
+from proxy.auth import Denied, DuplicateParameter
 from proxy.http.plan import error_body
 from proxy.routes import OBJECT_METHODS, OBJECT_PREFIX
 from proxy.storage import errors
@@ -57,6 +57,11 @@ async def denied(request: Request, exc: Exception) -> Response:
     return error_response(exc.status, ERROR_CODES[exc.status], exc.detail, headers)
 
 
+async def duplicate_parameter(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DuplicateParameter)
+    return error_response(400, "invalid_request", str(exc))
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = ERROR_CODES.get(exc.status_code, "http_error")
@@ -81,6 +86,7 @@ def add_error_handlers(app: FastAPI) -> None:
     """Register every handler; Starlette picks the one for the nearest class of an exception."""
     app.add_exception_handler(errors.StorageError, storage_error)
     app.add_exception_handler(Denied, denied)
+    app.add_exception_handler(DuplicateParameter, duplicate_parameter)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, internal_error)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any, Protocol, cast
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import anyio
 from fastapi import Request
@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
 
-from proxy.auth import Grant, authorize_listing, signed_like
+from proxy.auth import LISTING_PARAMETERS, Grant, authorize_listing, read_once, signed_like
 from proxy.config import Settings
 from proxy.http import listing_html as html
 from proxy.http.listing import (
@@ -69,8 +69,9 @@ class Links:
         if self._grant.kid is not None:
             if not key.startswith(self._grant.scope):
                 return None
-            signed = signed_like(self._settings, self._grant, key)
-            query = f"{signed}&{extra}" if extra else signed
+            # The link's own parameters are signed with it: a signed request carries no other.
+            params = parse_qsl(extra, keep_blank_values=True)
+            query = signed_like(self._settings, self._grant, key, params)
         return self._base + quote(key) + (f"?{query}" if query else "")
 
 
@@ -272,6 +273,8 @@ class ListingEndpoint:
     async def get_response(self, request: Request, key: str) -> Response:
         grant = await authorize_listing(request, key)
         prefix = check_prefix(key)
+        # Each option once (DuplicateParameter, a 400), also with access control off.
+        read_once(request.query_params.multi_items(), LISTING_PARAMETERS)
         try:
             query = ListingQuery.from_request(request.query_params, request.headers.get("accept"))
         except BadQuery as exc:

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
-from proxy.auth import authorize
+from proxy.auth import OBJECT_PARAMETERS, authorize, read_once
 from proxy.config import Settings
 from proxy.http.disposition import content_disposition, download_filename
 from proxy.http.plan import Plan, body_length, plan_response
@@ -162,7 +162,10 @@ class ObjectEndpoint:
         settings: Settings = state.settings
         scope = request.scope
         # Parsing an absent query string still cost 2% of a small range.
-        download = request.query_params.get("download") if scope["query_string"] else None
+        download = None
+        if scope["query_string"]:  # each parameter read once: one given twice is a 400
+            params = read_once(request.query_params.multi_items(), OBJECT_PARAMETERS)
+            download = params.get("download")
         fields = ObjectRequest.from_raw(scope["method"], scope["headers"], settings.max_ranges)
         arguments = (check_request_key(key), fields, state.storage, settings, download)
         if self.sync:
