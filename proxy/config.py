@@ -113,6 +113,20 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds without a byte from S3 before 504 (or an abort mid-stream)",
     )
+    s3_deadline: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds one S3 exchange may take before its response starts, the presigned "
+        "try and every retry included (then 504)",
+        json_schema_extra={"shown": "2 × `PROXY_S3_READ_TIMEOUT`", "form": "seconds"},
+    )
+    s3_resume_attempts: int = Field(
+        default=2,
+        ge=0,
+        le=20,
+        description="times a response may re-request the rest of an S3 body that ended early "
+        "(reset, close, read timeout), with `If-Match` its ETag; `0`: cut it",
+    )
     s3_max_attempts: int = Field(
         default=3,
         ge=1,
@@ -239,6 +253,27 @@ class Settings(BaseSettings):
     # Operations.
     access_log: bool = Field(default=True, description="one JSON line per request on stdout")
     metrics: bool = Field(default=True, description="serve `/metrics` and count")
+    max_request_head: ByteSize = Field(
+        default=ByteSize(64 * 1024),
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="the longest request line plus header fields; longer: `431` (`414` for the "
+        "request line) and the connection closes",
+        json_schema_extra={"shown": "`64KiB`", "form": "a size between 1KiB and 16MiB"},
+    )
+    header_timeout: float = Field(
+        default=15.0,
+        gt=0,
+        description="seconds a client may take to send a request head, from its first byte or "
+        "the previous response; then the connection closes",
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="open client connections per worker process; beyond it new ones get `503` "
+        "and close",
+    )
     shutdown_timeout: int = Field(
         default=30,
         ge=0,
@@ -327,6 +362,8 @@ class Settings(BaseSettings):
             connect_timeout=self.s3_connect_timeout,
             read_timeout=self.s3_read_timeout,
             max_attempts=self.s3_max_attempts,
+            deadline=self.s3_deadline or 2 * self.s3_read_timeout,
+            resume_attempts=self.s3_resume_attempts,
             presigned_gets=self.s3_presigned_gets,
             cache=self.cache_options(),
         )

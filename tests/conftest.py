@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from proxy.app import create_app
 from proxy.config import Settings
+from proxy.server import uvicorn_options
 from proxy.storage.mediatypes import media_type_for
 from proxy.testing.s3servers import (
     BUCKET,
@@ -103,7 +104,14 @@ StartServer = Callable[[Settings], "RunningServer"]
 def running(settings: Settings) -> Iterator[RunningServer]:
     """A uvicorn server for ``settings`` in a thread, stopped (lifespan and all) on exit."""
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        **uvicorn_options(settings),
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -45,6 +45,8 @@ class S3Options:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     max_attempts: int = 3
+    deadline: float = 60.0  # seconds for one exchange before its response starts, retries included
+    resume_attempts: int = 2  # re-requests of a body's rest after S3 ended it early
     presigned_gets: bool = True  # GetObject as a presigned GET over the proxy's connections
     cache: CacheOptions | None = None  # a slice cache in front of the bucket
 
