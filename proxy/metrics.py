@@ -42,6 +42,9 @@ DURATION = Histogram(
 CLIENT_ABORTS = Counter("proxy_client_aborts", "Responses cut short by the client", ["route"])
 BACKEND_CALLS = Counter("proxy_backend_calls", "Storage backend calls", ["backend", "operation"])
 BACKEND_ERRORS = Counter("proxy_backend_errors", "Storage failures by kind", ["kind"])
+# Re-requests of the rest of an S3 body that ended early (PROXY_S3_RESUME_ATTEMPTS): resumed =
+# the body went on, changed = the object is another version now (cut), failed = no answer.
+S3_RESUMES = Counter("proxy_s3_resumes", "Re-requests of a cut S3 body's rest", ["outcome"])
 # The slice cache (PROXY_CACHE_DIR). Slices: hit = read from the cache directory, miss = fetched
 # from S3 by this request, coalesced = received from another request's fetch.
 CACHE_SLICES = Counter("proxy_cache_slices", "Slices read through the cache", ["result"])

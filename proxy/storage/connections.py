@@ -5,6 +5,11 @@ standard library's HTTP/1.1 client costs ~250 µs per 64 KiB ranged GET here, ur
 top of it ~420 µs. ``AsyncConnections``: its twin for the event loop, non-blocking sockets read
 straight into each chunk: no buffer between the kernel and the chunk, so a slow stream holds
 one chunk (the rest waits in the socket), where aiohttp held up to two 256 KB socket reads.
+
+An S3 exchange's deadline (``deadline``, set by the blocking storage around each call) bounds the
+blocking pool's waits until a reply's head: a connect or a read never waits past it; the body's
+reads wait ``read_timeout`` each. The event loop's twin is bounded from outside (its caller's
+``asyncio.timeout``): a coroutine can be cancelled, a blocking call cannot.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ import socket
 import ssl
 import struct
 import termios
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from email.message import Message
 from functools import partial
 from typing import Generic, Protocol, TypeVar
@@ -36,6 +44,41 @@ class _Closable(Protocol):
 
 C = TypeVar("C", bound=_Closable)
 T = TypeVar("T")
+
+# When the current S3 exchange must have its reply's head (time.monotonic()), None: no deadline.
+# A context variable: each worker thread (and task) has its own exchange.
+_DEADLINE: ContextVar[float | None] = ContextVar("s3_exchange_deadline", default=None)
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Give the exchange that runs in the block ``seconds`` to get its reply's head, retries
+    included (``time_left``); an exchange already under way in the caller keeps its own."""
+    if _DEADLINE.get() is not None:
+        yield
+        return
+    token = _DEADLINE.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def time_left() -> float | None:
+    """Seconds left to the current exchange's deadline (<= 0 once passed); None without one."""
+    until = _DEADLINE.get()
+    return None if until is None else until - time.monotonic()
+
+
+def _bounded(timeout: float) -> float:
+    """``timeout``, or the time left to the exchange's deadline if that is shorter; TimeoutError
+    once the deadline has passed."""
+    left = time_left()
+    if left is None:
+        return timeout
+    if left <= 0:
+        raise TimeoutError("the S3 exchange's deadline has passed")
+    return min(timeout, left)
 
 
 class _Pool(Generic[C]):
@@ -97,23 +140,21 @@ class Connections(_Pool[http.client.HTTPConnection]):
 
     def _connect(self) -> http.client.HTTPConnection:
         connection: http.client.HTTPConnection
+        timeout = _bounded(self._connect_timeout)
         if self._ssl is None:
-            connection = http.client.HTTPConnection(
-                self._host, self._port, timeout=self._connect_timeout
-            )
+            connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         else:
             connection = http.client.HTTPSConnection(
-                self._host, self._port, timeout=self._connect_timeout, context=self._ssl
+                self._host, self._port, timeout=timeout, context=self._ssl
             )
         connection.connect()
-        if connection.sock is not None:
-            connection.sock.settimeout(self._read_timeout)  # each later send and receive
         return connection
 
     def get(self, target: str, headers: dict[str, str]) -> Reply:
         """Send ``GET target`` and read the reply's status line and headers; the caller must
         ``close()`` the reply. A kept-alive connection the server closed meanwhile is replaced
-        once, transparently. Raises OSError or ``http.client.HTTPException``."""
+        once, transparently. Raises OSError or ``http.client.HTTPException``; TimeoutError
+        too when the exchange's deadline passes before the reply's head has come."""
         try:
             connection = self._idle.pop()
         except IndexError:
@@ -129,9 +170,14 @@ class Connections(_Pool[http.client.HTTPConnection]):
         self, connection: http.client.HTTPConnection, target: str, headers: dict[str, str]
     ) -> Reply:
         try:
-            connection.request("GET", target, headers=headers)
             sock = connection.sock  # the connection lets go of it when the reply will close
-            return Reply(self, connection, connection.getresponse(), sock)
+            if sock is not None:  # until the head: the read timeout, or less at the deadline
+                sock.settimeout(_bounded(self._read_timeout))
+            connection.request("GET", target, headers=headers)
+            response = connection.getresponse()
+            if sock is not None:
+                sock.settimeout(self._read_timeout)  # each read of the body
+            return Reply(self, connection, response, sock)
         except BaseException:
             connection.close()
             raise

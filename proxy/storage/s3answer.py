@@ -244,6 +244,32 @@ def map_client_errors() -> Iterator[None]:
         raise _unavailable(exc) from exc
 
 
+def cut_cause(error: BaseException) -> str:
+    """Why S3 ended a body early, in words for a log line: ``connection reset``, ``read
+    timeout``, ``object changed``, else ``connection closed early`` (a close before the body's
+    length). Read from ``error`` and what it was raised from (or held: urllib3's ProtocolError
+    holds the OSError)."""
+    pending: list[BaseException] = [error]
+    seen: set[int] = set()
+    while pending and len(seen) < 16:  # a chain is short; bounded anyway
+        exc = pending.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, ObjectChanged):
+            return "object changed"
+        if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+            return "connection reset"
+        if isinstance(exc, TimeoutError | ConnectTimeoutError | ReadTimeoutError):
+            return "read timeout"
+        pending += [arg for arg in exc.args if isinstance(arg, BaseException)]
+        pending += [e for e in (exc.__cause__, exc.__context__) if e is not None]
+        kwargs = getattr(exc, "kwargs", None)  # botocore keeps what it wraps by keyword
+        if isinstance(kwargs, dict):
+            pending += [v for v in kwargs.values() if isinstance(v, BaseException)]
+    return "connection closed early"
+
+
 def _unavailable(exc: Exception) -> BackendUnavailable:
     logger.warning("S3 unavailable: %s", type(exc).__name__)
     return BackendUnavailable()

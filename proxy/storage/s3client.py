@@ -1,6 +1,15 @@
 """The S3 backends' botocore clients, one per worker process, built from ``S3Options``: one
 Config for both flavours, and sessions tuned to parse less and keep less of botocore's data.
-Each flavour imports its own library when it is built (the other's costs ~16 MB of RSS)."""
+Each flavour imports its own library when it is built (the other's costs ~16 MB of RSS).
+
+The boto3 client keeps to the deadline of the exchange it runs in (``connections.deadline``),
+through two botocore events: before each attempt is sent, its read timeout is cut to the time left
+(botocore reads a per-request ``read_timeout`` from the request's context) or, none left, the
+attempt fails; after a failed attempt, a retry that botocore's backoff could start past the
+deadline is not made: the attempt's outcome is the call's. Its calls block a thread, which nothing
+can interrupt from outside. The aiobotocore flavour's calls are cancelled at the deadline instead
+(``asyncio.timeout``, in ``proxy.storage.s3``): its reads keep their own timeout.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +21,10 @@ from typing import Any
 import botocore.loaders
 import botocore.session
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from proxy.metrics import BACKEND_CALLS
+from proxy.storage.connections import time_left
 from proxy.storage.options import S3Options
 from proxy.storage.presigned import USER_AGENT
 
@@ -53,6 +64,7 @@ def boto3_client(options: S3Options) -> tuple[Any, botocore.session.Session]:
         config=Config(**config_options(options)),
     )
     client.meta.events.register("after-call.s3", _count_call)
+    _keep_to_deadlines(client, options)
     return client, botocore_session
 
 
@@ -78,6 +90,53 @@ async def aiobotocore_client(
 
 def _count_call(model: Any, **_: Any) -> None:
     BACKEND_CALLS.labels("s3", model.name).inc()
+
+
+class DeadlinePassed(TimeoutError):
+    """An attempt that would start after its exchange's deadline (a 504, never retried: botocore
+    retries only its own exception types)."""
+
+
+def _keep_to_deadlines(client: Any, options: S3Options) -> None:
+    """Register the boto3 client's hooks that keep each call within its exchange's deadline."""
+    read_timeout, max_attempts = options.read_timeout, options.max_attempts
+
+    def bound_attempt(request: Any, **_: Any) -> None:
+        left = time_left()
+        if left is None:
+            return
+        if left <= 0:
+            raise DeadlinePassed("the S3 exchange's deadline has passed")
+        request.context["read_timeout"] = min(read_timeout, left)
+
+    def retry_in_time(
+        attempts: int,
+        response: tuple[Any, Mapping[str, Any]] | None,
+        caught_exception: Exception | None,
+        operation: Any,
+        **_: Any,
+    ) -> None:
+        left = time_left()
+        if left is None or attempts >= max_attempts:
+            return  # botocore decides
+        if caught_exception is None and (response is None or response[0].status_code < 400):
+            return  # an answer: nothing to retry
+        if left >= retry_backoff_bound(attempts):
+            return  # a retry would start in time: botocore decides
+        if caught_exception is not None:
+            raise caught_exception
+        assert response is not None
+        raise ClientError(dict(response[1]), operation.name)
+
+    events = client.meta.events
+    events.register("before-send.s3", bound_attempt, unique_id="proxy-deadline-send")
+    events.register_first("needs-retry.s3", retry_in_time, unique_id="proxy-deadline-retry")
+
+
+def retry_backoff_bound(attempts: int) -> float:
+    """The longest botocore's standard mode sleeps before the retry that follows attempt
+    ``attempts`` (its truncated binary exponential backoff: rand(0, 1) * min(2 ** (n - 1), 20))."""
+    return float(min(2 ** (attempts - 1), 20))
 
 
 # The services whose clients a session of the proxy creates: S3, and those of the credential

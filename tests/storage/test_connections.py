@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from proxy.storage.connections import AsyncConnections, AsyncReply, Connections, Reply
+from proxy.storage.connections import (
+    AsyncConnections,
+    AsyncReply,
+    Connections,
+    Reply,
+    deadline,
+)
 from proxy.storage.errors import BodyTruncated
 from tests.loopback import Listener, self_signed, threaded_server
 
@@ -111,6 +117,36 @@ def test_threads_share_one_pool() -> None:
         pool.close()
     assert results == [True] * 20
     assert s.connections <= 4 + 4  # kept ones reused; never one per request
+
+
+def test_a_deadline_bounds_the_wait_for_the_head_not_the_body() -> None:
+    """Within an exchange's deadline, the head is awaited at most until it; the body's reads
+    then wait the read timeout each, however little of the deadline is left."""
+    pause = threading.Event()
+
+    def slow_head_then_slow_body(sock: socket.socket, s: Site) -> None:
+        if not read_request(sock, s):
+            return
+        if len(s.requests) == 1:
+            pause.wait(10)  # no head: the first request's deadline passes
+            return
+        head, body = reply(BODY)[: -len(BODY)], BODY
+        sock.sendall(head)
+        time.sleep(1.0)  # longer than the deadline, shorter than the read timeout
+        sock.sendall(body)
+
+    with site(slow_head_then_slow_body) as s:
+        pool = connections(s.url, read_timeout=5.0)
+        started = time.monotonic()
+        with deadline(0.5), pytest.raises(TimeoutError):
+            pool.get("/stalled", {})
+        assert 0.4 < time.monotonic() - started < 3
+        pause.set()
+        with deadline(0.5):
+            answer = pool.get("/slow-body", {})
+        assert read_all(answer, 65536) == BODY
+        answer.close()
+        pool.close()
 
 
 def test_an_origin_is_http_or_https() -> None:

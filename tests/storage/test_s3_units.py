@@ -29,7 +29,14 @@ from proxy.http.codec import ByteRange, ContentRange
 from proxy.storage import errors
 from proxy.storage.base import ReadyChunks
 from proxy.storage.s3 import RangeNotSatisfiable, _Chunks
-from proxy.storage.s3answer import ERRORS, S3Answer, error_for_code, map_client_errors, meta_from
+from proxy.storage.s3answer import (
+    ERRORS,
+    S3Answer,
+    cut_cause,
+    error_for_code,
+    map_client_errors,
+    meta_from,
+)
 from proxy.storage.s3client import ENDPOINT_SERVICES, _tune
 
 HOST = "http://secret-host.internal"
@@ -363,5 +370,62 @@ def test_chunks_without_a_ready_read_always_block() -> None:
 def test_chunks_of_a_body_that_ends_early_raise_body_truncated(how: str) -> None:
     chunks = _Chunks(Stream(b"abc", have=10), 5, 4)
     assert next(chunks) == b"abc"
+    if how == "ready":  # never resumed on the event loop: left to next(), in a thread
+        assert chunks.ready() is None
     with pytest.raises(errors.BodyTruncated):
-        chunks.ready() if how == "ready" else next(chunks)
+        next(chunks)
+
+
+class Cut(Stream):
+    """A stream that raises ``error`` once its ``data`` is read."""
+
+    def __init__(self, data: bytes, have: int, error: Exception) -> None:
+        super().__init__(data, have)
+        self.error = error
+
+    def read(self, size: int) -> bytes:
+        if not self.data:
+            raise self.error
+        return super().read(size)
+
+
+@pytest.mark.parametrize("how", ["ready", "next"])
+def test_a_cut_stream_goes_on_from_its_resume_with_the_bytes_not_taken(how: str) -> None:
+    data = bytes(range(100))
+    asked: list[tuple[int, Exception]] = []
+
+    def resume(remaining: int, stream: object, error: Exception) -> Stream:
+        asked.append((remaining, error))
+        return Stream(data[len(data) - remaining :], have=100)
+
+    reset = ConnectionResetError(104, "reset")
+    first = Cut(data[:30], have=100, error=errors.BodyTruncated())
+    first.error.__cause__ = reset
+    chunks = _Chunks(first, 100, 20, resume)
+    taken = []
+    for _ in range(20):  # bounded: 100 bytes in chunks of 20, one resume
+        chunk = chunks.ready() if how == "ready" else next(chunks, None)
+        if chunk is None and how == "ready":
+            chunk = next(chunks, None)  # what a thread does when ready() has nothing
+        if not chunk:
+            break
+        taken.append(chunk)
+    assert b"".join(taken) == data
+    assert [remaining for remaining, _ in asked] == [70]
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (errors.BodyTruncated(), "connection closed early"),
+        (IncompleteReadError(actual_bytes=1, expected_bytes=2), "connection closed early"),
+        (ResponseStreamingError(error=ConnectionResetError(104, "reset")), "connection reset"),
+        (ReadTimeoutError(endpoint_url=HOST), "read timeout"),
+        (errors.BackendTimeout(), "read timeout"),
+        (errors.ObjectChanged(), "object changed"),
+    ],
+)
+def test_a_cut_names_its_cause(error: Exception, cause: str) -> None:
+    wrapped = errors.BodyTruncated()
+    wrapped.__cause__ = error
+    assert cut_cause(wrapped) == cause
