@@ -5,14 +5,35 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.config import Settings
+from proxy.connection import Limits, protocol_factory
+
+
+def limits(settings: Settings) -> Limits:
+    """The connection layer's limits (``proxy.connection``) from the settings."""
+    return Limits(
+        max_head=int(settings.max_request_head),
+        header_timeout=settings.header_timeout,
+        max_connections=settings.max_connections,
+    )
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn.run / uvicorn.Config keyword arguments for the connection layer (event loop, HTTP
-    protocol and its limits), the same for ``python -m proxy`` and the tests' servers."""
+    protocol and its limits), the same for ``python -m proxy`` and the tests' servers.
+
+    The protocol is uvicorn's own, for the parser ``settings.http`` names, subclassed in
+    ``proxy.connection`` for the request-head limits, the connection cap, strict parsing and
+    half-closed clients. Not uvicorn's ``limit_concurrency``: it answers 503 per request on an
+    accepted connection (which stays open), counts running tasks with the connections, and its
+    503 is a plain-text line.
+    """
     return {
         "loop": settings.loop,
-        "http": settings.http,
+        "http": protocol_factory(settings.http, limits(settings)),
         "ws": "none",  # no WebSockets here: uvicorn would import a WebSocket library (~1 MB)
         "server_header": False,
+        # h11's own bound on a head it buffers (one that came in a read after a pipelined
+        # request, which proxy.connection leaves to the parser); raw UTF-8 bytes of a request
+        # line take three once percent-encoded.
+        "h11_max_incomplete_event_size": 3 * int(settings.max_request_head),
     }
