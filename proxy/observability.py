@@ -1,6 +1,13 @@
 """One pure ASGI middleware around every request: request id, nosniff, access log, metrics.
 
 Pure ASGI (not BaseHTTPMiddleware): it only watches ``send``, so streams pass through unbuffered.
+
+Each access-log line says how the transfer ended (``outcome``): ``complete``, ``client_closed``
+(the client went away: no error, no traceback), ``backend_error`` (storage failed after the
+headers went out: the server aborts the connection; one warning line on the ``proxy`` logger
+gives the cause, and uvicorn's traceback of it is dropped), ``cancelled`` (a shutdown's deadline)
+or ``error`` (a bug: its traceback stays). And how many times the storage asked S3 again for
+the rest of a cut body (``s3_resumes``, counted through ``proxy.storage.notes``).
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy import metrics
 from proxy.storage.errors import StorageError
+from proxy.storage.notes import CURRENT, ResponseNotes
 
 access_logger = logging.getLogger("proxy.access")
+logger = logging.getLogger("proxy")
 
 # An incoming X-Request-ID is kept when it is this tame; otherwise a new one is made.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -111,7 +120,7 @@ def _direct_line_handler() -> LineHandler | None:
 class _Exchange:
     """What one request did, as the middleware saw it."""
 
-    __slots__ = ("aborted", "bytes", "first_byte", "started", "status")
+    __slots__ = ("aborted", "bytes", "first_byte", "notes", "started", "status")
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
@@ -119,6 +128,61 @@ class _Exchange:
         self.bytes = 0
         self.first_byte: float | None = None
         self.aborted = True  # until the last body message goes out
+        self.notes = ResponseNotes()  # what storage reports for this response
+
+
+# How a transfer ended, in the access log.
+COMPLETE, CLIENT_CLOSED, BACKEND_ERROR = "complete", "client_closed", "backend_error"
+CANCELLED, ERROR = "cancelled", "error"
+OUTCOMES = (COMPLETE, CLIENT_CLOSED, BACKEND_ERROR, CANCELLED, ERROR)
+
+
+def outcome(exchange: _Exchange, error: type[BaseException] | None) -> str:
+    if not exchange.aborted:
+        return COMPLETE
+    if error is None:
+        # Aborted without an error raised: the client went away (ObjectResponse returns
+        # quietly); without a response started, the app returned none (a bug).
+        return CLIENT_CLOSED if exchange.status != 0 else ERROR
+    if issubclass(error, StorageError):
+        return BACKEND_ERROR
+    if issubclass(error, asyncio.CancelledError):
+        return CANCELLED
+    return ERROR
+
+
+def storage_cause(exc: BaseException) -> StorageError | None:
+    """The storage failure behind ``exc``: itself, or what it was raised from (Starlette wraps
+    an exception that has a handler but came after the response started in a RuntimeError)."""
+    for _ in range(8):  # a bounded walk down the chain
+        if isinstance(exc, StorageError):
+            return exc
+        if exc.__cause__ is None:
+            return None
+        exc = exc.__cause__
+    return None
+
+
+_REPORTED = "_proxy_reported"  # set on an exception whose cause the proxy logged already
+
+
+class DropReported(logging.Filter):
+    """Drops the server's record of an exception the proxy has reported in one line already
+    (a body cut by storage): its traceback would be noise, as it is no bug. Installed on
+    uvicorn's error logger, whose "Exception in ASGI application" record it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc_info = record.exc_info
+        return not (exc_info and getattr(exc_info[1], _REPORTED, False))
+
+
+def _install_drop_reported(name: str = "uvicorn.error") -> None:
+    target = logging.getLogger(name)
+    if not any(isinstance(existing, DropReported) for existing in target.filters):
+        target.addFilter(DropReported())  # uvicorn's logging config keeps a logger's filters
+
+
+_install_drop_reported()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -226,16 +290,38 @@ class Observability:
             await send(message)
 
         error: type[BaseException] | None = None
+        notes_token = CURRENT.set(exchange.notes)
         try:
             await self.app(scope, receive, watch)
         except BaseException as exc:
             error = type(exc)
+            if exchange.status and (cut := storage_cause(exc)) is not None:
+                error = type(cut)
+                self._report_cut(scope, request_id, exchange, cut)
+                setattr(exc, _REPORTED, True)
             raise
         finally:
+            CURRENT.reset(notes_token)
             if streaming:
                 metrics.ACTIVE_STREAMS.dec()
             finished = _Finished(scope, request_id, exchange, time.perf_counter(), error)
             self._finish(finished)
+
+    @staticmethod
+    def _report_cut(
+        scope: Scope, request_id: str, exchange: _Exchange, cause: StorageError
+    ) -> None:
+        """One warning line for a body storage cut after the headers went out: the server
+        then aborts the connection, and the access line says ``backend_error``."""
+        target = scope.get("path_params", {}).get("key", scope["path"])
+        logger.warning(
+            "request %s: the body of %r was cut by storage after %d bytes (%s: %s)",
+            request_id,
+            target,
+            exchange.bytes,
+            type(cause).__name__,
+            " ".join(str(cause).split()),  # one line, whatever the message holds
+        )
 
     def _finish(self, finished: _Finished) -> None:
         self._finished.append(finished)
@@ -266,8 +352,8 @@ class Observability:
         error: type[BaseException] | None,
     ) -> None:
         route = _route(scope)
-        # Aborted without an error raised: the client went away (ObjectResponse returns quietly).
-        by_client = exchange.aborted and error is None and exchange.status != 0
+        ended = outcome(exchange, error)
+        by_client = ended is CLIENT_CLOSED
         if self.metrics_on:
             per_route = _route_metrics(route)
             _requests(route, scope["method"], exchange.status or 500).inc()
@@ -280,7 +366,7 @@ class Observability:
             if error is not None and issubclass(error, StorageError):  # failed mid-stream
                 metrics.BACKEND_ERRORS.labels(error.__name__).inc()
         if self.access_log:
-            line = self._line(scope, request_id, exchange, done, by_client)
+            line = self._line(scope, request_id, exchange, done, ended)
             handler = _direct_line_handler()
             if handler is None:
                 access_logger.info(line)
@@ -288,9 +374,7 @@ class Observability:
                 handler.write_line(line)
 
     @staticmethod
-    def _line(
-        scope: Scope, request_id: str, exchange: _Exchange, done: float, by_client: bool
-    ) -> str:
+    def _line(scope: Scope, request_id: str, exchange: _Exchange, done: float, ended: str) -> str:
         key = scope.get("path_params", {}).get("key")
         byte_range = _header(scope, b"range")
         ttfb = None if exchange.first_byte is None else exchange.first_byte - exchange.started
@@ -304,8 +388,10 @@ class Observability:
             bytes_sent=exchange.bytes,
             duration_ms=round((done - exchange.started) * 1000, 3),
             ttfb_ms=None if ttfb is None else round(ttfb * 1000, 3),
-            client_aborted=by_client,
+            client_aborted=ended is CLIENT_CLOSED,
             aborted=exchange.aborted,
+            outcome=ended,
+            s3_resumes=exchange.notes.resumes,
         )
 
 
@@ -326,6 +412,7 @@ atexit.register(record_waiting)
 # What json.dumps writes a str with (its C encoder, ASCII-only output): quotes and escapes.
 _quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
 _BOOL = {True: "true", False: "false"}
+_OUTCOME = {name: _quote(name) for name in OUTCOMES}
 
 
 def _text(value: str | None) -> str:
@@ -345,15 +432,19 @@ def access_line(
     ttfb_ms: float | None,
     client_aborted: bool,
     aborted: bool,
+    outcome: str,
+    s3_resumes: int,
 ) -> str:
     """One access-log line: exactly what ``json.dumps`` makes of these fields as a dict (in
     this order, ``range`` for ``byte_range``), without building the dict and the encoder
     ``json.dumps`` builds per call (~7 µs of a 64 KiB range)."""
+    quoted_outcome = _OUTCOME.get(outcome) or _quote(outcome)
     return (
         f'{{"request_id": {_quote(request_id)}, "method": {_quote(method)}, '
         f'"path": {_text(path)}, "key": {_text(key)}, "range": {_text(byte_range)}, '
         f'"status": {int(status)}, "bytes_sent": {int(bytes_sent)}, '
         f'"duration_ms": {float(duration_ms)!r}, '
         f'"ttfb_ms": {"null" if ttfb_ms is None else repr(float(ttfb_ms))}, '
-        f'"client_aborted": {_BOOL[client_aborted]}, "aborted": {_BOOL[aborted]}}}'
+        f'"client_aborted": {_BOOL[client_aborted]}, "aborted": {_BOOL[aborted]}, '
+        f'"outcome": {quoted_outcome}, "s3_resumes": {int(s3_resumes)}}}'
     )

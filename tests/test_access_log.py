@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import httpx
 import pytest
 from hypothesis import given, settings
@@ -29,12 +30,16 @@ from proxy.config import Settings
 from proxy.observability import (
     BATCH_SECONDS,
     BATCH_SIZE,
+    OUTCOMES,
+    DropReported,
     LineHandler,
     Observability,
     access_line,
     access_logger,
     record_waiting,
 )
+from proxy.storage.errors import BodyTruncated
+from proxy.storage.notes import note_resume
 from tests.conftest import MediaTree, free_port, wait_healthy
 
 
@@ -214,7 +219,7 @@ async def test_lines_wait_for_their_batch_and_are_written_together(stream: io.St
     await request(app, "/d")
     await asyncio.sleep(BATCH_SECONDS * 4)
     assert (out.writes, len(out.flushed)) == (2, 2)
-    assert out.flushed[1].endswith('"aborted": false}\n')
+    assert out.flushed[1].endswith('"aborted": false, "outcome": "complete", "s3_resumes": 0}\n')
     assert paths(out.flushed[1]) == ["/a", "/b", "/c", "/d"]
 
 
@@ -400,9 +405,123 @@ FLOATS = st.floats(allow_nan=False, allow_infinity=False)
     ttfb_ms=st.none() | FLOATS,
     client_aborted=st.booleans(),
     aborted=st.booleans(),
+    outcome=st.sampled_from(OUTCOMES) | TEXT,
+    s3_resumes=st.integers(0, 2**31),
 )
 def test_a_line_is_what_json_dumps_makes_of_the_fields(**fields: Any) -> None:
     expected = {("range" if name == "byte_range" else name): v for name, v in fields.items()}
     line = access_line(**fields)
     assert line == json.dumps(expected)
     assert json.loads(line) == expected
+
+
+# -- how a transfer ended, what storage noted ---------------------------------------------------
+
+
+def started_then(action: Any) -> Any:
+    """An app that starts a response, sends a first chunk, then does ``action``."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+        await action()
+
+    return app
+
+
+async def nothing() -> None:
+    return None
+
+
+async def cut_by_storage() -> None:
+    """What reaches the middleware when a body fails mid-stream: Starlette wraps the storage
+    error (which has a handler, but the response started) in a RuntimeError."""
+    try:
+        raise BodyTruncated("the S3 body was cut: connection reset")
+    except BodyTruncated as exc:
+        raise RuntimeError("Caught handled exception, but response already started.") from exc
+
+
+async def bug() -> None:
+    raise ValueError("a bug")
+
+
+async def cancelled() -> None:
+    raise asyncio.CancelledError
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("action", "expected", "raises"),
+    [
+        (nothing, "client_closed", None),
+        (cut_by_storage, "backend_error", RuntimeError),
+        (bug, "error", ValueError),
+        (cancelled, "cancelled", asyncio.CancelledError),
+    ],
+)
+async def test_the_line_says_how_the_transfer_ended(
+    stream: io.StringIO,
+    caplog: pytest.LogCaptureFixture,
+    action: Any,
+    expected: str,
+    raises: type[BaseException] | None,
+) -> None:
+    sole(stream)
+    app = Observability(started_then(action), metrics_on=False)
+    caught: BaseException | None = None
+    with caplog.at_level(logging.WARNING, logger="proxy"):
+        try:
+            await request(app, "/objects/cut.bin")
+        except BaseException as exc:  # noqa: BLE001  # the server's part: it sees the error
+            caught = exc
+    await recorded(app)
+    (line,) = lines(stream)
+    assert (line["outcome"], line["bytes_sent"], line["aborted"]) == (expected, 3, True)
+    assert line["client_aborted"] is (expected == "client_closed")
+    assert type(caught) is raises if raises else caught is None
+    # The server's record of the error: dropped for a cut already reported, kept for the rest.
+    record = logging.makeLogRecord({"msg": "Exception in ASGI application", "levelno": 40})
+    if caught is not None:
+        record.exc_info = (type(caught), caught, caught.__traceback__)
+    assert DropReported().filter(record) is (expected != "backend_error")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "proxy"]
+    if expected == "backend_error":
+        (warning,) = warnings
+        assert line["request_id"] in warning
+        assert "after 3 bytes" in warning
+        assert "BodyTruncated: the S3 body was cut: connection reset" in warning
+    else:
+        assert warnings == []
+
+
+def test_the_servers_error_log_drops_what_the_proxy_reported() -> None:
+    """The filter sits on uvicorn's error logger, and uvicorn's own logging setup keeps it."""
+    import uvicorn.config
+
+    uvicorn.config.Config(tiny_app, log_level="info")  # configures logging, as uvicorn.run
+    assert any(isinstance(f, DropReported) for f in logging.getLogger("uvicorn.error").filters)
+
+
+@pytest.mark.anyio
+async def test_a_line_counts_the_resumes_storage_noted(stream: io.StringIO) -> None:
+    """Storage calls ``note_resume`` on the request's task or in a worker thread (the boto3
+    flavour's reads): both count, for that response only."""
+
+    async def resuming(scope: Any, receive: Any, send: Any) -> None:
+        note_resume()
+        await anyio.to_thread.run_sync(note_resume)
+        await tiny_app(scope, receive, send)
+
+    sole(stream)
+    app = Observability(resuming, metrics_on=False)
+    await request(app, "/resumed")
+    note_resume()  # outside any request: noted nowhere
+    app.app = tiny_app
+    await request(app, "/plain")
+    await recorded(app)
+    assert [(line["path"], line["s3_resumes"]) for line in lines(stream)] == [
+        ("/resumed", 2),
+        ("/plain", 0),
+    ]
+    assert [line["outcome"] for line in lines(stream)] == ["complete", "complete"]
