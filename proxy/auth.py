@@ -227,17 +227,18 @@ def _check_signature(
     if version is None:  # version 1: the key and expiry only, so no other parameter may ride
         if any(name not in _V1_PARAMETERS for name, _ in pairs):
             raise Denied(403, "the signed URL does not cover all of this request's parameters")
-        expected = [_v1_signature(secret.get_secret_value(), kid, deadline, key)]
+        expected: Iterable[str] = [_v1_signature(secret.get_secret_value(), kid, deadline, key)]
     elif version == SIGNED_VERSION:
         canonical = canonical_query(pairs)
-        # A link signed for GET serves HEAD too; one signed for HEAD serves HEAD only.
+        # A link signed for GET serves HEAD too (tried first: a player's HEAD on its GET link);
+        # one signed for HEAD serves HEAD only.
         methods = ("GET", "HEAD") if method == "HEAD" else (method,)
         value = secret.get_secret_value()
-        expected = [_v2_signature(value, signed, key, canonical) for signed in methods]
+        expected = (_v2_signature(value, signed, key, canonical) for signed in methods)
     else:
         raise Denied(403, "the signed URL is not valid")
     given = sig.encode("utf-8", "replace")
-    if not any([hmac.compare_digest(digest.encode(), given) for digest in expected]):
+    if not any(hmac.compare_digest(digest.encode(), given) for digest in expected):
         raise Denied(403, "the signed URL is not valid")
     return deadline
 
