@@ -32,7 +32,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import h11
 from uvicorn.config import Config
@@ -183,8 +183,8 @@ class _Guard(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if len(self.connections) >= self._limits.max_connections:
-            assert isinstance(transport, asyncio.Transport)
-            self.transport = transport  # for connection_lost; never one of the counted
+            # (uvloop's transports are not asyncio.Transport instances: no isinstance here)
+            self.transport = cast(asyncio.Transport, transport)  # never one of the counted
             _warn_at_capacity(len(self.connections))
             self._reject(503, "too many open connections; retry shortly")
             return
