@@ -65,13 +65,15 @@ class Fault:
     """What to do to the next ``times`` requests that ``match``: ``stall_head`` (the request goes
     up, its reply never comes down), or after ``after`` bytes of the reply's body ``stall_body``
     (nothing more comes down), ``reset`` (an RST) or ``fin`` (a close). ``then`` runs once those
-    bytes are sent, before the fault (an overwrite of the object between a cut and its resume)."""
+    bytes are sent, before the fault (an overwrite of the object between a cut and its resume).
+    ``lasting``: a ``stall_body`` that ends after so many seconds (the body then goes on)."""
 
     kind: Kind
     match: Callable[[S3Request], bool]
     after: int = 0
     times: int = 1
     then: Callable[[], object] | None = None
+    lasting: float | None = None
 
 
 @dataclass
@@ -188,6 +190,11 @@ class FaultyRelay:
         elif fault.kind == "fin":
             client.shutdown(socket.SHUT_WR)
             _drain(client, self._stop)
+        elif fault.lasting is not None:  # a pause: then the rest of the body
+            self._hold(client, fault.lasting)
+            if not _forward(client, up, length - limit):
+                return False
+            return "close" not in fields.get("connection", "").lower()
         else:  # stall_body
             self._hold(client)
         return False
@@ -209,9 +216,10 @@ class FaultyRelay:
                 return False
         return False
 
-    def _hold(self, client: socket.socket) -> None:
-        """Send nothing until the client goes, the fault is released or the relay stops."""
-        deadline = time.monotonic() + HOLD_S
+    def _hold(self, client: socket.socket, seconds: float = HOLD_S) -> None:
+        """Send nothing for ``seconds``, or until the client goes, the fault is released or the
+        relay stops."""
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not self._stop.is_set():
             if self._release.is_set():
                 return

@@ -13,7 +13,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import httpx
 import pytest
@@ -157,6 +158,25 @@ def test_a_cut_body_is_resumed_into_one_correct_body(
     assert resumes("resumed") == before + 1
 
 
+def test_a_reader_that_pauses_past_s3s_idle_close_gets_the_whole_body(
+    setup: Setup, relay: FaultyRelay
+) -> None:
+    # S3 closes a connection that a slow reader left idle: its bytes and FIN wait in the socket
+    # while the client (and so the proxy) does not read.
+    relay.arm(Fault("fin", match=gets_of(setup.key), after=CUT_AT))
+    before = resumes("resumed")
+    digest = hashlib.sha256()
+    with httpx.stream("GET", setup.url(), timeout=30) as response:
+        assert response.status_code == 200
+        for index, chunk in enumerate(response.iter_raw(64 * 1024)):
+            digest.update(chunk)
+            if index == 2:
+                time.sleep(1.5)
+    assert relay.applied == ["fin"]
+    assert digest.hexdigest() == sha256(DATA)
+    assert resumes("resumed") == before + 1
+
+
 def test_a_body_changed_between_the_cut_and_the_resume_is_cut_never_mixed(
     setup: Setup, relay: FaultyRelay
 ) -> None:
@@ -255,8 +275,8 @@ def test_a_stall_before_the_reply_is_a_504_within_the_deadline(
 # --- the storage, driven directly through the relay ---------------------------------------------
 
 
-def options(relay: FaultyRelay, client: str, presigned: bool) -> S3Options:
-    return S3Options(
+def options(relay: FaultyRelay, client: str, presigned: bool, **more: Any) -> S3Options:
+    base = S3Options(
         bucket=BUCKET,
         client=client,  # type: ignore[arg-type]
         endpoint_url=relay.endpoint_url,
@@ -267,6 +287,7 @@ def options(relay: FaultyRelay, client: str, presigned: bool) -> S3Options:
         deadline=DEADLINE,
         presigned_gets=presigned,
     )
+    return replace(base, **more)
 
 
 @pytest.mark.anyio
@@ -298,6 +319,32 @@ async def test_resumes_are_noted_for_the_response_and_cut_with_their_cause(
         assert len(starts) == 2 and 0 <= starts[0] < starts[1] <= 200_000
         assert {r.range.split("-")[1] for r in rest if r.range} == {str(SIZE - 1)}
         assert {r.if_match for r in rest} == {first_etag(s3, key)}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("presigned", [True, False], ids=["presigned", "botocore"])
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_pause_in_the_body_shorter_than_the_read_timeout_is_no_cut(
+    request: pytest.FixtureRequest, client: str, presigned: bool
+) -> None:
+    """The deadline bounds the wait for the head only: the body's reads wait the read timeout
+    each, however little of the deadline was left when the head came."""
+    s3 = s3_server(request, "moto")
+    key = f"faults/pause-{client}-{presigned}.bin"
+    put_object(s3, key, DATA, "application/octet-stream")
+    port = int(s3.endpoint_url.rsplit(":", 1)[1])
+    with faulty_relay(port) as relay:
+        relay.arm(Fault("stall_body", match=gets_of(key), after=100_000, lasting=1.8))
+        settings = options(relay, client, presigned, deadline=1.0, read_timeout=4.0)
+        response_notes = notes.ResponseNotes()
+        token = notes.CURRENT.set(response_notes)
+        try:
+            assert sha256(await read_through(settings, key)) == sha256(DATA)
+        finally:
+            notes.CURRENT.reset(token)
+        assert relay.applied == ["stall_body"]
+        assert response_notes.resumes == 0
+        assert len(relay.gets(key)) == 1
 
 
 def first_etag(s3: S3Server, key: str) -> str:
@@ -384,3 +431,44 @@ def test_the_relay_passes_bodies_through_untouched(setup: Setup, relay: FaultyRe
     )
     assert relay.applied == []
     assert [r.range for r in relay.gets(setup.key)] == [None]
+
+
+CACHED = [("boto3", True), ("boto3", False), ("aiobotocore", True)]
+
+
+@pytest.mark.parametrize(
+    ("client", "presigned"), CACHED, ids=["boto3-on-the-loop", "boto3-in-a-thread", "async"]
+)
+def test_the_slice_caches_fills_resume_too(
+    request: pytest.FixtureRequest,
+    serve: StartServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    client: str,
+    presigned: bool,
+) -> None:
+    s3 = s3_server(request, "seaweedfs")
+    key = f"faults/cached-{client}-{presigned}.bin"
+    put_object(s3, key, DATA, "application/octet-stream")
+    port = int(s3.endpoint_url.rsplit(":", 1)[1])
+    with faulty_relay(port) as relay:
+        via = S3Server(s3.name, relay.endpoint_url, s3.supports_auth)
+        settings = s3_settings(
+            via,
+            client,
+            s3_read_timeout=READ_TIMEOUT,
+            s3_presigned_gets=presigned,
+            cache_dir=tmp_path_factory.mktemp("cache"),
+            cache_slice_size=256 * 1024,
+        )
+        proxy = serve(settings)
+        relay.arm(Fault("reset", match=gets_of(key), after=CUT_AT))
+        before = resumes("resumed")
+        response = httpx.get(f"{proxy.url}/objects/{key}", timeout=30)
+        assert relay.applied == ["reset"]
+        assert (response.status_code, sha256(response.content)) == (200, sha256(DATA))
+        assert resumes("resumed") == before + 1
+        # What the fill kept is the object: served again from the cache, whole.
+        gets = len(relay.gets(key))
+        again = httpx.get(f"{proxy.url}/objects/{key}", timeout=30)
+        assert sha256(again.content) == sha256(DATA)
+        assert len(relay.gets(key)) == gets

@@ -763,8 +763,12 @@ class _LoopGets:
 def _reset_read_timeout(body: Any, read_timeout: float) -> None:
     """Give a botocore GetObject's body back the read timeout its attempt had cut to the time
     left before the deadline (``proxy.storage.s3client``): its reads wait ``read_timeout`` each.
-    urllib3 keeps its socket on the response's connection."""
-    connection = getattr(getattr(body, "_raw_stream", None), "connection", None)
-    sock = getattr(connection, "sock", None)
+    The socket is urllib3's connection's, or (a reply that closes its connection) the one the
+    http.client response reads from."""
+    raw = getattr(body, "_raw_stream", None)
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is None:  # http.client response -> BufferedReader -> SocketIO -> socket
+        reader = getattr(getattr(raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(reader, "raw", None), "_sock", None)
     if sock is not None:
         sock.settimeout(read_timeout)
