@@ -168,7 +168,7 @@ class _S3Object:
         """The stream of a resume's answer if it holds exactly ``rest`` of the pinned version
         (If-Match is not honoured everywhere), else raise the cut (closing the answer)."""
         if answer.byte_range != rest or quote_etag(answer.etag) != self._etag:
-            answer.stream.close()
+            _release(answer.stream)
             S3_RESUMES.labels("changed").inc()
             raise _cut("object changed", self._resumed)
         S3_RESUMES.labels("resumed").inc()

@@ -24,11 +24,12 @@ from botocore.exceptions import (
     ReadTimeoutError,
     ResponseStreamingError,
 )
+from prometheus_client import REGISTRY
 
 from proxy.http.codec import ByteRange, ContentRange
 from proxy.storage import errors
 from proxy.storage.base import ReadyChunks
-from proxy.storage.s3 import RangeNotSatisfiable, _Chunks
+from proxy.storage.s3 import RangeNotSatisfiable, S3Body, _Chunks, _Prefetch
 from proxy.storage.s3answer import (
     ERRORS,
     S3Answer,
@@ -333,6 +334,9 @@ class Stream:
         self.asked.append(("ready", size))
         return None if size > self.have else self.read(size)
 
+    def close(self) -> None:
+        self.closed = True
+
 
 def test_chunks_take_what_is_ready_and_never_read_past_the_range() -> None:
     data = bytes(range(256)) * 40  # 10,240 bytes, 10,000 of them in the range
@@ -429,3 +433,80 @@ def test_a_cut_names_its_cause(error: Exception, cause: str) -> None:
     wrapped = errors.BodyTruncated()
     wrapped.__cause__ = error
     assert cut_cause(wrapped) == cause
+
+
+class Bucket:
+    """A storage double for a body's resumes: each GET answers what ``answers`` holds next (an
+    S3Answer, or an error to raise), and is recorded."""
+
+    resume_attempts = 2
+
+    def __init__(self, *answers: S3Answer | Exception) -> None:
+        self.answers = list(answers)
+        self.asked: list[tuple[str | None, str | None]] = []
+
+    def get(self, s3_key: str, range_value: str | None, etag: str | None = None) -> S3Answer:
+        self.asked.append((range_value, etag))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def rest_of(data: bytes, start: int, etag: str = '"v1"') -> S3Answer:
+    return S3Answer(
+        len(data) - start,
+        ContentRange(ByteRange(start, len(data)), len(data)),
+        etag=etag,
+        stream=Stream(data[start:], have=0),
+    )
+
+
+def resumes(outcome: str) -> float:
+    return REGISTRY.get_sample_value("proxy_s3_resumes_total", {"outcome": outcome}) or 0.0
+
+
+def read_cut_body(bucket: Bucket, data: bytes, cut_at: int) -> bytes:
+    first = Cut(data[:cut_at], have=0, error=errors.BodyTruncated())
+    body = S3Body(bucket, "k", '"v1"', _Prefetch(ByteRange(0, len(data)), first))
+    try:
+        return b"".join(body.iter_range(ByteRange(0, len(data)), 7))
+    finally:
+        body.close()
+
+
+def test_a_resume_goes_on_from_the_first_byte_not_taken_pinned_to_the_etag() -> None:
+    data = bytes(range(50))
+    bucket = Bucket(rest_of(data, 21))
+    before = resumes("resumed")
+    assert read_cut_body(bucket, data, 21) == data
+    assert bucket.asked == [("bytes=21-49", '"v1"')]
+    assert resumes("resumed") == before + 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        errors.ObjectChanged(),  # S3's 412
+        errors.ObjectNotFound(),
+        rest_of(bytes(range(50)), 21, etag='"v2"'),  # If-Match not honoured: another version
+        rest_of(bytes(range(50)), 20),  # not the bytes asked for
+    ],
+    ids=["412", "deleted", "another-etag", "another-range"],
+)
+def test_a_resume_of_another_version_cuts_the_body(answer: S3Answer | Exception) -> None:
+    data = bytes(range(50))
+    before = resumes("changed")
+    with pytest.raises(errors.BodyTruncated, match="^the S3 body was cut: object changed"):
+        read_cut_body(Bucket(answer), data, 21)
+    assert resumes("changed") == before + 1
+
+
+def test_resumes_that_find_no_answer_end_at_the_responses_budget() -> None:
+    data = bytes(range(50))
+    bucket = Bucket(errors.BackendUnavailable(), errors.BackendTimeout(), rest_of(data, 21))
+    before = resumes("failed")
+    with pytest.raises(errors.BodyTruncated, match="^the S3 body was cut: read timeout after 2"):
+        read_cut_body(bucket, data, 21)
+    assert len(bucket.asked) == 2  # PROXY_S3_RESUME_ATTEMPTS
+    assert resumes("failed") == before + 2
