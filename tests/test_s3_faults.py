@@ -105,7 +105,7 @@ def multipart_bodies(response: httpx.Response) -> list[bytes]:
     return [part.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n") for part in parts]
 
 
-def range_after(spec: str) -> ByteRange:
+def byte_range_of(spec: str) -> ByteRange:
     first, last = spec.removeprefix("bytes=").split("-")
     return ByteRange(int(first), int(last) + 1)
 
@@ -147,11 +147,11 @@ def test_a_cut_body_is_resumed_into_one_correct_body(
     # drops what the proxy had not read yet, a read cut mid-chunk gives nothing: the rest may
     # start before the cut).
     cut = relay.gets(setup.key)
-    first = 0 if cut_range is None else range_after(cut_range).start
-    stop = SIZE if cut_range is None else range_after(cut_range).stop
+    first = 0 if cut_range is None else byte_range_of(cut_range).start
+    stop = SIZE if cut_range is None else byte_range_of(cut_range).stop
     resumed = cut[-1]
     assert resumed.range is not None and resumed.range.endswith(f"-{stop - 1}")
-    start = range_after(resumed.range).start
+    start = byte_range_of(resumed.range).start
     assert first <= start <= first + CUT_AT
     assert resumed.if_match is not None
     assert resumed.if_match.strip('"') == response.headers["etag"].strip('"')
@@ -315,7 +315,7 @@ async def test_resumes_are_noted_for_the_response_and_cut_with_their_cause(
         assert response_notes.resumes == 2
         first, *rest = relay.gets(key)
         assert first.range is None
-        starts = [range_after(r.range or "").start for r in rest]
+        starts = [byte_range_of(r.range or "").start for r in rest]
         assert len(starts) == 2 and 0 <= starts[0] < starts[1] <= 200_000
         assert {r.range.split("-")[1] for r in rest if r.range} == {str(SIZE - 1)}
         assert {r.if_match for r in rest} == {first_etag(s3, key)}
