@@ -168,12 +168,14 @@ class _Guard(asyncio.Protocol):
 
     def _guard_init(self, limits: Limits) -> None:
         self._limits = limits
+        self._max_head = limits.max_head
         self._head_left: int | None = limits.max_head
         self._heads = 0  # heads parsed: tells whether one ended within a read
         self._line_open = True
         self._line_tail = b""  # the end of an open request line, from earlier reads
         self._folded_tail = False  # the head so far ends with a line feed (h11)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # when the head now due must be in
         self._linger_timer: asyncio.TimerHandle | None = None
         self._rejected = False
         self._dropped = 0
@@ -192,7 +194,7 @@ class _Guard(asyncio.Protocol):
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
+        self._stop_header_timer()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
@@ -230,12 +232,21 @@ class _Guard(asyncio.Protocol):
         if len(data) > left:  # no byte past the limit reaches the parser
             data, rest = data[:left], data[left:]
         self._head_left = left - len(data)
-        self._feeding_fresh = left == self._limits.max_head
+        self._feeding_fresh = left == self._max_head
         if self._line_open:
-            checked = self._request_line(data)
-            if checked is None:
-                return
-            data = checked
+            end = data.find(b"\n")
+            if (
+                end >= LINE_ENDING_LENGTH
+                and data.endswith(LINE_ENDINGS, end - LINE_ENDING_LENGTH, end)
+                and data.isascii()
+            ):  # the usual: a sound request line, in ASCII, whole in this read
+                self._line_open = False
+                self._line_tail = b""
+            else:
+                checked = self._request_line(data)
+                if checked is None:
+                    return
+                data = checked
         if self._scan_folds and self._folded(data):
             self._reject(400, "obsolete line folding in the header fields")
             return
@@ -318,7 +329,7 @@ class _Guard(asyncio.Protocol):
         self._head_left = None
         self._heads += 1
         self._folded_tail = False
-        self._cancel_header_timer()
+        self._forget_deadline()
 
     def _next_head(self, buffered: int = 0) -> None:
         """A new head is due: the next read starts it, unless ``buffered`` bytes of it wait in
@@ -340,17 +351,29 @@ class _Guard(asyncio.Protocol):
     # -- deadlines ----------------------------------------------------------------------------
 
     def _arm_header_timer(self) -> None:
-        self._cancel_header_timer()
-        self._header_timer = self.loop.call_later(self._limits.header_timeout, self._header_timeout)
+        """The next head is due within the header timeout from now. The timer is lazy: one
+        per connection, moved on when it fires early, never cancelled per request (a
+        call_later and its cancel cost ~2 µs, a request on a kept connection ~200 µs)."""
+        self._deadline = self.loop.time() + self._limits.header_timeout
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_at(self._deadline, self._header_timeout)
 
-    def _cancel_header_timer(self) -> None:
+    def _forget_deadline(self) -> None:
+        self._deadline = None  # a head came: the timer, when it fires, finds nothing to do
+
+    def _stop_header_timer(self) -> None:
+        self._deadline = None
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
 
     def _header_timeout(self) -> None:
         self._header_timer = None
-        if self.transport.is_closing():
+        deadline = self._deadline
+        if deadline is None or self.transport.is_closing():
+            return  # no head is due; the next response arms the timer again
+        if deadline > self.loop.time():  # the deadline moved on since the timer was set
+            self._header_timer = self.loop.call_at(deadline, self._header_timeout)
             return
         self._rejected = True
         left = self._head_left
@@ -369,7 +392,7 @@ class _Guard(asyncio.Protocol):
             return
         self._rejected = True
         self._head_left = 0  # what comes next is dropped
-        self._cancel_header_timer()
+        self._stop_header_timer()
         transport = self.transport
         if transport.is_closing():
             return
@@ -489,7 +512,9 @@ if HttpToolsProtocol is not None:
             super().on_message_begin()
 
         def on_headers_complete(self) -> None:
-            self._head_complete()
+            self._head_left = None  # _head_complete(), inline: once per request
+            self._heads += 1
+            self._deadline = None
             problem = head_problem(self.parser.get_http_version(), self.headers)
             if problem is not None:
                 self._reject(*problem)
@@ -498,8 +523,10 @@ if HttpToolsProtocol is not None:
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
-            if not self._rejected:
-                self._next_head()
+            if not self._rejected:  # _next_head(), inline: once per request
+                self._head_left = self._max_head
+                self._line_open = True
+                self._line_tail = b""
                 self._feeding_fresh = False
 
         def eof_received(self) -> bool | None:  # type: ignore[override]
