@@ -347,13 +347,37 @@ async def test_a_pause_in_the_body_shorter_than_the_read_timeout_is_no_cut(
         assert len(relay.gets(key)) == 1
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_resumes_that_stall_each_end_at_the_deadline(
+    request: pytest.FixtureRequest, client: str
+) -> None:
+    """A stall mid-body is seen within the read timeout; each resume then has the deadline."""
+    s3 = s3_server(request, "moto")
+    key = f"faults/stalling-{client}.bin"
+    put_object(s3, key, DATA, "application/octet-stream")
+    port = int(s3.endpoint_url.rsplit(":", 1)[1])
+    with faulty_relay(port) as relay:
+        relay.arm(Fault("stall_body", match=cut_get(key, None), after=CUT_AT))
+        relay.arm(Fault("stall_head", match=gets_of(key), times=100))
+        opened: list[float] = []
+        with pytest.raises(BodyTruncated, match="^the S3 body was cut: read timeout after 2"):
+            await read_through(options(relay, client, presigned=True), key, opened)
+        # The stall, then two deadlines, + 1 s each.
+        assert time.monotonic() - opened[0] < READ_TIMEOUT + 2 * (DEADLINE + 1)
+        resumed = [r for r in relay.gets(key) if r.range is not None]
+        assert 2 <= len(resumed) <= 2 * 3  # each: the presigned try and botocore's attempts
+
+
 def first_etag(s3: S3Server, key: str) -> str:
     with contextlib.closing(s3_client(s3)) as client:
         return str(client.head_object(Bucket=BUCKET, Key=key)["ETag"])
 
 
-async def read_through(settings: S3Options, key: str) -> bytes:
-    """The whole object, read as a response does (open, then the body's chunks)."""
+async def read_through(settings: S3Options, key: str, opened: list[float] | None = None) -> bytes:
+    """The whole object, read as a response does (open, then the body's chunks); ``opened``
+    gets the time the open started (once the storage is made)."""
+    opened = [] if opened is None else opened
     from proxy.storage.base import WHOLE
 
     if settings.sync:
@@ -362,6 +386,7 @@ async def read_through(settings: S3Options, key: str) -> bytes:
         def read() -> bytes:
             storage = open_s3(settings)
             try:
+                opened.append(time.monotonic())
                 reply = storage.open(key, WHOLE)
                 try:
                     return b"".join(reply.body.iter_range(ByteRange(0, reply.meta.size), 65536))
@@ -373,6 +398,7 @@ async def read_through(settings: S3Options, key: str) -> bytes:
         return await anyio.to_thread.run_sync(read)
     async with AsyncExitStack() as stack:
         storage = await aopen_s3(settings, stack)
+        opened.append(time.monotonic())
         reply = await storage.open(key, WHOLE)
         try:
             chunks = await reply.body.aiter_range(ByteRange(0, reply.meta.size), 65536)
