@@ -244,9 +244,12 @@ def test_timeout_is_504(serve: StartServer, client: str) -> None:
 
 @pytest.mark.parametrize("client", S3_CLIENTS)
 def test_failure_after_the_start_aborts_the_transfer(serve: StartServer, client: str) -> None:
+    """With resumes off, a body S3 cuts is cut for the client too (resumes: test_s3_faults)."""
     size, sent = 4 * 1024 * 1024, 1024 * 1024
     with truncating(size=size, send=sent) as fake:
-        proxy = serve(s3_settings_for(fake.endpoint_url, client, s3_max_attempts=1))
+        proxy = serve(
+            s3_settings_for(fake.endpoint_url, client, s3_max_attempts=1, s3_resume_attempts=0)
+        )
         received = 0
         with httpx.stream("GET", f"{proxy.url}/objects/a.mp4", timeout=20) as response:
             assert response.status_code == 200

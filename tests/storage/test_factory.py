@@ -107,7 +107,11 @@ def test_settings_become_the_backends_options(tmp_path: Path) -> None:
         connect_timeout=1.5,
         read_timeout=2.5,
         max_attempts=4,
+        deadline=5.0,  # PROXY_S3_DEADLINE unset: twice the read timeout
+        resume_attempts=2,
         presigned_gets=False,
     )
     assert s3.sync is True
     assert Settings(backend="s3", s3_bucket="media").sync is False  # aiobotocore by default
+    chosen = Settings(backend="s3", s3_bucket="m", s3_deadline=4, s3_resume_attempts=0)
+    assert (chosen.s3_options().deadline, chosen.s3_options().resume_attempts) == (4.0, 0)
