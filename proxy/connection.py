@@ -129,6 +129,11 @@ def error_response(
     return b"".join(parts)
 
 
+def _head_ends_within(data: bytes, limit: int) -> bool:
+    """Whether the head at the start of ``data`` ends (its empty line) within ``limit`` bytes."""
+    return data.find(b"\n\r\n", 0, limit) >= 0 or data.find(b"\n\n", 0, limit) >= 0
+
+
 def _percent_encode(data: bytes) -> bytes:
     return NOT_ASCII.sub(lambda match: b"%%%02X" % match[0][0], data)
 
@@ -334,9 +339,11 @@ class _Guard(asyncio.Protocol):
     def _next_head(self, buffered: int = 0) -> None:
         """A new head is due: the next read starts it, unless ``buffered`` bytes of it wait in
         the parser (pipelined)."""
-        self._head_left = self._limits.max_head - buffered
+        self._head_left = self._max_head - buffered
         self._line_open = not buffered
         self._line_tail = b""
+        if buffered >= self._max_head:  # all of it may be in already: no read would tell
+            self._reject(431, f"the request head is longer than {self._max_head} bytes")
 
     def _after_response(self) -> None:
         """A response ended: close a half-closed connection; otherwise, when no request is under
@@ -448,9 +455,17 @@ class H11Connection(_Guard, H11Protocol):
             self._head_complete()
 
     def on_response_complete(self) -> None:
+        conn = self.conn
+        if conn.their_state is h11.DONE and not self.transport.is_closing():
+            # A pipelined head that h11 holds whole would be parsed at any length.
+            buffered = conn.trailing_data[0]
+            if len(buffered) >= self._max_head and not _head_ends_within(buffered, self._max_head):
+                self.server_state.total_requests += 1  # as uvicorn's own counts an answer
+                self._reject(431, f"the request head is longer than {self._max_head} bytes")
+                return
         super().on_response_complete()  # starts a pipelined request's answer, if one came
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._next_head(len(self.conn.trailing_data[0]))
+        if not self.transport.is_closing() and conn.their_state is h11.IDLE:
+            self._next_head(len(conn.trailing_data[0]))
         self._after_response()
 
     def send_400_response(self, msg: str) -> None:

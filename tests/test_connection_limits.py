@@ -10,8 +10,10 @@ connections all closed within that + 2 s while /healthz keeps answering); beyond
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import selectors
 import socket
 import subprocess
@@ -24,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proxy.server import uvicorn_options
 from tests.conftest import (
     MediaTree,
     RunningServer,
@@ -90,7 +93,11 @@ def assert_json_error(raw: bytes, status: int) -> dict[str, str]:
     return error
 
 
-@pytest.fixture(scope="module", params=[(h, loop) for h in PARSERS for loop in LOOPS])
+@pytest.fixture(
+    scope="module",
+    params=[(h, loop) for h in PARSERS for loop in LOOPS],
+    ids=[f"{h}-{loop}" for h in PARSERS for loop in LOOPS],
+)
 def limited(request: pytest.FixtureRequest, media: MediaTree, serve: StartServer) -> RunningServer:
     http, loop = request.param
     return serve(settings_for(media, "async", http=http, loop=loop, header_timeout=TIMEOUT))
@@ -362,3 +369,34 @@ def test_connections_past_the_cap_get_503(media: MediaTree, serve: StartServer, 
     finally:
         for sock in held:
             sock.close()
+
+
+@pytest.mark.parametrize("http", PARSERS)
+def test_a_pipelined_head_past_the_limit_never_cuts_into_the_answer_before_it(
+    media: MediaTree, serve: StartServer, http: str
+) -> None:
+    """A request, then at once a second one with a head past the limit: the first answer goes
+    out whole and unbroken, then the connection closes (with a 431 after it, or none)."""
+    server = serve(settings_for(media, "async", http=http))
+    data = media.data("video/clip.mp4")
+    first = b"GET /objects/video/clip.mp4 HTTP/1.1\r\nHost: x\r\n\r\n"
+    second = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 * MAX_HEAD) + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        try:
+            sock.sendall(first + second)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        received = read_until_closed(sock)
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    body, after = rest[: len(data)], rest[len(data) :]
+    assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+    if after:
+        assert_json_error(after, 431)
+
+
+def test_the_protocol_pickles_for_several_workers(media: MediaTree) -> None:
+    """PROXY_WORKERS > 1: uvicorn sends its Config, the protocol with it, to each worker."""
+    options = uvicorn_options(settings_for(media, "async", max_connections=7))
+    factory = pickle.loads(pickle.dumps(options["http"]))
+    assert factory.keywords["limits"].max_connections == 7
