@@ -357,7 +357,10 @@ def test_a_signed_listing_signs_its_links_for_the_same_lifetime(secured: Running
         assert client.get(f"/objects/?{query}").status_code == 403
         assert client.get(f"/objects/video/?{query}").status_code == 403
         assert client.get(f"/objects/video/clip.mp4?{query}").status_code == 403
-        jsonl = lines(client.get(f"/objects/awk/?{query}&recursive"))
+        # The listing's options are signed with it: one added to the link is refused.
+        assert client.get(f"/objects/awk/?{query}&recursive").status_code == 403
+        recursive = signed_query(secured.settings, "awk/", ttl=600, params=[("recursive", "")])
+        jsonl = lines(client.get(f"/objects/awk/?{recursive}"))
         assert names(jsonl) == ALL_AWK
 
 
