@@ -23,9 +23,12 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
     The protocol is uvicorn's own, for the parser ``settings.http`` names, subclassed in
     ``proxy.connection`` for the request-head limits, the connection cap, strict parsing and
-    half-closed clients. Not uvicorn's ``limit_concurrency``: it answers 503 per request on an
-    accepted connection (which stays open), counts running tasks with the connections, and its
-    503 is a plain-text line.
+    half-closed clients. What uvicorn offers does not do these jobs: ``limit_concurrency``
+    answers 503 per request on a connection it accepted and keeps open, counts running tasks
+    with the connections, and answers in plain text; ``timeout_keep_alive`` (kept at its 5 s)
+    closes a kept connection idle after a response, but the first byte of a new head cancels
+    it, and nothing bounds a new connection's first head; ``h11_max_incomplete_event_size``
+    (below) bounds only a head h11 holds incomplete, and httptools has no bound at all.
     """
     return {
         "loop": settings.loop,
