@@ -141,18 +141,25 @@ def test_a_head_just_under_the_limit_is_served(limited: RunningServer) -> None:
     assert (code, body) == (200, b"hello world\n")
 
 
-def test_a_head_over_the_limit_in_small_reads_gets_431(limited: RunningServer) -> None:
+@pytest.mark.parametrize(
+    ("start", "status"),
+    [(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", 431), (b"GET /objects/", 414)],
+    ids=["fields", "request line"],
+)
+def test_a_head_over_the_limit_in_small_reads_is_refused(
+    limited: RunningServer, start: bytes, status: int
+) -> None:
     """The limit counts across reads: 1 KiB pieces, each read on its own."""
     with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sock.sendall(start)
         try:
             for _ in range(MAX_HEAD // 1024 + 8):
                 sock.sendall(b"b" * 1024)
                 time.sleep(0.001)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        assert_json_error(read_until_closed(sock), 431)
+        assert_json_error(read_until_closed(sock), status)
 
 
 @pytest.fixture(params=PARSERS)

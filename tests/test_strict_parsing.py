@@ -260,3 +260,32 @@ def test_curl_without_a_host_gets_the_json_400(strict: RunningServer) -> None:
     assert code == 400
     assert headers["content-type"] == "application/json"
     assert json.loads(body)["error"] == "bad_request"
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: b\r\n", b" c\r\n\r\n"],
+        [b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: b\r", b"\n\tc\r\n\r\n"],
+        [b"GET /healthz HT", b"TP/2.0\r\nHost: x\r\n\r\n"],
+        [b"GET /healthz\r", b"\n\r\n"],
+    ],
+    ids=["fold after a read", "fold in the line feed's read", "version split", "0.9 split"],
+)
+def test_a_malformed_head_split_across_reads_is_refused(
+    strict: RunningServer, pieces: list[bytes]
+) -> None:
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.05)  # separate reads on the server
+        received = bytearray()
+        for _ in range(10_000):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    code, headers, _ = parse(bytes(received))
+    assert code in (400, 505)
+    assert headers["connection"] == "close"
