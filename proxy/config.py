@@ -264,8 +264,8 @@ class Settings(BaseSettings):
     header_timeout: float = Field(
         default=15.0,
         gt=0,
-        description="seconds a client may take to send a request head, from its first byte or "
-        "the previous response; then the connection closes",
+        description="seconds a client may take to send a request head, from the connection's "
+        "start or the end of the previous response; then `408` and the connection closes",
     )
     max_connections: int = Field(
         default=1024,

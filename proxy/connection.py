@@ -115,9 +115,13 @@ def head_problem(version: str, headers: Iterable[tuple[bytes, bytes]]) -> tuple[
 
 
 def error_response(
-    status: int, detail: str, default_headers: Iterable[tuple[bytes, bytes]] = ()
+    status: int,
+    detail: str,
+    default_headers: Iterable[tuple[bytes, bytes]] = (),
+    head: bool = False,
 ) -> bytes:
-    """A whole HTTP/1.1 response: the proxy's JSON error body, ``Connection: close``."""
+    """A whole HTTP/1.1 response: the proxy's JSON error body, ``Connection: close``; to a HEAD
+    request (``head``) the same header fields and no body (RFC 9110 §9.3.2)."""
     body = error_body(CODES[status], detail)
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode())]
     for name, value in default_headers:  # uvicorn's Date
@@ -125,7 +129,7 @@ def error_response(
     parts.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
     if status == 503:
         parts.append(b"retry-after: " + RETRY_AFTER_SECONDS + b"\r\n")
-    parts += [b"connection: close\r\n\r\n", body]
+    parts += [b"connection: close\r\n\r\n", b"" if head else body]
     return b"".join(parts)
 
 
@@ -185,6 +189,7 @@ class _Guard(asyncio.Protocol):
         self._rejected = False
         self._dropped = 0
         self._client_done = False  # the client half-closed after a complete request
+        self._head_request = False  # the head being read asks HEAD: a refusal has no body
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -238,6 +243,8 @@ class _Guard(asyncio.Protocol):
             data, rest = data[:left], data[left:]
         self._head_left = left - len(data)
         self._feeding_fresh = left == self._max_head
+        if self._feeding_fresh:
+            self._head_request = data.startswith(b"HEAD ")
         if self._line_open:
             end = data.find(b"\n")
             if (
@@ -413,7 +420,11 @@ class _Guard(asyncio.Protocol):
             if cycle.response_started:  # nothing can be said after its answer began
                 transport.close()
                 return
-        transport.write(error_response(status, detail, self.server_state.default_headers))
+        transport.write(
+            error_response(
+                status, detail, self.server_state.default_headers, head=self._head_request
+            )
+        )
         if transport.can_write_eof():
             transport.write_eof()  # our FIN after the answer; the client may still send
         if self.flow is not None:

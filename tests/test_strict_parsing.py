@@ -133,6 +133,25 @@ def test_a_malformed_request_gets_a_json_error_and_the_connection_closes(
     assert error["error"] in {"bad_request", "http_version_not_supported"}
 
 
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"HEAD /objects/hello.txt HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"HEAD /objects/hello.txt HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+    ],
+    ids=["no Host", "too long"],
+)
+def test_a_refused_head_request_gets_the_header_fields_and_no_body(
+    strict: RunningServer, raw: bytes, status: int
+) -> None:
+    """RFC 9110 §9.3.2: the answer to HEAD has no content, a refusal's included."""
+    code, headers, body = parse(exchange(strict.port, raw))
+    assert (code, body) == (status, b"")
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) > 0  # what the GET's refusal would carry
+    assert headers["connection"] == "close"
+
+
 SMUGGLED = b"GET /objects/hello.txt HTTP/1.1\r\nHost: x\r\n\r\n"
 SMUGGLING = {
     "CL.TE": b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 49\r\n"

@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass
 
 TIMEOUT = 5.0  # seconds for one whole exchange: connect, send, and read to the end
-UVICORN_REFUSAL = b"Invalid HTTP request received."
+# The connection layer's refusal of a request it cannot parse (proxy/connection.py): the
+# proxy's JSON error, then the connection closes; to a HEAD request, the same without a body.
+PARSER_REFUSAL = b'{"error":"bad_request"'
 _STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9]{2})(?: [\t \x21-\x7e\x80-\xff]*)?")
 _FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t \x21-\x7e\x80-\xff]*?)[ \t]*")
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+)")
@@ -106,9 +108,7 @@ def parse_response(raw: bytes, method: str = "GET") -> Response:
     if length is not None:
         assert chunked is None, "both Content-Length and Transfer-Encoding"
         assert re.fullmatch(r"[0-9]+", length), f"Content-Length {length!r}"
-    # uvicorn's answer to an unparsable request cannot know the method: it always has content.
-    refused = status == 400 and rest == UVICORN_REFUSAL
-    if (method == "HEAD" and not refused) or status in (204, 304):
+    if method == "HEAD" or status in (204, 304):
         assert rest == b"", f"a {status} to {method} has content: {rest[:200]!r}"
         body = b""
     elif chunked is not None:
@@ -174,3 +174,10 @@ def parse_multipart(
             return parts
         assert body.startswith(b"\r\n", pos), f"junk after a delimiter: {body[pos : pos + 50]!r}"
         pos += 2
+
+
+def refused_by_parser(response: Response, method: str = "GET") -> bool:
+    """Whether ``response`` is the connection layer's refusal of an unparsable request."""
+    if response.status != 400 or response.header("connection") != "close":
+        return False
+    return response.body == b"" if method == "HEAD" else response.body.startswith(PARSER_REFUSAL)
