@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ByteSize, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from proxy.storage.options import (
@@ -30,6 +42,59 @@ class ApiKey(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     prefix: str = ""  # the key may only read objects whose key starts with this
+    # With PROXY_MOUNTS: the mounts the key may read (None: every mount); its prefix applies
+    # to the keys within each of them.
+    mounts: list[str] | None = None
+
+
+# A mount's name: one or more path segments of these characters (``videos``, ``media/2024``).
+MOUNT_SEGMENT = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*")
+# The settings a mount may set for itself; what it does not set it takes from the PROXY_
+# variable of the same name, except these, which each mount names for itself.
+MOUNT_OWN = ("backend", "local_root", "s3_bucket", "s3_prefix", "cache_dir")
+MOUNT_SETTINGS = (
+    *MOUNT_OWN,
+    "flavor",
+    "local_open_files",
+    "s3_client",
+    "s3_endpoint_url",
+    "s3_region",
+    "s3_profile",
+    "s3_addressing_style",
+    "s3_pool_size",
+    "s3_connect_timeout",
+    "s3_read_timeout",
+    "s3_deadline",
+    "s3_resume_attempts",
+    "s3_max_attempts",
+    "s3_presigned_gets",
+    "cache_max_size",
+    "cache_slice_size",
+    "cache_validity",
+    "cors_allow_origins",
+    "cache_control",
+    "inline_active_content",
+    "listing",
+)
+MOUNT_ONLY = ("public", "mode")  # no credentials needed; "proxy" or "redirect" (S3 only)
+MOUNT_OPTIONS = (*MOUNT_SETTINGS, *MOUNT_ONLY)
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One mount: its name ("" for the single backend of the PROXY_ variables, served at the
+    root), the settings it is served with (the global ones with its own options), whether it
+    needs no credentials, and whether a GET is redirected to a presigned S3 URL."""
+
+    name: str
+    settings: Settings
+    public: bool = False
+    redirect: bool = False
+
+    @property
+    def path(self) -> str:
+        """What its keys start with below ``/objects/``: ``videos/``, or "" at the root."""
+        return f"{self.name}/" if self.name else ""
 
 
 class Settings(BaseSettings):
@@ -41,6 +106,7 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(env_prefix="PROXY_", extra="ignore")
+    _mount_list: list[Mount] | None = PrivateAttr(default=None)
 
     backend: Literal["local", "s3"] = Field(
         default="local", description="storage backend: `local` or `s3`"
@@ -220,6 +286,30 @@ class Settings(BaseSettings):
         description="list a prefix at `/objects/{prefix}/` (and `/objects/`): JSON Lines, a "
         "JSON array or an HTML browse page, streamed; off: such a path is `404`",
     )
+    # Mounts (issue 24): several backends, each under /objects/{mount}/ with its own policy.
+    mounts: dict[str, Any] | None = Field(
+        default=None,
+        description='several backends, a JSON object `{"mount": {options}}`, each served at '
+        "`/objects/{mount}/`; options are the settings' names without `PROXY_`, lowercased "
+        "(`backend`, `s3_bucket`, `local_root`, `cache_control`, ...), plus `public` and "
+        "`mode` (`proxy` or `redirect`); unset: the `PROXY_BACKEND` settings at `/objects/`",
+        json_schema_extra={
+            "shown": "none",
+            "form": 'a JSON object {"name": {"backend": "s3", "s3_bucket": ...}, ...}',
+        },
+    )
+    mounts_file: Path | None = Field(
+        default=None,
+        description="a JSON, TOML or YAML file holding what `PROXY_MOUNTS` would",
+        json_schema_extra={"form": "a .json, .toml, .yaml or .yml file"},
+    )
+    redirect_ttl: int = Field(
+        default=300,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="seconds the presigned S3 URL a redirecting mount (`mode: redirect`) "
+        "answers a GET with stays valid",
+    )
 
     # Access control: on as soon as any API key or signing key is configured.
     api_keys: list[ApiKey] = Field(
@@ -298,6 +388,11 @@ class Settings(BaseSettings):
         default="auto",
         description="uvicorn HTTP parser: `auto` (httptools when installed), `h11`, `httptools`",
     )
+    zero_copy: bool = Field(
+        default=True,
+        description="send local files' bytes by sendfile, not through Python (the ASGI zero-copy "
+        "send; not over TLS)",
+    )
 
     @field_validator("cors_allow_origins", mode="before")
     @classmethod
@@ -331,6 +426,26 @@ class Settings(BaseSettings):
                 "PROXY_CACHE_MAX_SIZE: must hold at least two slices (PROXY_CACHE_SLICE_SIZE)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _mounts_are_sound(self) -> Settings:
+        problems: list[str] = []
+        self._mount_list = parse_mounts(self, problems)
+        for api_key in self.api_keys:
+            names = {mount.name for mount in self._mount_list or ()}
+            for name in api_key.mounts or ():
+                if name not in names:
+                    problems.append(
+                        f"PROXY_API_KEYS: key {api_key.name!r}: mounts: {name!r} names no mount"
+                    )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def mount_list(self) -> list[Mount]:
+        """The mounts served: those of PROXY_MOUNTS (or PROXY_MOUNTS_FILE), else one at the
+        root with these settings."""
+        return self._mount_list or [Mount("", self)]
 
     @property
     def auth_enabled(self) -> bool:
@@ -378,3 +493,131 @@ class Settings(BaseSettings):
             slice_size=int(self.cache_slice_size),
             validity=self.cache_validity,
         )
+
+
+def read_mounts_file(path: Path) -> object:
+    """A mounts file's content: JSON, TOML or YAML by its suffix (``ValueError`` if unreadable)."""
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".toml", ".yaml", ".yml"):
+        raise ValueError("the file name must end in .json, .toml, .yaml or .yml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot be read ({exc.__class__.__name__})") from None
+    try:
+        if suffix == ".json":
+            return json.loads(text)
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        import yaml  # pyyaml: loaded only for a YAML mounts file
+
+        return yaml.safe_load(text)
+    except ValueError as exc:
+        raise ValueError(f"not valid {suffix[1:].upper()} ({exc})") from None
+    except Exception as exc:  # yaml.YAMLError and its kin
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"not valid YAML ({first})") from None
+
+
+def _name_problem(name: str) -> str | None:
+    if not name:
+        return "the name is empty"
+    segments = name.split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        return "the name has a leading or trailing '/', an empty, '.' or '..' segment"
+    if not all(MOUNT_SEGMENT.fullmatch(segment) for segment in segments):
+        return "the name may hold letters, digits, '_', '-', '.', '~' and '/' between segments"
+    return None
+
+
+def _unknown_option(option: str) -> str:
+    close = difflib.get_close_matches(option, MOUNT_OPTIONS, 1, 0.75)
+    return f"did you mean {close[0]}?" if close else "not a mount option"
+
+
+def _settings_problems(error: ValidationError) -> list[str]:
+    """Pydantic's errors on a mount's options as ``field: message``."""
+    lines = []
+    for problem in error.errors():
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["loc"]:
+            where = ".".join(str(part) for part in problem["loc"])
+            lines.append(f"{where}: {message}")
+        else:  # a model validator's message names variables: name the options instead
+            lines.append(re.sub(r"PROXY_([A-Z0-9_]+)", lambda m: m.group(1).lower(), message))
+    return lines
+
+
+def parse_mounts(settings: Settings, problems: list[str]) -> list[Mount] | None:
+    """The mounts of ``settings`` (None without PROXY_MOUNTS and PROXY_MOUNTS_FILE), every
+    problem appended to ``problems`` as one line naming the mount and the option."""
+    source = "PROXY_MOUNTS"
+    raw: object = settings.mounts
+    if settings.mounts_file is not None:
+        if settings.mounts is not None:
+            problems.append("PROXY_MOUNTS_FILE: set PROXY_MOUNTS or PROXY_MOUNTS_FILE, not both")
+            return None
+        source = "PROXY_MOUNTS_FILE"
+        try:
+            raw = read_mounts_file(settings.mounts_file)
+        except ValueError as exc:
+            problems.append(f"{source}: {settings.mounts_file}: {exc}")
+            return None
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        problems.append(f"{source}: expected an object of mounts, at least one")
+        return None
+    mounts = []
+    for name, options in raw.items():
+        where = f"{source}: mount {name!r}"
+        if (naming := _name_problem(str(name))) is not None:
+            problems.append(f"{where}: {naming}")
+            continue
+        if not isinstance(options, dict):
+            problems.append(f"{where}: its options must be an object")
+            continue
+        mount = _mount(settings, str(name), options, [], where)
+        if isinstance(mount, Mount):
+            mounts.append(mount)
+        else:
+            problems.extend(f"{where}: {line}" for line in mount)
+    names = sorted(str(name) for name in raw)
+    for outer in names:
+        for inner in names:
+            if inner.startswith(outer + "/"):
+                problems.append(
+                    f"{source}: mounts {outer!r} and {inner!r} nest: {inner!r} lies inside "
+                    f"{outer!r}"
+                )
+    return mounts
+
+
+def _mount(
+    settings: Settings, name: str, options: dict[str, Any], lines: list[str], where: str
+) -> Mount | list[str]:
+    """One mount, or its problems (each ``option: what is wrong``)."""
+    for option in sorted(set(options) - set(MOUNT_OPTIONS)):
+        lines.append(f"{option}: unknown option; {_unknown_option(option)}")
+    if "backend" not in options:
+        lines.append("backend: required (`local` or `s3`)")
+    public, mode = options.get("public", False), options.get("mode", "proxy")
+    if not isinstance(public, bool):
+        lines.append(f"public: {public!r} is not true or false")
+    if mode not in ("proxy", "redirect"):
+        lines.append(f"mode: {mode!r} is not one of proxy, redirect")
+    own = {key: value for key, value in options.items() if key in MOUNT_SETTINGS}
+    try:
+        chosen = Settings.model_validate(own)
+    except ValidationError as exc:
+        return lines + _settings_problems(exc)
+    if lines:
+        return lines
+    if mode == "redirect" and chosen.backend != "s3":
+        return ["mode: redirect needs backend s3 (it presigns S3 URLs)"]
+    if chosen.backend == "local" and not chosen.local_root.is_dir():
+        return [f"local_root: {str(chosen.local_root)!r} is not a directory"]
+    update = {key: getattr(chosen, key) for key in (*MOUNT_OWN, *own)}
+    mounted = settings.model_copy(update={**update, "mounts": None, "mounts_file": None})
+    mounted._mount_list = None
+    return Mount(name, mounted, public, mode == "redirect")

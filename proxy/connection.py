@@ -13,7 +13,10 @@ same under both parsers and both event loops:
   beside ``Content-Length`` or in 1.0, no obsolete line folding; what either parser rejects by
   itself (whitespace before a colon, conflicting lengths...) also gets the proxy's answer;
 - a raw UTF-8 request target (curl sends one as typed) read as its percent-encoded form;
-- a half-closed client (its FIN after its request) still gets the whole response.
+- a half-closed client (its FIN after its request) still gets the whole response;
+- the ASGI "Zero Copy Send" extension (``http.response.zerocopysend``) on plain TCP
+  connections (not TLS): a file's bytes go from the page cache to the socket by ``sendfile``,
+  never through Python (``ZeroCopyCycle``).
 
 Every refusal is the proxy's JSON error (``proxy.http.plan.error_body``) with ``Connection:
 close``, then a lingering close: our side is shut, what the client still sends is read and
@@ -28,6 +31,7 @@ import asyncio
 import functools
 import http
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -37,14 +41,17 @@ from typing import Any, cast
 import h11
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import RequestResponseCycle as H11Cycle
 from uvicorn.server import ServerState
 
 from proxy.http.plan import error_body
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle as HttpToolsCycle
 except ImportError:  # pragma: no cover - httptools is optional for uvicorn
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
+    HttpToolsCycle = None  # type: ignore[assignment,misc]
 
 logger = logging.getLogger("proxy.connection")
 
@@ -155,6 +162,159 @@ def _warn_at_capacity(open_connections: int) -> None:
         )
 
 
+# -- zero-copy sends ----------------------------------------------------------------------------
+
+ZERO_COPY = "http.response.zerocopysend"
+
+
+class FileEnded(EOFError):
+    """A zero-copy send met the end of the file before its ``count``: the file shrank since its
+    size was read. What was sent is out, so the response can only be aborted."""
+
+
+class _FileSpan:
+    """What h11 is given as a zero-copy send's data (``send_with_data_passthrough``): it frames
+    ``len()`` bytes and hands the span back among the pieces to write."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class ZeroCopyCycle:
+    """Mixed into uvicorn's ``RequestResponseCycle`` (of either parser): ``send`` also takes
+    the ASGI "Zero Copy Send" message, ``{"type": "http.response.zerocopysend", "file": a
+    descriptor or an object with fileno(), "offset", "count", "more_body"}`` (no offset: from
+    the file's position, which then moves on; no count: to the end of the file).
+
+    The bytes go by ``os.sendfile`` from the file to the socket, after what the transport
+    holds has gone out (so nothing overtakes it), as far as the socket takes them; a socket
+    that is full is waited for on the event loop (a writer callback on a ``dup`` of the
+    socket's descriptor: the transport owns the descriptor itself, and uvloop's libuv allows
+    one watcher per descriptor), so a slow reader holds no thread and no buffer. The dup also
+    keeps a closed transport's descriptor number from naming another connection meanwhile.
+    A client gone (``EPIPE``, ``ECONNRESET``) ends the send quietly, as uvicorn's body sends
+    do after a disconnect, and aborts the transport; a file that ends early raises
+    ``FileEnded``; a cancellation (the app's disconnect watcher) stops at once."""
+
+    # Set by uvicorn's cycles and by _Guard._adopt (declared here for the type checker).
+    transport: asyncio.Transport
+    flow: Any
+    scope: Any
+    disconnected: bool
+    response_started: bool
+    response_complete: bool
+    message_event: asyncio.Event
+    _waiters: set[asyncio.Future[None]]
+
+    async def send(self, message: Any) -> None:
+        if message["type"] != ZERO_COPY or not self.response_started or self.response_complete:
+            await super().send(message)  # type: ignore[misc]
+            return
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        file = message["file"]
+        fd = file if isinstance(file, int) else file.fileno()
+        offset = message.get("offset")
+        count = message.get("count")
+        moves = offset is None  # the file's position moves on, as read() would move it
+        if offset is None:
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        if count is None:
+            count = max(0, os.fstat(fd).st_size - offset)
+        if count > 0 and self.scope["method"] != "HEAD":
+            await self._send_framed(fd, offset, count)
+            if moves:
+                os.lseek(fd, offset + count, os.SEEK_SET)
+        if not message.get("more_body", False):
+            await super().send({"type": "http.response.body", "body": b"", "more_body": False})  # type: ignore[misc]
+
+    async def _send_framed(self, fd: int, offset: int, count: int) -> None:
+        """``count`` bytes from ``offset`` of ``fd`` in the response's framing."""
+        raise NotImplementedError
+
+    async def _sendfile(self, fd: int, offset: int, count: int) -> None:
+        transport = self.transport
+        loop = asyncio.get_running_loop()
+        out = os.dup(transport.get_extra_info("socket").fileno())
+        try:
+            while not self.disconnected and not transport.is_closing():
+                if transport.get_write_buffer_size() == 0:
+                    try:
+                        sent = os.sendfile(out, fd, offset, count)
+                    except BlockingIOError:
+                        sent = -1  # the socket is full
+                    except ConnectionError:  # the client left (EPIPE, ECONNRESET)
+                        self.disconnected = True
+                        self.message_event.set()
+                        transport.abort()
+                        return
+                    if sent == 0:
+                        raise FileEnded(f"the file ended {count} bytes early")
+                    if sent > 0:
+                        offset += sent
+                        count -= sent
+                        if count == 0:
+                            return
+                        continue  # the socket took part: what is left may fit too
+                await self._writable(loop, out)
+        finally:
+            os.close(out)
+
+    async def _writable(self, loop: asyncio.AbstractEventLoop, out: int) -> None:
+        """Until ``out`` can take bytes (or fails), or the connection is lost."""
+        waiter = loop.create_future()
+        self._waiters.add(waiter)
+        loop.add_writer(out, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            loop.remove_writer(out)
+            self._waiters.discard(waiter)
+
+
+class _H11ZeroCopyCycle(ZeroCopyCycle, H11Cycle):
+    conn: h11.Connection
+
+    async def _send_framed(self, fd: int, offset: int, count: int) -> None:
+        span = _FileSpan(count)
+        data = h11.Data(data=span)  # type: ignore[arg-type]
+        for piece in self.conn.send_with_data_passthrough(data) or ():
+            if piece is span:  # type: ignore[comparison-overlap]
+                await self._sendfile(fd, offset, count)
+            else:
+                self.transport.write(piece)
+
+
+if HttpToolsCycle is not None:
+
+    class _HttpToolsZeroCopyCycle(ZeroCopyCycle, HttpToolsCycle):
+        chunked_encoding: bool | None
+        expected_content_length: int
+
+        async def _send_framed(self, fd: int, offset: int, count: int) -> None:
+            if self.chunked_encoding:
+                self.transport.write(b"%x\r\n" % count)
+                await self._sendfile(fd, offset, count)
+                self.transport.write(b"\r\n")
+                return
+            if count > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= count
+            await self._sendfile(fd, offset, count)
+
+
 class _Guard(asyncio.Protocol):
     """What both protocols add to uvicorn's; the parser-specific hooks are in the subclasses.
 
@@ -174,9 +334,12 @@ class _Guard(asyncio.Protocol):
     flow: Any
 
     _scan_folds = False  # h11 joins folded lines silently: look for them in the bytes
+    _zero_copy_cycle: type[ZeroCopyCycle] | None = None  # the parser's cycle with zero-copy
 
-    def _guard_init(self, limits: Limits) -> None:
+    def _guard_init(self, limits: Limits, zero_copy: bool) -> None:
         self._limits = limits
+        self._zero_copy = zero_copy  # offered, when the connection allows it (connection_made)
+        self._waiters: set[asyncio.Future[None]] = set()  # zero-copy sends waiting for room
         self._max_head = limits.max_head
         self._head_left: int | None = limits.max_head
         self._heads = 0  # heads parsed: tells whether one ended within a read
@@ -201,9 +364,16 @@ class _Guard(asyncio.Protocol):
             self._reject(503, "too many open connections; retry shortly")
             return
         super().connection_made(transport)
+        if self._zero_copy and (
+            transport.get_extra_info("sslcontext") is not None  # TLS: bytes pass through Python
+            or transport.get_extra_info("socket") is None
+        ):
+            self._zero_copy = False
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        for waiter in self._waiters:  # a zero-copy send waiting for room: it ends
+            _wake(waiter)
         self._stop_header_timer()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
@@ -221,6 +391,17 @@ class _Guard(asyncio.Protocol):
             return None  # nothing to answer, or a request never completed: close
         self._client_done = True
         return True
+
+    def _adopt(self, cycle: Any) -> None:
+        """A new request's cycle, made by uvicorn (whose protocols name their cycle class
+        directly): with zero-copy on, it becomes the parser's ``ZeroCopyCycle`` (a subclass
+        that only adds to ``send``; its task has not run yet) and its scope offers the
+        extension."""
+        if self._zero_copy and self._zero_copy_cycle is not None:
+            cycle.__class__ = self._zero_copy_cycle
+            cycle._waiters = self._waiters
+            scope = cycle.scope
+            scope["extensions"] = {**scope.get("extensions", {}), ZERO_COPY: {}}
 
     # -- request heads ------------------------------------------------------------------------
 
@@ -443,6 +624,7 @@ class H11Connection(_Guard, H11Protocol):
     """uvicorn's h11 protocol with the proxy's limits (see the module's docstring)."""
 
     _scan_folds = True
+    _zero_copy_cycle = _H11ZeroCopyCycle
 
     def __init__(
         self,
@@ -452,11 +634,18 @@ class H11Connection(_Guard, H11Protocol):
         _loop: asyncio.AbstractEventLoop | None = None,
         *,
         limits: Limits,
+        zero_copy: bool = False,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._strict = _StrictH11Connection(h11.SERVER, self.conn._max_incomplete_event_size)
         self.conn = self._strict
-        self._guard_init(limits)
+        self._guard_init(limits, zero_copy)
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:
+            self._adopt(self.cycle)
 
     def eof_received(self) -> bool | None:  # type: ignore[override]
         return self._half_close()
@@ -517,6 +706,8 @@ if HttpToolsProtocol is not None:
     class HttpToolsConnection(_Guard, HttpToolsProtocol):
         """uvicorn's httptools protocol with the proxy's limits (see the module's docstring)."""
 
+        _zero_copy_cycle = _HttpToolsZeroCopyCycle
+
         def __init__(
             self,
             config: Config,
@@ -525,9 +716,10 @@ if HttpToolsProtocol is not None:
             _loop: asyncio.AbstractEventLoop | None = None,
             *,
             limits: Limits,
+            zero_copy: bool = False,
         ) -> None:
             super().__init__(config, server_state, app_state, _loop)
-            self._guard_init(limits)
+            self._guard_init(limits, zero_copy)
             self._feeding_fresh = True
 
         def on_message_begin(self) -> None:
@@ -545,7 +737,10 @@ if HttpToolsProtocol is not None:
             if problem is not None:
                 self._reject(*problem)
                 raise _Refused
+            cycle = self.cycle
             super().on_headers_complete()
+            if self.cycle is not cycle:
+                self._adopt(self.cycle)
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -566,12 +761,15 @@ if HttpToolsProtocol is not None:
             self._reject(400, MALFORMED)
 
 
-def protocol_factory(http_setting: str, limits: Limits) -> Callable[..., asyncio.Protocol]:
+def protocol_factory(
+    http_setting: str, limits: Limits, zero_copy: bool = False
+) -> Callable[..., asyncio.Protocol]:
     """What uvicorn's ``http=`` takes for ``PROXY_HTTP`` (``auto``: httptools when installed):
     called with uvicorn's arguments for each connection. A partial of a module-level class, so
-    that it pickles for ``PROXY_WORKERS`` > 1."""
+    that it pickles for ``PROXY_WORKERS`` > 1. ``zero_copy``: offer the ASGI zero-copy send
+    (``PROXY_ZERO_COPY``) on connections without TLS."""
     if http_setting == "h11" or (http_setting == "auto" and HttpToolsProtocol is None):
-        return functools.partial(H11Connection, limits=limits)
+        return functools.partial(H11Connection, limits=limits, zero_copy=zero_copy)
     if HttpToolsProtocol is None:
         raise RuntimeError("PROXY_HTTP=httptools, but httptools is not installed")
-    return functools.partial(HttpToolsConnection, limits=limits)
+    return functools.partial(HttpToolsConnection, limits=limits, zero_copy=zero_copy)

@@ -287,6 +287,13 @@ class Observability:
                 exchange.bytes += len(body)
                 if not message.get("more_body", False):
                     exchange.aborted = False
+            elif message["type"] == "http.response.zerocopysend":  # a file's bytes, by sendfile
+                count = message.get("count", 0)
+                if count and exchange.first_byte is None:
+                    exchange.first_byte = time.perf_counter()
+                exchange.bytes += count
+                if not message.get("more_body", False):
+                    exchange.aborted = False
             await send(message)
 
         error: type[BaseException] | None = None

@@ -1,13 +1,21 @@
 """``ObjectResponse`` sends a ``Plan`` and the object's chunks, and always closes the body.
 
-Also ``iter_plan``/``aiter_plan``: the twins that turn a plan's parts into one chunk stream,
-and ``Pacer``: the chunk size, following how fast the client takes them.
+Also ``iter_plan``/``aiter_plan``: the twins that turn a plan's parts into one chunk stream
+(with the file, when the body is one: ``FileChunks``), and ``Pacer``: the chunk size,
+following how fast the client takes them.
+
+Zero-copy: when the body is an open file and the server offers the ASGI "Zero Copy Send"
+extension (``http.response.zerocopysend``: ``proxy.connection`` does, on plain TCP), the plan's
+parts go as zero-copy sends of the file (multipart framing as ordinary body messages around
+them) and no byte of the file passes through Python; otherwise the chunks are streamed.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from functools import partial
+from typing import Any, cast
 
 import anyio
 from starlette.concurrency import iterate_in_threadpool
@@ -16,10 +24,17 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.http.plan import Plan
 from proxy.storage.base import AsyncBody, Body, ChunkSize, ReadyChunks, aiter_ready
-from proxy.storage.errors import StorageError
+from proxy.storage.errors import BackendUnavailable, BodyTruncated, StorageError
 from proxy.turns import take_turn
 
 Chunks = Iterable[bytes] | AsyncIterable[bytes]
+
+ZERO_COPY = "http.response.zerocopysend"
+# A zero-copy send is one message per this many bytes at most (then a turn, and a look for a
+# departed client): the server sends it as fast as the socket takes it, waiting on the event
+# loop when the socket is full, so its size costs no memory; it only sets the number of
+# messages, turns and disconnect checks.
+ZERO_COPY_STEP = 4 * 1024 * 1024
 
 # Chunks aim at what the client takes in this time: 1 MiB at 200 MB/s and more, the minimum
 # at a few MB/s. Long enough for few Python steps per byte, short enough to buffer little.
@@ -77,15 +92,37 @@ class Pacer:
         self.size = max(self.minimum, min(self.maximum, 2 * self.size, target))
 
 
-def iter_plan(body: Body, plan: Plan, chunk_size: ChunkSize) -> Iterator[bytes]:
+class FileChunks:
+    """A plan's chunks from a body that is an open file (it has ``fileno()``: the local
+    backend's), with the file. ``ObjectResponse`` sends the file's bytes itself where the server
+    offers the zero-copy send (the chunks are then never read), and streams the chunks
+    elsewhere. Iterable as its chunks are (sync or async)."""
+
+    __slots__ = ("chunks", "file")
+
+    def __init__(self, chunks: Iterator[bytes] | AsyncIterator[bytes], file: Any) -> None:
+        self.chunks = chunks
+        self.file = file  # has fileno()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(cast(Iterator[bytes], self.chunks))
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return aiter(cast(AsyncIterator[bytes], self.chunks))
+
+
+def iter_plan(body: Body, plan: Plan, chunk_size: ChunkSize) -> Iterable[bytes]:
     """The plan's bytes. The first part's read starts here, so its failures come before the
-    response does; a single range is the body's own iterator, with no wrapper around it."""
+    response does; a single range is the body's own iterator, with no wrapper around it (but
+    ``FileChunks``, for a file)."""
     if not plan.parts:
         return iter(())  # nothing of the object: ObjectResponse sends the plan's literal tail
     first = body.iter_range(plan.parts[0].byte_range, chunk_size)
     if len(plan.parts) == 1 and not plan.parts[0].head and not plan.tail:
-        return first
-    return _iter_parts(body, plan, first, chunk_size)
+        chunks = first
+    else:
+        chunks = _iter_parts(body, plan, first, chunk_size)
+    return chunks if getattr(body, "fileno", None) is None else FileChunks(chunks, body)
 
 
 def _iter_parts(
@@ -99,14 +136,16 @@ def _iter_parts(
         yield plan.tail
 
 
-async def aiter_plan(body: AsyncBody, plan: Plan, chunk_size: ChunkSize) -> AsyncIterator[bytes]:
+async def aiter_plan(body: AsyncBody, plan: Plan, chunk_size: ChunkSize) -> AsyncIterable[bytes]:
     """The async twin of ``iter_plan``."""
     if not plan.parts:
         return _aiter_nothing()
     first = await body.aiter_range(plan.parts[0].byte_range, chunk_size)
     if len(plan.parts) == 1 and not plan.parts[0].head and not plan.tail:
-        return first
-    return _aiter_parts(body, plan, first, chunk_size)
+        chunks = first
+    else:
+        chunks = _aiter_parts(body, plan, first, chunk_size)
+    return chunks if getattr(body, "fileno", None) is None else FileChunks(chunks, body)
 
 
 async def _aiter_parts(
@@ -162,6 +201,12 @@ class ObjectResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         chunks: AsyncIterator[bytes] | None = None
+        source = self._chunks
+        file = None
+        if type(source) is FileChunks:
+            if ZERO_COPY in (scope.get("extensions") or ()):
+                file = source.file
+            source = source.chunks
         try:
             await send(
                 {
@@ -174,7 +219,9 @@ class ObjectResponse(Response):
             if body is not None:
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
-            source = self._chunks
+            if file is not None:
+                await self._until_disconnect(receive, partial(self._send_file, send, file))
+                return
             if isinstance(source, AsyncIterable):
                 chunks = aiter(source)
             elif isinstance(source, ReadyChunks):
@@ -182,13 +229,15 @@ class ObjectResponse(Response):
             else:
                 # One worker-thread hop per chunk: the reads of a sync body block.
                 chunks = iterate_in_threadpool(source)
-            await self._stream_until_disconnect(receive, send, chunks)
+            await self._until_disconnect(receive, partial(self._stream, send, chunks))
         except OSError as exc:
             # ASGI spec >= 2.4 servers raise OSError from send() once the client is gone; a
             # storage failure (some are OSErrors too) must still reach the server to abort.
             if isinstance(exc, StorageError):
                 raise
         finally:
+            if file is not None and isinstance(source, AsyncIterator):
+                chunks = source  # never read, but an async generator: closed as one
             if chunks is not None or self._close is not _nothing:
                 await self._release(chunks)
 
@@ -230,9 +279,38 @@ class ObjectResponse(Response):
                 return  # the client left: stop reading (the response stays incomplete)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _stream_until_disconnect(
-        self, receive: Receive, send: Send, chunks: AsyncIterator[bytes]
+    async def _send_file(self, send: Send, file: Any, gone: Callable[[], bool]) -> None:
+        """The plan's parts as zero-copy sends of ``file`` (``ZERO_COPY_STEP`` bytes at most
+        each, a turn after each, as ``_stream`` takes after each chunk), multipart framing as
+        body messages around them."""
+        fd = file.fileno()
+        for part in self.plan.parts:
+            if part.head:
+                await send({"type": "http.response.body", "body": part.head, "more_body": True})
+            offset, stop = part.byte_range.start, part.byte_range.stop
+            while offset < stop:
+                count = min(ZERO_COPY_STEP, stop - offset)
+                message = {"type": ZERO_COPY, "file": fd, "offset": offset, "count": count}
+                try:
+                    await send({**message, "more_body": True})
+                except EOFError as exc:  # the file ended early: it shrank since it was opened
+                    raise BodyTruncated() from exc
+                except OSError as exc:
+                    if isinstance(exc, ConnectionError):
+                        raise  # the client is gone
+                    raise BackendUnavailable(
+                        f"{BackendUnavailable.message} ({exc.strerror})"
+                    ) from exc
+                offset += count
+                await take_turn()
+                if gone():
+                    return  # the client left: stop (the response stays incomplete)
+        await send({"type": "http.response.body", "body": self.plan.tail, "more_body": False})
+
+    async def _until_disconnect(
+        self, receive: Receive, stream: Callable[[Callable[[], bool]], Awaitable[None]]
     ) -> None:
+        """``stream(gone)``, cancelled when the client goes away."""
         # uvicorn's send() returns silently after a disconnect, and an async body with data
         # ready (a socket that holds the chunk, aiohttp's buffer) returns without suspending, so
         # a cancellation alone may land late: the watcher also raises a flag that the loop
@@ -250,7 +328,7 @@ class ObjectResponse(Response):
 
             group.start_soon(watch_disconnect)
             try:
-                await self._stream(send, chunks, lambda: departed)
+                await stream(lambda: departed)
             except Exception as exc:  # re-raised below, unwrapped from the task group
                 error = exc
             group.cancel_scope.cancel()

@@ -23,16 +23,17 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
     The protocol is uvicorn's own, for the parser ``settings.http`` names, subclassed in
     ``proxy.connection`` for the request-head limits, the connection cap, strict parsing and
-    half-closed clients. What uvicorn offers does not do these jobs: ``limit_concurrency``
-    answers 503 per request on a connection it accepted and keeps open, counts running tasks
-    with the connections, and answers in plain text; ``timeout_keep_alive`` (kept at its 5 s)
+    half-closed clients, and (``settings.zero_copy``) the ASGI zero-copy send. What uvicorn
+    offers does not do these jobs: ``limit_concurrency`` answers 503 per request on a
+    connection it accepted and keeps open, counts running tasks with the connections, and
+    answers in plain text; ``timeout_keep_alive`` (kept at its 5 s)
     closes a kept connection idle after a response, but the first byte of a new head cancels
     it, and nothing bounds a new connection's first head; ``h11_max_incomplete_event_size``
     (below) bounds only a head h11 holds incomplete, and httptools has no bound at all.
     """
     return {
         "loop": settings.loop,
-        "http": protocol_factory(settings.http, limits(settings)),
+        "http": protocol_factory(settings.http, limits(settings), settings.zero_copy),
         "ws": "none",  # no WebSockets here: uvicorn would import a WebSocket library (~1 MB)
         "server_header": False,
         # h11's own bound on a head it buffers (one that came in a read after a pipelined

@@ -324,6 +324,13 @@ class _FileBody:
     def closed(self) -> bool:
         return self._fd < 0
 
+    def fileno(self) -> int:
+        """The open file's descriptor, for a server that sends its bytes itself (zero-copy:
+        ``proxy.responses``); read with offsets only, so its position means nothing."""
+        if self._fd < 0:
+            raise ValueError("a closed body has no descriptor")
+        return self._fd
+
 
 class LocalBody(_FileBody):
     """An open file."""
