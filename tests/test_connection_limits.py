@@ -35,32 +35,13 @@ from tests.conftest import (
     settings_for,
     wait_healthy,
 )
+from tests.rawhttp import parse, read_until_closed
 
 PARSERS = ["h11", "httptools"]
 LOOPS = ["asyncio", "uvloop"]
 MAX_HEAD = 64 * 1024  # the default
 TIMEOUT = 2.0  # PROXY_HEADER_TIMEOUT in these tests
 SLOWLORIS = 300
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    received = bytearray()
-    for _ in range(10_000):  # bounded: the answers here are small
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        received += chunk
-    return bytes(received)
-
-
-def parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines)
-    return int(status_line.split()[1]), headers, body
 
 
 def read_response(sock: socket.socket) -> tuple[int, bytes]:

@@ -26,6 +26,7 @@ from tests.conftest import (
     s3_settings,
     settings_for,
 )
+from tests.test_server import bytes_read_by_process, open_fds_to
 
 SIZE = 64 * 1024 * 1024
 PARSERS = ["h11", "httptools"]
@@ -114,24 +115,6 @@ def test_half_closed_requests_one_after_another(big_media: MediaTree, serve: Sta
         if size is not None:
             assert received == size
         assert closed
-
-
-def open_fds_to(path: Path) -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
-                count += 1
-        except OSError:
-            continue
-    return count
-
-
-def bytes_read_by_process() -> int:
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    raise AssertionError("no rchar in /proc/self/io")
 
 
 def leave_after(port: int, key: str, limit: int) -> None:

@@ -22,36 +22,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MediaTree, RunningServer, StartServer, settings_for
+from tests.rawhttp import exchange, parse
 
 PARSERS = ["h11", "httptools"]
 VIDEO = "vid\u00e9o.mp4"  # é: two bytes in UTF-8
 NESTED = "\u00e9t\u00e9/\u65e5\u672c.bin"  # été/日本.bin
-
-
-def exchange(port: int, raw: bytes) -> bytes:
-    """Send ``raw`` as is; everything the server sends until it closes the connection."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(raw)
-        received = bytearray()
-        for _ in range(10_000):  # bounded: the answers here are small
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            received += chunk
-        return bytes(received)
-
-
-def parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), headers, body
 
 
 @pytest.fixture(scope="module")
