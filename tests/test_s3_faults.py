@@ -59,6 +59,13 @@ class Setup:
         return f"{self.proxy.url}/objects/{key or self.key}"
 
 
+@contextlib.contextmanager
+def behind_a_relay(s3: S3Server) -> Iterator[tuple[FaultyRelay, S3Server]]:
+    """A fault-injecting relay in front of ``s3``, and ``s3`` as the proxy sees it through it."""
+    with faulty_relay(int(s3.endpoint_url.rsplit(":", 1)[1])) as relay:
+        yield relay, S3Server(s3.name, relay.endpoint_url, s3.supports_auth)
+
+
 def ids(setup: tuple[str, str, bool]) -> str:
     server, client, presigned = setup
     return f"{server}-{client}-{'presigned' if presigned else 'botocore'}"
@@ -70,9 +77,7 @@ def setup(request: pytest.FixtureRequest, serve: StartServer) -> Iterator[Setup]
     s3 = s3_server(request, server)
     key = f"faults/{client}-{presigned}.bin"
     put_object(s3, key, DATA, "application/octet-stream")
-    port = int(s3.endpoint_url.rsplit(":", 1)[1])
-    with faulty_relay(port) as relay:
-        via = S3Server(s3.name, relay.endpoint_url, s3.supports_auth)
+    with behind_a_relay(s3) as (relay, via):
         settings = s3_settings(
             via,
             client,
@@ -299,8 +304,7 @@ async def test_resumes_are_noted_for_the_response_and_cut_with_their_cause(
     s3 = s3_server(request, "seaweedfs")
     key = f"faults/noted-{client}-{presigned}.bin"
     put_object(s3, key, DATA, "application/octet-stream")
-    port = int(s3.endpoint_url.rsplit(":", 1)[1])
-    with faulty_relay(port) as relay:
+    with behind_a_relay(s3) as (relay, _):
         # Three cuts, two resumes: the third ends the body, its message naming the cause
         # (aiohttp reports a reset as a body that ended early).
         relay.arm(Fault("reset", match=gets_of(key), after=100_000, times=3))
@@ -332,8 +336,7 @@ async def test_a_pause_in_the_body_shorter_than_the_read_timeout_is_no_cut(
     s3 = s3_server(request, "moto")
     key = f"faults/pause-{client}-{presigned}.bin"
     put_object(s3, key, DATA, "application/octet-stream")
-    port = int(s3.endpoint_url.rsplit(":", 1)[1])
-    with faulty_relay(port) as relay:
+    with behind_a_relay(s3) as (relay, _):
         relay.arm(Fault("stall_body", match=gets_of(key), after=100_000, lasting=1.8))
         settings = options(relay, client, presigned, deadline=1.0, read_timeout=4.0)
         response_notes = notes.ResponseNotes()
@@ -356,8 +359,7 @@ async def test_resumes_that_stall_each_end_at_the_deadline(
     s3 = s3_server(request, "moto")
     key = f"faults/stalling-{client}.bin"
     put_object(s3, key, DATA, "application/octet-stream")
-    port = int(s3.endpoint_url.rsplit(":", 1)[1])
-    with faulty_relay(port) as relay:
+    with behind_a_relay(s3) as (relay, _):
         relay.arm(Fault("stall_body", match=cut_get(key, None), after=CUT_AT))
         relay.arm(Fault("stall_head", match=gets_of(key), times=100))
         opened: list[float] = []
@@ -413,8 +415,7 @@ async def test_a_stalled_listing_and_head_time_out_at_the_deadline(
     request: pytest.FixtureRequest, client: str
 ) -> None:
     s3 = s3_server(request, "moto")
-    port = int(s3.endpoint_url.rsplit(":", 1)[1])
-    with faulty_relay(port) as relay:
+    with behind_a_relay(s3) as (relay, _):
         relay.arm(Fault("stall_head", match=lambda r: True, times=100))
         settings = options(relay, client, presigned=True)
         for call in ["head", "listing"]:
@@ -475,9 +476,7 @@ def test_the_slice_caches_fills_resume_too(
     s3 = s3_server(request, "seaweedfs")
     key = f"faults/cached-{client}-{presigned}.bin"
     put_object(s3, key, DATA, "application/octet-stream")
-    port = int(s3.endpoint_url.rsplit(":", 1)[1])
-    with faulty_relay(port) as relay:
-        via = S3Server(s3.name, relay.endpoint_url, s3.supports_auth)
+    with behind_a_relay(s3) as (relay, via):
         settings = s3_settings(
             via,
             client,
