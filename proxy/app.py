@@ -1,9 +1,10 @@
-"""``create_app`` composes: settings, the storage stack (``proxy.storage.factory``) in the
-lifespan, the object route, the landing page, offline docs, health and metrics endpoints, JSON
-errors, middleware."""
+"""``create_app`` composes: settings, the storage stack of each mount (``proxy.mounts``,
+``proxy.storage.factory``) in the lifespan, the object route, the landing page, offline docs,
+health and metrics endpoints, JSON errors, middleware."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -22,10 +23,10 @@ from proxy.docs import add_docs_routes
 from proxy.errorhandlers import RETRY_AFTER_SECONDS, add_error_handlers
 from proxy.idle import TrimWhenIdle, malloc_trim
 from proxy.landing import add_landing_route
+from proxy.mounts import MountTable, open_mounts
 from proxy.observability import LineHandler, Observability, access_logger, record_waiting
 from proxy.routes import add_object_routes
 from proxy.settingsdoc import settings_or_exit
-from proxy.storage.factory import open_backend
 from proxy.version import __version__
 
 logger = logging.getLogger("proxy")
@@ -59,11 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # def endpoints and sync bodies' chunks run in this pool: size it for slow clients.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threadpool_size
         async with AsyncExitStack() as stack:
-            backend = await open_backend(
-                settings.storage_options(), stack, settings.readiness_cache_seconds
-            )
-            app.state.storage = backend.storage
-            app.state.readiness = backend.ready
+            mounts = await open_mounts(settings, stack)
+            app.state.mounts = mounts
+            if mounts.root is not None:  # the single backend of the PROXY_ variables
+                app.state.storage = mounts.root.storage
+                app.state.readiness = mounts.root.ready
             # Everything loaded so far lives as long as the process: exempt it from the
             # cyclic GC, whose full passes over it stalled every stream for ~15 ms (p99).
             gc.collect()
@@ -97,12 +98,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     async def readyz(request: Request) -> JSONResponse:
-        """The storage backend is reachable (checked at most every few seconds)."""
-        error = await request.app.state.readiness()
-        if error is None:
-            return JSONResponse({"status": "ready"})
+        """The storage backend is reachable (checked at most every few seconds); with mounts,
+        each one's, by name: 503 when any is not."""
+        state = request.app.state
+        table: MountTable = state.mounts
+        if table.root is not None:
+            error = await state.readiness()
+            if error is None:
+                return JSONResponse({"status": "ready"})
+            return JSONResponse(
+                {"status": "unavailable", "error": type(error).__name__},
+                status_code=503,
+                headers={"retry-after": RETRY_AFTER_SECONDS},
+            )
+        errors = await asyncio.gather(*(mount.ready() for mount in table.mounts))
+        report = {
+            mount.name: "ready" if error is None else type(error).__name__
+            for mount, error in zip(table.mounts, errors, strict=True)
+        }
+        failing = sorted(name for name, status in report.items() if status != "ready")
+        if not failing:
+            return JSONResponse({"status": "ready", "mounts": report})
         return JSONResponse(
-            {"status": "unavailable", "error": type(error).__name__},
+            {"status": "unavailable", "failing": failing, "mounts": report},
             status_code=503,
             headers={"retry-after": RETRY_AFTER_SECONDS},
         )

@@ -20,6 +20,12 @@ A listing (``/objects/{prefix}/``) is a key ending in ``/``: its signature, made
 that prefix and the listing's options, grants the listing and every object and folder below it
 (the listing signs their links with the same ``kid`` and ``expires``); a bearer key lists within
 its own prefix only.
+
+Mounts (``PROXY_MOUNTS``): the key a signature covers is the whole path below ``/objects/``,
+the mount's name included (``videos/clip.mp4``), so a link never serves another mount's object
+of the same name. A bearer key reads the mounts its ``mounts`` lists (all of them when it lists
+none; another: 403), and its ``prefix`` applies to the keys within each mount. A grant's
+``scope`` is within the mount. A ``public`` mount asks for no credentials.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from urllib.parse import quote
 
 from fastapi import Request
 
-from proxy.config import ApiKey, Settings
+from proxy.config import ApiKey, Mount, Settings
 
 REALM = "media-proxy"
 _DIGITS = re.compile(r"[0-9]{1,12}")
@@ -84,12 +90,18 @@ class DuplicateParameter(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What a request's credentials allow: reading keys that start with ``scope``; for a signed
-    URL also its key id and expiry, with which a listing signs the links it gives out."""
+    """What a request's credentials allow: reading keys (within the mount) that start with
+    ``scope``; for a signed URL also its key id and expiry, with which a listing signs the links
+    it gives out."""
 
     scope: str = ""
     kid: str | None = None
     expires: int = 0
+    mounts: tuple[str, ...] | None = None  # a bearer key's mounts (None: every mount)
+
+    def reads(self, mount: Mount) -> bool:
+        """Whether the grant reaches into ``mount`` at all (its scope aside)."""
+        return mount.public or self.mounts is None or mount.name in self.mounts
 
 
 OPEN = Grant()  # access control off
@@ -260,13 +272,16 @@ def check_access(
     now: float | None = None,
     *,
     method: str = "GET",
+    mount: Mount | None = None,
 ) -> None:
-    """Raise ``Denied`` unless the request may read ``key`` (``DuplicateParameter`` for a
-    parameter it reads given twice); a no-op when auth is off."""
+    """Raise ``Denied`` unless the request may read ``key`` (the path below ``/objects/``, in
+    ``mount`` when given; ``DuplicateParameter`` for a parameter it reads given twice); a no-op
+    when auth is off."""
     if not settings.auth_enabled:
         return
-    grant = grant_for(settings, key, authorization, query, now, method=method)
-    if not key.startswith(grant.scope):
+    grant = grant_for(settings, key, authorization, query, now, method=method, mount=mount)
+    within = key[len(mount.path) :] if mount is not None else key
+    if not within.startswith(grant.scope):
         raise Denied(403, "this key may not read this object")
 
 
@@ -279,6 +294,7 @@ def grant_for(
     *,
     method: str = "GET",
     reads: frozenset[str] = _READ_BY_OBJECTS,
+    mount: Mount | None = None,
 ) -> Grant:
     """What the request's credentials grant (``Denied`` when they are missing or invalid): a
     signed URL checked against ``method``, ``key`` and every parameter, else a bearer key; auth
@@ -289,7 +305,8 @@ def grant_for(
     values = read_once(pairs, reads)
     if SIGNATURE in values:
         expires = _check_signature(settings, method, key, pairs, values, now)
-        return Grant(key, values[KEY_ID], expires)
+        within = key[len(mount.path) :] if mount is not None else key
+        return Grant(within, values[KEY_ID], expires)
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Denied(401, "credentials required", f'Bearer realm="{REALM}"')
@@ -297,31 +314,67 @@ def grant_for(
     if api_key is None:
         challenge = f'Bearer realm="{REALM}", error="invalid_token"'
         raise Denied(401, "the bearer token is not valid", challenge)
-    return Grant(api_key.prefix)
+    grant = Grant(api_key.prefix, mounts=None if api_key.mounts is None else tuple(api_key.mounts))
+    if mount is not None and not grant.reads(mount):
+        raise Denied(403, "this key may not read this mount")
+    return grant
 
 
-async def authorize(request: Request, key: str) -> None:
-    """Raise ``Denied`` (401/403, answered by the app's handler) before any storage call."""
+async def authorize(request: Request, key: str, mount: Mount | None = None) -> None:
+    """Raise ``Denied`` (401/403, answered by the app's handler) before any storage call;
+    ``key`` is the path below ``/objects/``, in ``mount``."""
     settings: Settings = request.app.state.settings
     if not settings.auth_enabled:
         return  # before touching the query string: parsing it costs on every request
     authorization = request.headers.get("authorization")
     query = request.query_params
-    check_access(settings, key, authorization, query, method=request.method)
+    check_access(settings, key, authorization, query, method=request.method, mount=mount)
 
 
-async def authorize_listing(request: Request, prefix: str) -> Grant:
-    """What the request may list of ``prefix`` (a key ending in ``/``, or ""): ``Denied``
-    unless its scope and ``prefix`` overlap, one lying within the other (the listing shows
-    only what lies within both)."""
+async def authorize_listing(request: Request, prefix: str, mount: Mount | None = None) -> Grant:
+    """What the request may list of ``prefix`` (the path below ``/objects/``, ending in ``/``,
+    in ``mount``): ``Denied`` unless its scope and the prefix within the mount overlap, one lying
+    within the other (the listing shows only what lies within both)."""
     settings: Settings = request.app.state.settings
-    if not settings.auth_enabled:
+    if not settings.auth_enabled or (mount is not None and mount.public):
         return OPEN
     query = request.query_params
     authorization = request.headers.get("authorization")
     grant = grant_for(
-        settings, prefix, authorization, query, method=request.method, reads=_READ_BY_LISTINGS
+        settings,
+        prefix,
+        authorization,
+        query,
+        method=request.method,
+        reads=_READ_BY_LISTINGS,
+        mount=mount,
     )
+    if mount is not None:
+        prefix = prefix[len(mount.path) :]
     if not (prefix.startswith(grant.scope) or grant.scope.startswith(prefix)):
         raise Denied(403, "this key may not list this prefix")
     return grant
+
+
+async def authorize_mounts(request: Request, mounts: Sequence[Mount]) -> tuple[Grant, list[Mount]]:
+    """What a request for ``/objects/`` (the mounts, as folders) may see: with access control
+    on, the mounts its credentials reach (a link signed for ``/objects/`` reaches every one),
+    and the public ones; ``Denied`` when it reaches none."""
+    settings: Settings = request.app.state.settings
+    if not settings.auth_enabled:
+        return OPEN, list(mounts)
+    public = [mount for mount in mounts if mount.public]
+    try:
+        grant = grant_for(
+            settings,
+            "",
+            request.headers.get("authorization"),
+            request.query_params,
+            method=request.method,
+            reads=_READ_BY_LISTINGS,
+        )
+    except Denied as exc:
+        if exc.status != 401 or not public:  # without credentials: the public mounts
+            raise
+        return OPEN, public
+    return grant, [mount for mount in mounts if grant.reads(mount)]

@@ -608,7 +608,8 @@ def _mount(
         lines.append(f"mode: {mode!r} is not one of proxy, redirect")
     own = {key: value for key, value in options.items() if key in MOUNT_SETTINGS}
     try:
-        chosen = Settings.model_validate(own)
+        # From these options alone: an environment prefix no variable can have (a NUL).
+        chosen = Settings(_env_prefix="\0", **own)  # type: ignore[call-arg]
     except ValidationError as exc:
         return lines + _settings_problems(exc)
     if lines:

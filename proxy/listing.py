@@ -9,6 +9,9 @@ failure there is the usual JSON error; a failure after it cuts the stream (the s
 connection), never a short listing presented as complete. What a listing shows is scoped to the
 caller's grant (``proxy.auth``): asked for a folder above its scope, the storage is asked for the
 scope alone and the answer folded back to the folder's level.
+
+With mounts, each mount lists its own storage (its ``listing`` option) under
+``/objects/{mount}/``, and ``/objects/`` lists the mounts themselves as folders.
 """
 
 from __future__ import annotations
@@ -24,8 +27,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
 
-from proxy.auth import LISTING_PARAMETERS, Grant, authorize_listing, read_once, signed_like
-from proxy.config import Settings
+from proxy.auth import (
+    LISTING_PARAMETERS,
+    Grant,
+    authorize_listing,
+    authorize_mounts,
+    read_once,
+    signed_like,
+)
+from proxy.config import Mount, Settings
 from proxy.http import listing_html as html
 from proxy.http.listing import (
     HTML_PAGE,
@@ -54,13 +64,15 @@ _HTML_HEADERS = {**_HEADERS, "content-security-policy": html.CSP, "referrer-poli
 
 
 class Links:
-    """The links of a browse page: ``/objects/`` plus the percent-encoded key (every byte but
-    unreserved ones and ``/``), signed like the listing's own URL when that was signed."""
+    """The links of a browse page: ``/objects/`` plus the mount's path and the percent-encoded
+    key (every byte but unreserved ones and ``/``), signed like the listing's own URL when that
+    was signed (the mount's path included)."""
 
-    def __init__(self, settings: Settings, grant: Grant, root_path: str) -> None:
+    def __init__(self, settings: Settings, grant: Grant, root_path: str, mount: str = "") -> None:
         self._settings = settings
         self._grant = grant
-        self._base = f"{root_path}/objects/"
+        self._mount = mount
+        self._base = f"{root_path}/objects/{quote(mount)}"
 
     def href(self, key: str, extra: str = "") -> str | None:
         """The link to ``key`` (an object, or a folder's listing) with ``extra`` query (encoded);
@@ -71,7 +83,7 @@ class Links:
                 return None
             # The link's own parameters are signed with it: a signed request carries no other.
             params = parse_qsl(extra, keep_blank_values=True)
-            query = signed_like(self._settings, self._grant, key, params)
+            query = signed_like(self._settings, self._grant, self._mount + key, params)
         return self._base + quote(key) + (f"?{query}" if query else "")
 
 
@@ -121,8 +133,9 @@ class BrowsePage:
     """The HTML page: the head at once; the rows at the end, folders first (a page holds at
     most ``HTML_PAGE`` entries, so this keeps little)."""
 
-    def __init__(self, prefix: str, query: ListingQuery, links: Links) -> None:
+    def __init__(self, prefix: str, query: ListingQuery, links: Links, mount: str = "") -> None:
         self._prefix = prefix
+        self._mount = mount
         self._query = query
         self._links = links
         self._folders: list[str] = []
@@ -134,7 +147,7 @@ class BrowsePage:
         for depth, part in enumerate(parts):
             crumbs.append((part, self._links.href("/".join(parts[: depth + 1]) + "/")))
         crumbs[-1] = (crumbs[-1][0], None)  # the folder shown: no link
-        return html.page_start(f"/{self._prefix}", crumbs)
+        return html.page_start(f"/{self._mount}{self._prefix}", crumbs)
 
     def page(self, entries: list[Listed]) -> str:
         start = len(self._prefix)
@@ -265,33 +278,41 @@ def bad_query(detail: str) -> Response:
 
 
 class ListingEndpoint:
-    """Listings for the flavour; ``ObjectEndpoint`` hands it the keys ending in ``/``."""
+    """Listings; ``ObjectEndpoint`` hands it the keys ending in ``/`` of a mount that lists,
+    with the mount, its storage and its flavour (``sync``)."""
 
-    def __init__(self, sync: bool) -> None:
-        self.sync = sync
-
-    async def get_response(self, request: Request, key: str) -> Response:
-        grant = await authorize_listing(request, key)
-        prefix = check_prefix(key)
+    async def get_response(
+        self,
+        request: Request,
+        key: str,
+        mount: Mount | None = None,
+        storage: Any = None,
+        sync: bool = False,
+    ) -> Response:
+        """``key``: the path below ``/objects/``; the listing is of its part within ``mount``."""
+        mount = mount or Mount("", request.app.state.settings)
+        grant = await authorize_listing(request, key, mount)
+        prefix = check_prefix(key[len(mount.path) :])
         # Each option once (DuplicateParameter, a 400), also with access control off.
         read_once(request.query_params.multi_items(), LISTING_PARAMETERS)
         try:
             query = ListingQuery.from_request(request.query_params, request.headers.get("accept"))
         except BadQuery as exc:
             return bad_query(str(exc))
-        settings: Settings = request.app.state.settings
+        settings: Settings = mount.settings
         # Asked for a folder above the caller's scope: only the scope is listed, folded back.
         asked, fold = (grant.scope, prefix) if len(grant.scope) > len(prefix) else (prefix, None)
         if fold is not None and query.recursive:
             fold = None
         renderer: Renderer = JsonLines() if query.format == "jsonl" else JsonArray()
         if query.format == "html":
-            links = Links(settings, grant, request.scope.get("root_path", ""))
-            renderer = BrowsePage(prefix, query, links)
+            links = Links(settings, grant, request.scope.get("root_path", ""), mount.path)
+            renderer = BrowsePage(prefix, query, links, mount.path)
         listing = Listing(query, fold, renderer)
         chunks: AsyncIterator[bytes]
-        storage = request.app.state.storage
-        if self.sync:
+        if storage is None:
+            storage = request.app.state.storage
+        if sync:
             pages = cast(Lister, storage).listing(asked, query.recursive, query.after)
             close: Callable[[], Awaitable[Any]]
             close = partial(run_in_threadpool, getattr(pages, "close", _nothing))
@@ -305,6 +326,36 @@ class ListingEndpoint:
         headers = _HTML_HEADERS if query.format == "html" else _HEADERS
         head = request.method == "HEAD"
         return ListingResponse(chunks, close, head, headers, MEDIA_TYPES[query.format])
+
+
+async def list_mounts(request: Request, mounts: list[Mount]) -> Response:
+    """``/objects/`` with several mounts: those the request may see, as folders, in any of the
+    listing formats (a listing of the mounts' own content is one level down)."""
+    grant, shown = await authorize_mounts(request, mounts)
+    read_once(request.query_params.multi_items(), LISTING_PARAMETERS)
+    try:
+        query = ListingQuery.from_request(request.query_params, request.headers.get("accept"))
+    except BadQuery as exc:
+        return bad_query(str(exc))
+    settings: Settings = request.app.state.settings
+    renderer: Renderer = JsonLines() if query.format == "jsonl" else JsonArray()
+    if query.format == "html":
+        links = Links(settings, grant, request.scope.get("root_path", ""))
+        renderer = BrowsePage("", query, links)
+    folders: list[Listed] = [Folder(mount.path) for mount in sorted(shown, key=_path)]
+    chunks = aiter_listing(Listing(query, None, renderer), folders, _no_pages())
+    headers = _HTML_HEADERS if query.format == "html" else _HEADERS
+    head = request.method == "HEAD"
+    return ListingResponse(chunks, _anothing, head, headers, MEDIA_TYPES[query.format])
+
+
+def _path(mount: Mount) -> str:
+    return mount.path
+
+
+async def _no_pages() -> AsyncIterator[list[Listed]]:
+    return
+    yield
 
 
 async def _first(

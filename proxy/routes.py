@@ -7,12 +7,17 @@ to an ASGI endpoint, not an ``APIRoute``: FastAPI's per-request parameter solvin
 a small range's CPU (see docs/design.md); the app's router and exception handlers serve it, and
 ``document_object_routes`` describes it in the OpenAPI document. With listings on, a key
 ending in ``/`` goes to ``proxy.listing`` instead.
+
+Mounts (``proxy.mounts``): the key's first segments name the mount, whose storage, flavour,
+settings and policy serve the rest; both flavours are served by this one endpoint, side by side
+in one process. A redirecting mount answers a GET with ``307`` to a presigned S3 URL, unless a
+precondition decides it (304, 412), which needs the metadata and so the proxy.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
@@ -26,9 +31,11 @@ from proxy.config import Settings
 from proxy.http.disposition import content_disposition, download_filename
 from proxy.http.plan import Plan, body_length, plan_response
 from proxy.http.request import ObjectRequest
-from proxy.listing import ListingEndpoint
+from proxy.listing import ListingEndpoint, list_mounts
+from proxy.mounts import MountTable, ServedMount
 from proxy.responses import ObjectResponse, Pacer, aiter_plan, iter_plan
 from proxy.storage.base import METADATA_ONLY, WHOLE, AsyncStorage, ObjectMeta, ReadHint, Storage
+from proxy.storage.errors import ObjectNotFound
 from proxy.storage.keys import check_request_key
 from proxy.storage.mediatypes import is_active_content
 
@@ -47,6 +54,9 @@ OBJECT_PREFIX = "/objects/"
 OBJECT_PATH = OBJECT_PREFIX + "{key:objectkey}"
 OBJECT_METHODS = "GET, HEAD"
 SANDBOX = "sandbox; default-src 'none'"
+NO_MOUNT = "the key names no mount"
+# Statuses a precondition answers on a redirecting mount; anything else is S3's to send.
+DECIDED_HERE = (304, 412)
 
 
 def read_hint(request: ObjectRequest) -> ReadHint:
@@ -135,18 +145,68 @@ async def aget_object(
     return ObjectResponse(plan, chunks, close=body.aclose, pacer=pacer)
 
 
+def preconditions(key: str, request: ObjectRequest, storage: Storage, settings: Settings) -> Plan:
+    """The plan for ``request`` from the object's metadata alone (no body read)."""
+    reply = storage.open(key, METADATA_ONLY)
+    try:
+        return plan_object(request, reply.meta, settings, None, reply.fields)
+    finally:
+        reply.body.close()
+
+
+async def apreconditions(
+    key: str, request: ObjectRequest, storage: AsyncStorage, settings: Settings
+) -> Plan:
+    """The async twin of ``preconditions``."""
+    reply = await storage.open(key, METADATA_ONLY)
+    try:
+        return plan_object(request, reply.meta, settings, None, reply.fields)
+    finally:
+        await reply.body.aclose()
+
+
+async def redirect(
+    mount: ServedMount,
+    key: str,
+    request: ObjectRequest,
+    storage: Storage | AsyncStorage,
+    download: str | None,
+) -> Response:
+    """A redirecting mount's GET: 304 or 412 when a precondition decides (the proxy's answer,
+    from the metadata), else 307 to a presigned S3 URL; ``?download`` becomes S3's
+    ``response-content-disposition``."""
+    assert mount.presign is not None
+    if request.conditional:
+        if mount.sync:
+            plan = await run_in_threadpool(
+                preconditions, key, request, cast(Storage, storage), mount.settings
+            )
+        else:
+            plan = await apreconditions(key, request, cast(AsyncStorage, storage), mount.settings)
+        if plan.status in DECIDED_HERE:
+            return ObjectResponse(plan, content=plan.tail)
+    disposition = None
+    if download is not None:
+        disposition = content_disposition(download_filename(key, download))
+    if mount.sync:  # a credential refresh may block: boto3's mounts presign in the threadpool
+        url = await run_in_threadpool(mount.presign, key, disposition)
+    else:
+        url = mount.presign(key, disposition)
+    return Response(status_code=307, headers={"location": url, "cache-control": "no-store"})
+
+
 class ObjectEndpoint:
     """``/objects/{key}`` as an ASGI app, in the shape of Starlette's ``StaticFiles``
-    (``__call__`` -> ``get_response`` -> response), for the flavour: access control first when
-    it is on (``auth``; the same for both flavours), then the flavour's function. Its errors
-    propagate to the app's exception handlers (Starlette's ``ExceptionMiddleware``). A key
-    ending in ``/`` (or empty) asks for a listing: ``listing`` serves it when listings are on;
-    without it, ``check_request_key`` answers 404."""
+    (``__call__`` -> ``get_response`` -> response): the key's mount (``MountTable.find``;
+    none: 404), access control first when the mount has it (the same for both flavours), then
+    the mount's flavour's function. Its errors propagate to the app's exception handlers
+    (Starlette's ``ExceptionMiddleware``). A key ending in ``/`` (or empty) asks for a listing:
+    ``listing`` serves it when the mount lists; without it, ``check_request_key`` answers 404.
+    ``/objects/`` with several mounts lists them, when listings are on."""
 
-    def __init__(self, sync: bool, auth: bool, listing: ListingEndpoint | None = None) -> None:
-        self.sync = sync
-        self.auth = auth
-        self.listing = listing
+    def __init__(self, listing: bool = False) -> None:
+        self.listing = ListingEndpoint()
+        self.list_mounts = listing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self.get_response(Request(scope, receive, send))
@@ -154,23 +214,39 @@ class ObjectEndpoint:
 
     async def get_response(self, request: Request) -> Response:
         key: str = request.path_params["key"]
-        if self.listing is not None and (not key or key[-1] == "/"):
-            return await self.listing.get_response(request, key)
-        if self.auth:
-            await authorize(request, key)
         state = request.app.state
-        settings: Settings = state.settings
+        mounts: MountTable = state.mounts
+        found = mounts.find(key)
+        if found is None:
+            if not key and self.list_mounts:
+                return await list_mounts(request, [served.mount for served in mounts.mounts])
+            check_request_key(key)  # an invalid key is a 400 wherever it points
+            raise ObjectNotFound(NO_MOUNT)
+        mount, within = found
         scope = request.scope
+        scope["mount"] = mount.name  # for the access log and metrics
+        # The root mount's storage is the app's (which tests replace to inject failures).
+        storage = state.storage if mount is mounts.root else mount.storage
+        if mount.listing and (not within or within[-1] == "/"):
+            return await self.listing.get_response(request, key, mount.mount, storage, mount.sync)
+        if mount.auth:
+            await authorize(request, key, mount.mount)
+        settings = mount.settings
         # Parsing an absent query string still cost 2% of a small range.
         download = None
         if scope["query_string"]:  # each parameter read once: one given twice is a 400
             params = read_once(request.query_params.multi_items(), OBJECT_PARAMETERS)
             download = params.get("download")
         fields = ObjectRequest.from_raw(scope["method"], scope["headers"], settings.max_ranges)
-        arguments = (check_request_key(key), fields, state.storage, settings, download)
-        if self.sync:
-            return await run_in_threadpool(get_object, *arguments)
-        return await aget_object(*arguments)
+        within = check_request_key(within)
+        if mount.presign is not None and fields.method == "GET":
+            return await redirect(mount, within, fields, storage, download)
+        if mount.sync:
+            sync_storage = cast(Storage, storage)
+            return await run_in_threadpool(
+                get_object, within, fields, sync_storage, settings, download
+            )
+        return await aget_object(within, fields, cast(AsyncStorage, storage), settings, download)
 
 
 class ObjectRoute(Route):
@@ -191,8 +267,7 @@ def add_object_routes(app: FastAPI, settings: Settings) -> None:
 
     The route goes first: the router tries routes in order, and the documentation and health
     routes before it cost a ranged GET ~8% more instructions (callgrind, in process)."""
-    listing = ListingEndpoint(settings.sync) if settings.listing else None
-    endpoint = ObjectEndpoint(settings.sync, settings.auth_enabled, listing)
+    endpoint = ObjectEndpoint(listing=settings.listing)
     app.router.routes.insert(0, ObjectRoute(OBJECT_PATH, endpoint, methods=["GET"], name="object"))
     document_object_routes(app, settings.listing)
 
