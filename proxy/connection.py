@@ -167,6 +167,14 @@ def _warn_at_capacity(open_connections: int) -> None:
 ZERO_COPY = "http.response.zerocopysend"
 
 
+class SendfileTally:
+    """What this process sent by ``sendfile`` (the tests' proof that a body took the zero-copy
+    path: its bytes never pass through an ``http.response.body`` message)."""
+
+    bytes = 0
+    calls = 0
+
+
 class FileEnded(EOFError):
     """A zero-copy send met the end of the file before its ``count``: the file shrank since its
     size was read. What was sent is out, so the response can only be aborted."""
@@ -263,6 +271,8 @@ class ZeroCopyCycle:
                     if sent == 0:
                         raise FileEnded(f"the file ended {count} bytes early")
                     if sent > 0:
+                        SendfileTally.bytes += sent
+                        SendfileTally.calls += 1
                         offset += sent
                         count -= sent
                         if count == 0:

@@ -12,7 +12,14 @@ from starlette.types import Message
 
 from proxy.http.codec import ByteRange
 from proxy.http.plan import Part, Plan
-from proxy.responses import PACE_SECONDS, ObjectResponse, Pacer
+from proxy.responses import (
+    PACE_SECONDS,
+    ZERO_COPY,
+    ZERO_COPY_STEP,
+    FileChunks,
+    ObjectResponse,
+    Pacer,
+)
 from proxy.storage.errors import BodyTruncated
 
 
@@ -337,3 +344,108 @@ async def test_object_response_tells_the_pacer_every_chunk_sent() -> None:
     )
     await run(response)
     assert pacer._sent == 40
+
+
+class FakeFile:
+    """A body with ``fileno()``: what ``FileChunks`` carries for a zero-copy send."""
+
+    def fileno(self) -> int:
+        return 42
+
+
+ZERO_COPY_SCOPE = {"type": "http", "method": "GET", "extensions": {ZERO_COPY: {}}}
+
+
+async def run_zero_copy(
+    response: ObjectResponse, scope: dict[str, Any], fail: BaseException | None = None
+) -> list[Message]:
+    sent: list[Message] = []
+    gone = anyio.Event()
+
+    async def receive() -> Message:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if fail is not None and message["type"] == ZERO_COPY:
+            raise fail
+        if len(sent) >= 3 and scope.get("leave"):
+            gone.set()
+        await anyio.sleep(0)
+
+    with anyio.fail_after(10):
+        await response(scope, receive, send)
+    return sent
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("flavor", ["sync", "async"])
+async def test_a_file_goes_as_zero_copy_sends_when_the_server_offers_them(flavor: str) -> None:
+    tracker = Tracker()
+    size = 2 * ZERO_COPY_STEP + 5
+    inner = chunks_for(tracker, flavor, 3)
+    response = ObjectResponse(plan_for(size), FileChunks(inner, FakeFile()), close=tracker.close)
+    sent = await run_zero_copy(response, ZERO_COPY_SCOPE)
+    steps = [(m["offset"], m["count"]) for m in sent if m["type"] == ZERO_COPY]
+    assert steps == [(0, ZERO_COPY_STEP), (ZERO_COPY_STEP, ZERO_COPY_STEP), (2 * ZERO_COPY_STEP, 5)]
+    assert all(m["file"] == 42 and m["more_body"] for m in sent if m["type"] == ZERO_COPY)
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert (tracker.produced, tracker.closed) == (0, 1)  # the chunks were never read
+
+
+@pytest.mark.anyio
+async def test_multipart_parts_frame_zero_copy_bodies() -> None:
+    tracker = Tracker()
+    plan = Plan(
+        status=206,
+        headers=(("content-length", "99"),),
+        parts=(Part(b"--a\r\n\r\n", ByteRange(0, 10)), Part(b"\r\n--a\r\n\r\n", ByteRange(50, 60))),
+        tail=b"\r\n--a--\r\n",
+    )
+    chunks = FileChunks(tracker.async_chunks(3), FakeFile())
+    sent = await run_zero_copy(ObjectResponse(plan, chunks, close=tracker.close), ZERO_COPY_SCOPE)
+    shape = [
+        (m["type"], m.get("body", (m.get("offset"), m.get("count"))), m["more_body"])
+        for m in sent[1:]
+    ]
+    assert shape == [
+        ("http.response.body", b"--a\r\n\r\n", True),
+        (ZERO_COPY, (0, 10), True),
+        ("http.response.body", b"\r\n--a\r\n\r\n", True),
+        (ZERO_COPY, (50, 10), True),
+        ("http.response.body", b"\r\n--a--\r\n", False),
+    ]
+    assert tracker.closed == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("flavor", ["sync", "ready", "async"])
+async def test_without_the_extension_a_file_is_streamed(flavor: str) -> None:
+    tracker = Tracker()
+    chunks = FileChunks(chunks_for(tracker, flavor, 3), FakeFile())
+    response = ObjectResponse(plan_for(12), chunks, close=tracker.close)
+    sent = await run(response)
+    assert [m["body"] for m in sent[1:]] == [b"xxxx", b"xxxx", b"xxxx", b""]
+    assert tracker.closed == 1
+
+
+@pytest.mark.anyio
+async def test_a_file_that_ends_early_in_a_zero_copy_send_is_a_truncated_body() -> None:
+    tracker = Tracker()
+    chunks = FileChunks(tracker.async_chunks(3), FakeFile())
+    response = ObjectResponse(plan_for(12), chunks, close=tracker.close)
+    with pytest.raises(BodyTruncated):
+        await run_zero_copy(response, ZERO_COPY_SCOPE, fail=EOFError("short"))
+    assert tracker.closed == 1
+
+
+@pytest.mark.anyio
+async def test_a_client_gone_during_zero_copy_sends_stops_them() -> None:
+    tracker = Tracker()
+    chunks = FileChunks(tracker.async_chunks(3), FakeFile())
+    response = ObjectResponse(plan_for(100 * ZERO_COPY_STEP), chunks, close=tracker.close)
+    sent = await run_zero_copy(response, {**ZERO_COPY_SCOPE, "leave": True})
+    assert len(sent) < 10  # stopped soon after the disconnect
+    assert sent[-1].get("more_body", True) is True
+    assert tracker.closed == 1

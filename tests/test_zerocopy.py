@@ -1,0 +1,295 @@
+"""Zero-copy local sends (issue 26): the ASGI ``http.response.zerocopysend`` extension.
+
+Real uvicorn servers on 127.0.0.1, both parsers, both event loops, both flavours. A body took
+the zero-copy path when the bytes ``sendfile`` sent in this process (``SendfileTally``; the
+tests' servers run in threads here) grew by its length: they never passed through an
+``http.response.body`` message. The access log's and the metrics' byte counts stay the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from proxy.app import create_app
+from proxy.connection import SendfileTally
+from tests.conftest import MediaTree, StartServer, settings_for
+
+SIZE = 24 * 1024 * 1024 + 4321  # several zero-copy steps (4 MiB), not a multiple of a page
+SPARSE = 1024 * 1024 * 1024
+PARSERS = ["h11", "httptools"]
+LOOPS = ["asyncio", "uvloop"]
+FLAVORS = ["sync", "async"]
+ROUTE = "/objects/{key:objectkey}"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> MediaTree:
+    base = tmp_path_factory.mktemp("zerocopy")
+    root = base / "root"
+    root.mkdir()
+    (root / "big.bin").write_bytes(os.urandom(SIZE))
+    with open(root / "sparse.bin", "wb") as f:
+        f.truncate(SPARSE)  # read fast: a transfer that did not stop would show at once
+    return MediaTree(root=root, outside=base)
+
+
+def bytes_metric() -> float:
+    return REGISTRY.get_sample_value("proxy_response_bytes_total", {"route": ROUTE}) or 0.0
+
+
+def wait_for(condition: object, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.02)
+    return bool(condition())  # type: ignore[operator]
+
+
+def multipart_bodies(response: httpx.Response) -> list[bytes]:
+    boundary = response.headers["content-type"].split("boundary=")[1].encode()
+    parts = response.content.split(b"--" + boundary)[1:-1]
+    return [part.split(b"\r\n\r\n", 1)[1][: -len(b"\r\n")] for part in parts]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("http", PARSERS)
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_bodies_go_by_sendfile(
+    files: MediaTree, serve: StartServer, flavor: str, http: str, loop: str
+) -> None:
+    server = serve(settings_for(files, flavor, http=http, loop=loop))
+    data = files.data("big.bin")
+    url = f"{server.url}/objects/big.bin"
+    cases = [
+        (None, 200, data),
+        ("bytes=1000-5000999", 206, data[1000:5001000]),  # a single range
+        ("bytes=7777777-", 206, data[7777777:]),  # open
+        ("bytes=-3000000", 206, data[-3000000:]),  # suffix
+    ]
+    with httpx.Client(timeout=30) as client:  # one kept connection: responses in a row
+        for spec, status, expected in cases:
+            before = SendfileTally.bytes
+            headers = {"range": spec} if spec else {}
+            response = client.get(url, headers=headers)
+            assert response.status_code == status, spec
+            assert sha(response.content) == sha(expected), spec
+            assert SendfileTally.bytes - before == len(expected), spec  # all of it by sendfile
+        ranges = [(0, 99), (2_000_000, 9_000_000), (SIZE - 10, SIZE - 1)]
+        spec = "bytes=" + ",".join(f"{first}-{last}" for first, last in ranges)
+        before = SendfileTally.bytes
+        response = client.get(url, headers={"range": spec})
+        assert response.status_code == 206
+        assert response.headers["content-type"].startswith("multipart/byteranges")
+        bodies = multipart_bodies(response)
+        assert [sha(body) for body in bodies] == [sha(data[a : b + 1]) for a, b in ranges]
+        assert int(response.headers["content-length"]) == len(response.content)
+        # The parts' bodies by sendfile, their framing as body messages.
+        assert SendfileTally.bytes - before == sum(b + 1 - a for a, b in ranges)
+        head = client.head(url)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(SIZE)
+
+
+def test_the_access_log_and_metrics_count_zero_copy_bytes(
+    files: MediaTree, serve: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "proxy.access")
+    server = serve(settings_for(files, "async", access_log=True))
+    before = bytes_metric()
+    response = httpx.get(f"{server.url}/objects/big.bin", headers={"range": "bytes=10-"})
+    assert response.status_code == 206
+    assert len(response.content) == SIZE - 10
+    assert wait_for(lambda: bytes_metric() - before >= SIZE - 10)
+    assert bytes_metric() - before == SIZE - 10
+    assert wait_for(lambda: f'"bytes_sent": {SIZE - 10},' in caplog.text, 5)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_without_zero_copy_the_chunks_are_streamed(
+    files: MediaTree, serve: StartServer, flavor: str
+) -> None:
+    server = serve(settings_for(files, flavor, zero_copy=False))
+    before = SendfileTally.bytes
+    response = httpx.get(f"{server.url}/objects/big.bin", timeout=30)
+    assert response.status_code == 200
+    assert sha(response.content) == sha(files.data("big.bin"))
+    assert SendfileTally.bytes == before
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_a_server_without_the_extension_gets_the_chunks(
+    files: MediaTree, flavor: str
+) -> None:
+    """httpx's ASGI transport offers no extension: the ordinary body messages serve."""
+    app = create_app(settings_for(files, flavor))
+    before = SendfileTally.bytes
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            response = await client.get("/objects/big.bin", headers={"range": "bytes=5-"})
+    assert response.status_code == 206
+    assert sha(response.content) == sha(files.data("big.bin")[5:])
+    assert SendfileTally.bytes == before
+
+
+def get_head(sock: socket.socket, key: str, extra: str = "") -> tuple[int, int, bytes]:
+    """Send a GET, read the head: status, Content-Length, the body bytes read with it."""
+    sock.sendall(f"GET /objects/{key} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+    head = b""
+    for _ in range(1000):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the end of the head: {head!r}"
+        head += chunk
+        if b"\r\n\r\n" in head:
+            break
+    head, _, body = head.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return status, length, body
+
+
+def read_to_end(sock: socket.socket, limit: int) -> bytes:
+    received = bytearray()
+    for _ in range(100_000):
+        chunk = sock.recv(1024 * 1024)
+        if not chunk:
+            break
+        received += chunk
+        if len(received) > limit:
+            break
+    return bytes(received)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("http", PARSERS)
+def test_a_file_that_shrinks_while_sent_aborts_the_transfer(
+    tmp_path: Path, serve: StartServer, http: str, loop: str
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    path = root / "shrinks.bin"
+    path.write_bytes(os.urandom(SIZE))
+    server = serve(settings_for(MediaTree(root, tmp_path), "async", http=http, loop=loop))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        status, length, body = get_head(sock, "shrinks.bin")
+        assert (status, length) == (200, SIZE)
+        os.truncate(path, 1024 * 1024)  # while the first step is under way, or before it
+        rest = read_to_end(sock, SIZE)
+    received = len(body) + len(rest)
+    assert received < SIZE  # cut, and the connection closed: not a short 200 taken as whole
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("http", PARSERS)
+def test_slow_readers_wait_on_the_loop(
+    files: MediaTree, serve: StartServer, http: str, loop: str
+) -> None:
+    """Readers that read nothing hold their sockets full; /healthz still answers at once, and
+    each reader then gets the whole object."""
+    server = serve(settings_for(files, "async", http=http, loop=loop))
+    readers: list[tuple[socket.socket, bytes]] = []
+    results: list[str] = []
+    try:
+        for _ in range(8):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            status, length, body = get_head(sock, "big.bin")
+            readers.append((sock, body))
+            assert (status, length) == (200, SIZE)
+        # Every socket full: sendfile stops moving bytes (the sends wait for room).
+        last = -1
+        for _ in range(100):
+            time.sleep(0.1)
+            if SendfileTally.bytes == last:
+                break
+            last = SendfileTally.bytes
+        assert SendfileTally.bytes == last
+        with httpx.Client(timeout=10) as client:
+            for _ in range(10):
+                started = time.monotonic()
+                assert client.get(f"{server.url}/healthz").status_code == 200
+                assert time.monotonic() - started < 2.0  # generous: shared cores, other tests
+
+        def drain(sock: socket.socket, body: bytes) -> None:
+            results.append(sha(body + read_until(sock, SIZE - len(body))))
+
+        threads = [threading.Thread(target=drain, args=reader) for reader in readers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        for sock, _ in readers:
+            sock.close()
+    assert results == [sha(files.data("big.bin"))] * len(readers)
+
+
+def read_until(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(1024 * 1024)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def open_fds_to(path: Path) -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("http", PARSERS)
+def test_a_client_that_leaves_mid_sendfile_stops_it(
+    files: MediaTree, serve: StartServer, http: str, loop: str
+) -> None:
+    server = serve(settings_for(files, "async", http=http, loop=loop, local_open_files=0))
+    path = files.root / "sparse.bin"
+    baseline = open_fds_to(path)
+    sockets_before = len(os.listdir("/proc/self/fd"))
+    before = SendfileTally.bytes
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        status, length, body = get_head(sock, "sparse.bin")
+        assert (status, length) == (200, SPARSE)
+        received = len(body)
+        while received < 1024 * 1024:
+            chunk = sock.recv(65536)
+            assert chunk
+            received += len(chunk)
+        assert open_fds_to(path) == baseline + 1  # the request's file, open while it sends
+    # closed with unread data: a reset
+    assert wait_for(lambda: open_fds_to(path) == baseline, 5)  # the file is closed
+    assert wait_for(lambda: len(os.listdir("/proc/self/fd")) <= sockets_before, 5)
+    sent = SendfileTally.bytes
+    time.sleep(0.3)
+    assert SendfileTally.bytes == sent  # nothing keeps sending
+    assert sent - before < SPARSE // 4  # nowhere near the whole object
