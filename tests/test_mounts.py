@@ -310,3 +310,121 @@ def test_readyz_names_the_failing_mount(
     assert response.headers["retry-after"] == "1"
     # The other mounts still serve.
     assert httpx.get(f"{proxy.url}/objects/videos/hello.txt").status_code == 200
+
+
+# --------------------------------------------------------------------------------------------
+# mode: redirect
+
+
+@pytest.fixture(scope="session")
+def redirecting(
+    media: MediaTree, moto: S3Server, seaweedfs: S3Server, serve: StartServer
+) -> RunningServer:
+    """Redirecting mounts on both flavours (moto with boto3, SeaweedFS with aiobotocore), one
+    with a key prefix, behind bearer keys; a mount that streams beside them."""
+    mounts = {
+        "rv": s3_mount(moto, "boto3", mode="redirect"),
+        "ra": s3_mount(seaweedfs, "aiobotocore", mode="redirect"),
+        "rp": s3_mount(moto, "aiobotocore", SECOND_BUCKET, s3_prefix="v", mode="redirect"),
+        "streamed": s3_mount(moto, "aiobotocore"),
+    }
+    api_keys = [{"name": "all", "sha256": hash_token(TOKEN_ALL)}]
+    return serve(mounts_settings(mounts, api_keys=api_keys, redirect_ttl=120))
+
+
+REDIRECTS = {"rv": "moto", "ra": "seaweedfs", "rp": "moto"}
+AUTH = {"authorization": f"Bearer {TOKEN_ALL}"}
+
+
+@pytest.mark.parametrize("name", list(REDIRECTS))
+def test_a_redirecting_mount_answers_get_with_307_to_a_presigned_url(
+    request: pytest.FixtureRequest,
+    redirecting: RunningServer,
+    second_bucket: str,
+    media: MediaTree,
+    name: str,
+) -> None:
+    s3: S3Server = request.getfixturevalue(REDIRECTS[name])
+    url = f"{redirecting.url}/objects/{name}/{CLIP}"
+    answer = httpx.get(url, headers=AUTH)
+    assert answer.status_code == 307
+    location = answer.headers["location"]
+    assert location.startswith(s3.endpoint_url + "/")
+    key_path = f"/{second_bucket}/v/{CLIP}" if name == "rp" else f"/media/{CLIP}"
+    assert httpx.URL(location).path == key_path
+    assert "X-Amz-Signature=" in location and "X-Amz-Expires=120" in location
+    assert answer.headers["cache-control"] == "no-store"
+    assert answer.content == b""
+    # Followed (the bearer key is not sent on to S3: another origin).
+    with httpx.Client(follow_redirects=True, headers=AUTH, timeout=10) as client:
+        whole = client.get(url)
+        assert whole.status_code == 200 and whole.url.host == httpx.URL(s3.endpoint_url).host
+        assert sha256(whole.content) == sha256(media.data(CLIP))
+        part = client.get(url, headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206
+        assert part.headers["content-range"] == "bytes 100-199/3145851"
+        assert sha256(part.content) == sha256(media.data(CLIP)[100:200])
+    # No credentials: refused by the proxy, never redirected.
+    assert httpx.get(url).status_code == 401
+
+
+@pytest.mark.parametrize("name", list(REDIRECTS))
+def test_head_and_conditionals_are_answered_by_the_proxy(
+    redirecting: RunningServer, media: MediaTree, name: str
+) -> None:
+    url = f"{redirecting.url}/objects/{name}/{CLIP}"
+    head = httpx.head(url, headers=AUTH)
+    assert head.status_code == 200
+    assert head.headers["content-length"] == str(len(media.data(CLIP)))
+    assert head.headers["cache-control"] == "public, max-age=60"  # the proxy's, not S3's
+    etag = head.headers["etag"]
+    not_modified = httpx.get(url, headers={**AUTH, "If-None-Match": etag})
+    assert (not_modified.status_code, not_modified.headers["etag"]) == (304, etag)
+    failed = httpx.get(url, headers={**AUTH, "If-Match": '"other"'})
+    assert (failed.status_code, failed.json()["error"]) == (412, "precondition_failed")
+    # A precondition that holds: S3 sends the bytes.
+    holds = httpx.get(url, headers={**AUTH, "If-None-Match": '"other"'})
+    assert holds.status_code == 307
+    missing = httpx.get(
+        f"{redirecting.url}/objects/{name}/missing.mp4", headers={**AUTH, "If-None-Match": "*"}
+    )
+    assert missing.status_code == 404
+
+
+def test_download_becomes_the_presigned_content_disposition(
+    redirecting: RunningServer, media: MediaTree
+) -> None:
+    url = f"{redirecting.url}/objects/rv/hello.txt"
+    answer = httpx.get(url, headers=AUTH, params={"download": "r\u00e9sum\u00e9.txt"})
+    assert answer.status_code == 307
+    query = dict(httpx.URL(answer.headers["location"]).params)
+    streamed = httpx.get(
+        f"{redirecting.url}/objects/streamed/hello.txt",
+        headers=AUTH,
+        params={"download": "r\u00e9sum\u00e9.txt"},
+    )
+    assert query["response-content-disposition"] == streamed.headers["content-disposition"]
+    followed = httpx.get(answer.headers["location"])
+    assert followed.headers["content-disposition"] == streamed.headers["content-disposition"]
+    assert sha256(followed.content) == sha256(media.data("hello.txt"))
+
+
+def test_curl_follows_the_redirect(redirecting: RunningServer, media: MediaTree) -> None:
+    import subprocess
+
+    from tests.clients.conftest import require_tool
+
+    curl = require_tool("curl")
+    for name in REDIRECTS:
+        url = f"{redirecting.url}/objects/{name}/{CLIP}"
+        for extra, expected in [
+            ([], media.data(CLIP)),
+            (["-r", "1000-1999"], media.data(CLIP)[1000:2000]),
+        ]:
+            done = subprocess.run(
+                [curl, "-sSfL", "-H", f"Authorization: Bearer {TOKEN_ALL}", *extra, url],
+                capture_output=True,
+                timeout=60,
+                check=True,
+            )
+            assert sha256(done.stdout) == sha256(expected), (name, extra)
