@@ -40,6 +40,10 @@ DURATION = Histogram(
     buckets=_DURATION_BUCKETS,
 )
 CLIENT_ABORTS = Counter("proxy_client_aborts", "Responses cut short by the client", ["route"])
+# With PROXY_MOUNTS: object requests and their body bytes per mount (names are configuration:
+# bounded label values).
+MOUNT_REQUESTS = Counter("proxy_mount_requests", "Object requests per mount", ["mount", "status"])
+MOUNT_BYTES = Counter("proxy_mount_response_bytes", "Response body bytes per mount", ["mount"])
 BACKEND_CALLS = Counter("proxy_backend_calls", "Storage backend calls", ["backend", "operation"])
 BACKEND_ERRORS = Counter("proxy_backend_errors", "Storage failures by kind", ["kind"])
 # Re-requests of the rest of an S3 body that ended early (PROXY_S3_RESUME_ATTEMPTS): resumed =

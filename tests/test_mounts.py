@@ -8,7 +8,10 @@ a client that puts the mount's name into every ``/objects/`` path. Bodies compar
 
 from __future__ import annotations
 
+import io
+import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,9 @@ from proxy.storage.mediatypes import media_type_for
 from proxy.testing.s3servers import REGION, S3Server, put_object, upload_tree
 from tests import test_routes as routes
 from tests.conftest import CHUNK_SIZE, MediaTree, RunningServer, StartServer, sha256
+from tests.test_access_log import lines, sole, stream
+
+__all__ = ["stream"]  # the access log's fixture, used here
 
 CLIP = routes.CLIP
 SECOND_BUCKET = "mounts-builds"
@@ -428,3 +434,37 @@ def test_curl_follows_the_redirect(redirecting: RunningServer, media: MediaTree)
                 check=True,
             )
             assert sha256(done.stdout) == sha256(expected), (name, extra)
+
+
+# --------------------------------------------------------------------------------------------
+# the access log and metrics
+
+
+def test_access_lines_and_metrics_carry_the_mount(
+    mounted: RunningServer, stream: io.StringIO
+) -> None:
+    def counted(mount: str) -> float:
+        text = httpx.get(f"{mounted.url}/metrics").text
+        pattern = rf'^proxy_mount_requests_total{{mount="{re.escape(mount)}",status="206"}} (\S+)$'
+        found = re.search(pattern, text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    before = {name: counted(name) for name in ["archive/sw", "disk"]}
+    sole(stream)
+    for name in ["archive/sw", "disk"]:
+        response = httpx.get(
+            f"{mounted.url}/objects/{name}/{CLIP}", headers={**AUTH, "Range": "bytes=0-99"}
+        )
+        assert response.status_code == 206
+
+    def objects() -> list[dict[str, Any]]:  # the lines of object requests (not /metrics')
+        return [line for line in lines(stream) if line["key"] is not None]
+
+    deadline = time.monotonic() + 10
+    while len(objects()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    found = [(line["key"], line["mount"], line["status"]) for line in objects()]
+    assert found == [(f"archive/sw/{CLIP}", "archive/sw", 206), (f"disk/{CLIP}", "disk", 206)]
+    assert list(objects()[0])[3:6] == ["key", "mount", "range"]
+    for name in ["archive/sw", "disk"]:
+        assert counted(name) == before[name] + 1, name
