@@ -11,11 +11,13 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy import metrics
 from proxy.config import Settings
@@ -25,7 +27,7 @@ from proxy.idle import TrimWhenIdle, malloc_trim
 from proxy.landing import add_landing_route
 from proxy.mounts import MountTable, open_mounts
 from proxy.observability import LineHandler, Observability, access_logger, record_waiting
-from proxy.routes import add_object_routes
+from proxy.routes import OBJECT_PREFIX, add_object_routes
 from proxy.settingsdoc import settings_or_exit
 from proxy.version import __version__
 
@@ -134,16 +136,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body, media_type = metrics.render()
             return Response(body, media_type=media_type)
 
-    if settings.cors_allow_origins:
-        # Pure ASGI middleware: it only adds headers, the stream passes through untouched.
+    mounts = settings.mount_list()
+    if any(mount.settings.cors_allow_origins != settings.cors_allow_origins for mount in mounts):
+        # Mounts with origins of their own: each mount's paths get their own CORS answers.
+        origins = {mount.path: mount.settings.cors_allow_origins for mount in mounts}
         app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_allow_origins,
-            allow_methods=["GET", "HEAD"],
-            allow_headers=CORS_REQUEST_HEADERS,
-            expose_headers=CORS_EXPOSED_HEADERS,
-            max_age=settings.cors_max_age,
+            CorsByMount, origins=settings.cors_allow_origins, by_mount=origins, settings=settings
         )
+    elif settings.cors_allow_origins:
+        # Pure ASGI middleware: it only adds headers, the stream passes through untouched.
+        app.add_middleware(CORSMiddleware, **cors_options(settings.cors_allow_origins, settings))
     if settings.access_log:
         _log_to_stdout(access_logger)
     if (trim := malloc_trim()) is not None:
@@ -151,6 +153,49 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost: sees every answer, CORS preflights and errors included.
     app.add_middleware(Observability, access_log=settings.access_log, metrics_on=settings.metrics)
     return app
+
+
+def cors_options(origins: list[str], settings: Settings) -> dict[str, Any]:
+    """Starlette's ``CORSMiddleware`` options for a player on one of ``origins``."""
+    return {
+        "allow_origins": origins,
+        "allow_methods": ["GET", "HEAD"],
+        "allow_headers": CORS_REQUEST_HEADERS,
+        "expose_headers": CORS_EXPOSED_HEADERS,
+        "max_age": settings.cors_max_age,
+    }
+
+
+class CorsByMount:
+    """CORS per mount: a request below ``/objects/{mount}/`` is answered with its mount's
+    origins (``cors_allow_origins``), any other request with the app's (a ``CORSMiddleware``
+    per distinct list, none for an empty one)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        origins: list[str],
+        by_mount: dict[str, list[str]],
+        settings: Settings,
+    ) -> None:
+        def layer(allowed: list[str]) -> ASGIApp:
+            return CORSMiddleware(app, **cors_options(allowed, settings)) if allowed else app
+
+        self._default = layer(origins)
+        # Longest path first; mount names never nest, so at most one path matches anyway.
+        self._by_path = [
+            (OBJECT_PREFIX + path, layer(allowed))
+            for path, allowed in sorted(by_mount.items(), key=lambda item: -len(item[0]))
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(OBJECT_PREFIX):
+            for prefix, layer in self._by_path:
+                if path.startswith(prefix):
+                    await layer(scope, receive, send)
+                    return
+        await self._default(scope, receive, send)
 
 
 def _log_to_stdout(logger_: logging.Logger) -> None:

@@ -468,3 +468,51 @@ def test_access_lines_and_metrics_carry_the_mount(
     assert list(objects()[0])[3:6] == ["key", "mount", "range"]
     for name in ["archive/sw", "disk"]:
         assert counted(name) == before[name] + 1, name
+
+
+# --------------------------------------------------------------------------------------------
+# CORS per mount
+
+
+def test_each_mount_answers_cors_for_its_own_origins(media: MediaTree, serve: StartServer) -> None:
+    local = {"backend": "local", "local_root": str(media.root)}
+    proxy = serve(
+        mounts_settings(
+            {
+                "a": {**local, "cors_allow_origins": ["https://a.example"]},
+                "inherits": local,
+                "none": {**local, "cors_allow_origins": []},
+            },
+            cors_allow_origins=["https://player.example"],
+        )
+    )
+
+    def allowed(mount: str, origin: str) -> tuple[str | None, str | None]:
+        """What a preflight and a GET from ``origin`` get back as the allowed origin."""
+        url = f"{proxy.url}/objects/{mount}/{CLIP}"
+        preflight = httpx.options(
+            url,
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "range",
+            },
+        )
+        get = httpx.get(url, headers={"Origin": origin, "Range": "bytes=0-9"})
+        assert get.status_code == 206 and get.content == media.data(CLIP)[:10]
+        return (
+            preflight.headers.get("access-control-allow-origin"),
+            get.headers.get("access-control-allow-origin"),
+        )
+
+    assert allowed("a", "https://a.example") == ("https://a.example", "https://a.example")
+    assert allowed("a", "https://player.example") == (None, None)
+    assert allowed("inherits", "https://player.example") == (
+        "https://player.example",
+        "https://player.example",
+    )
+    assert allowed("inherits", "https://a.example") == (None, None)
+    assert allowed("none", "https://player.example") == (None, None)
+    # Outside any mount, the app's own origins.
+    health = httpx.get(f"{proxy.url}/healthz", headers={"Origin": "https://player.example"})
+    assert health.headers["access-control-allow-origin"] == "https://player.example"
