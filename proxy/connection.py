@@ -256,6 +256,13 @@ class ZeroCopyCycle:
         transport = self.transport
         loop = asyncio.get_running_loop()
         out = os.dup(transport.get_extra_info("socket").fileno())
+        waiter: asyncio.Future[None] | None = None
+
+        def room() -> None:  # the writer callback: stays on while this send lasts
+            if waiter is not None:
+                _wake(waiter)
+
+        watching = False
         try:
             while not self.disconnected and not transport.is_closing():
                 if transport.get_write_buffer_size() == 0:
@@ -278,20 +285,22 @@ class ZeroCopyCycle:
                         if count == 0:
                             return
                         continue  # the socket took part: what is left may fit too
-                await self._writable(loop, out)
+                # Until the socket has room (or fails), or the connection is lost. The writer
+                # stays registered until the send ends: one epoll_ctl pair per send, not per wait.
+                waiter = loop.create_future()
+                if not watching:
+                    loop.add_writer(out, room)
+                    watching = True
+                self._waiters.add(waiter)
+                try:
+                    await waiter
+                finally:
+                    self._waiters.discard(waiter)
+                    waiter = None
         finally:
+            if watching:
+                loop.remove_writer(out)
             os.close(out)
-
-    async def _writable(self, loop: asyncio.AbstractEventLoop, out: int) -> None:
-        """Until ``out`` can take bytes (or fails), or the connection is lost."""
-        waiter = loop.create_future()
-        self._waiters.add(waiter)
-        loop.add_writer(out, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            loop.remove_writer(out)
-            self._waiters.discard(waiter)
 
 
 class _H11ZeroCopyCycle(ZeroCopyCycle, H11Cycle):
