@@ -582,6 +582,16 @@ def parse_mounts(settings: Settings, problems: list[str]) -> list[Mount] | None:
             mounts.append(mount)
         else:
             problems.extend(f"{where}: {line}" for line in mount)
+    caches: dict[Path, str] = {}
+    for mount in mounts:
+        directory = mount.settings.cache_dir
+        if directory is None:
+            continue
+        if (other := caches.setdefault(directory.resolve(), mount.name)) != mount.name:
+            problems.append(
+                f"{source}: mount {mount.name!r}: cache_dir: mount {other!r} has it already; "
+                "each mount needs a cache directory of its own"
+            )
     names = sorted(str(name) for name in raw)
     for outer in names:
         for inner in names:

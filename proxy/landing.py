@@ -34,6 +34,8 @@ class Backend(BaseModel):
     client: Literal["sync", "async", "boto3", "aiobotocore"]
     bucket: str | None = None
     prefix: str | None = None
+    public: bool | None = None  # a mount's: no credentials needed
+    redirect: bool | None = None  # a mount's: GETs answered with 307 to S3
 
 
 class Landing(BaseModel):
@@ -42,44 +44,76 @@ class Landing(BaseModel):
     service: str
     version: str
     objects: str
-    backend: Backend
+    backend: Backend | None = None  # the single backend, without mounts
+    mounts: dict[str, Backend] | None = None  # with PROXY_MOUNTS: each mount's
     slice_cache: bool
     access_control: bool
     links: dict[str, str]
 
 
-def landing_for(settings: Settings, root_path: str = "") -> Landing:
-    """The facts for ``settings``; links are prefixed with the app's ``root_path``."""
+def backend_of(settings: Settings) -> Backend:
+    """What a (mount's) settings serve, without endpoint, root or credentials."""
     if settings.backend == "s3":
-        backend = Backend(
+        return Backend(
             kind="s3",
             client=settings.s3_client,
             bucket=settings.s3_bucket,
             prefix=settings.s3_prefix,
         )
+    return Backend(kind="local", client=settings.flavor)
+
+
+def landing_for(settings: Settings, root_path: str = "") -> Landing:
+    """The facts for ``settings``; links are prefixed with the app's ``root_path``."""
+    mounts = settings.mount_list()
+    backend, by_mount, objects = None, None, "/objects/{key}"
+    if len(mounts) == 1 and not mounts[0].name:
+        backend = backend_of(settings)
     else:
-        backend = Backend(kind="local", client=settings.flavor)
+        objects = "/objects/{mount}/{key}"
+        by_mount = {
+            mount.name: backend_of(mount.settings).model_copy(
+                update={"public": mount.public, "redirect": mount.redirect}
+            )
+            for mount in mounts
+        }
     links = {name: root_path + path for name, (path, _) in _LINKS.items()}
     if not settings.metrics:
         del links["metrics"]
     return Landing(
         service="media object proxy",
         version=__version__,
-        objects=root_path + "/objects/{key}",
+        objects=root_path + objects,
         backend=backend,
-        slice_cache=settings.cache_dir is not None,
+        mounts=by_mount,
+        slice_cache=any(mount.settings.cache_dir is not None for mount in mounts),
         access_control=settings.auth_enabled,
         links=links,
     )
 
 
-def render_html(landing: Landing) -> str:
-    """A small page without script or style; every interpolated value is escaped."""
-    backend = landing.backend
+def _where(backend: Backend) -> str:
     where = f"{escape(backend.kind)} ({escape(backend.client)})"
     if backend.kind == "s3":
         where += f", bucket <code>{escape(backend.bucket or '')}</code>"
         where += f", prefix <code>{escape(backend.prefix or '')}</code>"
+    if backend.public:
+        where += ", public"
+    if backend.redirect:
+        where += ", GETs redirected to S3"
+    return where
+
+
+def render_html(landing: Landing) -> str:
+    """A small page without script or style; every interpolated value is escaped."""
+    if landing.backend is not None:
+        where = _where(landing.backend)
+    else:
+        items = "".join(
+            f"<li><code>{escape(name)}/</code>: {_where(backend)}</li>"
+            for name, backend in (landing.mounts or {}).items()
+        )
+        where = f"mounts<ul>{items}</ul>"
     access = "on: objects need a bearer key or a signed URL" if landing.access_control else "off"
     links = "".join(
         f'<li><a href="{escape(url)}">{escape(url)}</a>: {escape(_LINKS[name][1])}</li>\n'

@@ -76,6 +76,7 @@ MOUNT_KINDS = {
     "videos": "moto-boto3",
     "builds": "moto-aiobotocore",
     "archive/sw": "seaweedfs-aiobotocore",
+    "cached": "moto-boto3-cache",
 }
 
 
@@ -86,8 +87,10 @@ def mounted(
     seaweedfs: S3Server,
     second_bucket: str,
     serve: StartServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> RunningServer:
-    """One proxy, five mounts, both flavours; keys and signed URLs on, one mount public."""
+    """One proxy, six mounts, both flavours, one through the slice cache (small slices, so that
+    ranges cross them); keys and signed URLs on, one mount public."""
     mounts = {
         "disk": {"backend": "local", "local_root": str(media.root), "flavor": "sync"},
         "adisk": {
@@ -100,6 +103,14 @@ def mounted(
         "videos": s3_mount(moto, "boto3", cache_control="max-age=3600", listing=False),
         "builds": s3_mount(moto, "aiobotocore", second_bucket, s3_prefix="v", listing=True),
         "archive/sw": s3_mount(seaweedfs, "aiobotocore"),
+        "cached": s3_mount(
+            moto,
+            "boto3",
+            second_bucket,
+            s3_prefix="v",
+            cache_dir=str(tmp_path_factory.mktemp("mount-cache")),
+            cache_slice_size=65536,
+        ),
     }
     api_keys = [
         {"name": "all", "sha256": hash_token(TOKEN_ALL)},
@@ -187,8 +198,10 @@ def test_one_process_serves_both_flavours(mounted: RunningServer) -> None:
         "videos": True,
         "builds": False,
         "archive/sw": False,
+        "cached": True,
     }
     assert table.root is None
+    assert type(table._by_name["cached"].storage).__name__ == "SliceCache"
 
 
 @pytest.mark.parametrize(
@@ -225,7 +238,7 @@ def test_keys_scoped_to_mounts(mounted: RunningServer, media: MediaTree) -> None
 
     assert status("disk/hello.txt", TOKEN_LOCAL) == 200
     assert status("adisk/hello.txt", TOKEN_LOCAL) == 200
-    for other in ["videos", "builds", "archive/sw"]:
+    for other in ["videos", "builds", "archive/sw", "cached"]:
         assert status(f"{other}/hello.txt", TOKEN_LOCAL) == 403, other
         assert status(f"{other}/hello.txt", TOKEN_ALL) == 200, other
         assert status(f"{other}/hello.txt") == 401, other
@@ -254,6 +267,7 @@ def test_listings_per_mount_and_the_mounts_at_the_root(
         "adisk/",
         "archive/sw/",
         "builds/",
+        "cached/",
         "disk/",
         "videos/",
     ]
@@ -516,3 +530,25 @@ def test_each_mount_answers_cors_for_its_own_origins(media: MediaTree, serve: St
     # Outside any mount, the app's own origins.
     health = httpx.get(f"{proxy.url}/healthz", headers={"Origin": "https://player.example"})
     assert health.headers["access-control-allow-origin"] == "https://player.example"
+
+
+def test_the_landing_page_names_each_mount(mounted: RunningServer) -> None:
+    facts = httpx.get(f"{mounted.url}/").json()
+    assert facts["objects"] == "/objects/{mount}/{key}"
+    assert "backend" not in facts and facts["slice_cache"] is True
+    assert facts["mounts"]["builds"] == {
+        "kind": "s3",
+        "client": "aiobotocore",
+        "bucket": SECOND_BUCKET,
+        "prefix": "v",
+        "public": False,
+        "redirect": False,
+    }
+    assert facts["mounts"]["adisk"] == {
+        "kind": "local",
+        "client": "async",
+        "public": True,
+        "redirect": False,
+    }
+    page = httpx.get(f"{mounted.url}/", headers={"accept": "text/html"}).text
+    assert "<code>archive/sw/</code>" in page and "public" in page

@@ -106,6 +106,11 @@ def refused(tmp_path: Path, mounts: object, **variables: str) -> list[str]:
             "backend=s3",
         ),
         ({"videos": "s3"}, "PROXY_MOUNTS: mount 'videos': its options must be an object"),
+        (
+            {"a": {**S3, "cache_dir": "/tmp/c"}, "b": {**S3, "cache_dir": "/tmp/c/"}},
+            "PROXY_MOUNTS: mount 'b': cache_dir: mount 'a' has it already; each mount needs a "
+            "cache directory of its own",
+        ),
         ({}, "PROXY_MOUNTS: expected an object of mounts, at least one"),
     ],
 )
