@@ -239,12 +239,17 @@ def current_value(field: str, value: object) -> str:
     if field == "signing_keys" and isinstance(value, dict):
         return json.dumps({kid: "********" for kid in value})
     if field == "api_keys" and isinstance(value, list):
-        return ", ".join(f"{key.name} (prefix {key.prefix!r})" for key in value) or "none"
+        return ", ".join(_api_key(key) for key in value) or "none"
     if value is None or value == [] or value == {}:
         return "none"
     if value == "":
         return "empty"
     return _plain_value(value)
+
+
+def _api_key(key: Any) -> str:
+    mounts = "" if key.mounts is None else f", mounts {', '.join(key.mounts)}"
+    return f"{key.name} (prefix {key.prefix!r}{mounts})"
 
 
 def listing(settings: Settings) -> str:
