@@ -147,9 +147,41 @@ def test_depends_on_waits_for_health_and_for_init(services: dict[str, Service]) 
 
 def test_init_seeds_with_the_proxy_image(services: dict[str, Service]) -> None:
     init, proxy = services["init"], services["proxy"]
-    assert init["command"] == ["python", "-m", "proxy.seed"]
+    # The sample into each mount's bucket, the first named by PROXY_S3_BUCKET (issue 24).
+    assert init["command"] == [
+        "sh",
+        "-c",
+        "python -m proxy.seed && PROXY_S3_BUCKET=builds python -m proxy.seed",
+    ]
     assert init["image"] == proxy["image"] and init["build"] == proxy["build"] == "."
     assert environment(init)["PROXY_S3_BUCKET"] == environment(proxy)["PROXY_S3_BUCKET"]
+    assert "PROXY_MOUNTS" not in environment(init)
+
+
+@pytest.mark.parametrize("name", PROXY_SERVICES)
+def test_proxy_services_serve_two_buckets_as_two_mounts(
+    services: dict[str, Service], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = environment(services[name])
+    mounts = json.loads(env["PROXY_MOUNTS"])
+    assert mounts == {
+        "videos": {"backend": "s3", "s3_bucket": "media"},
+        "builds": {"backend": "s3", "s3_bucket": "builds"},
+    }
+    # Valid as the container reads it: each mount takes the PROXY_S3_* endpoint and client.
+    for key, value in env.items():
+        monkeypatch.setenv(key, with_defaults(value))
+    settings = Settings()
+    served = {m.name: m.settings.storage_options() for m in settings.mount_list()}
+    assert {options.bucket for options in served.values()} == {  # type: ignore[union-attr]
+        "media",
+        "builds",
+    }
+    for options in served.values():
+        assert options.endpoint_url == "http://seaweedfs:8333"  # type: ignore[union-attr]
+        assert options.client == env["PROXY_S3_CLIENT"]  # type: ignore[union-attr]
+    seeded = services["init"]["command"][-1]
+    assert all(f"PROXY_S3_BUCKET={bucket}" in seeded for bucket in ["builds"])
 
 
 def test_proxy_serves_s3_with_aiobotocore_on_localhost_8000(services: dict[str, Service]) -> None:
@@ -267,7 +299,8 @@ def test_init_gets_no_access_control_keys(services: dict[str, Service]) -> None:
 def test_the_header_documents_the_local_token_and_signed_urls() -> None:
     text = COMPOSE_FILE.read_text(encoding="utf-8")
     assert f'-H "Authorization: Bearer {LOCAL_API_TOKEN}"' in text
-    assert "docker compose exec proxy python -m proxy sign random.bin" in text
+    assert "docker compose exec proxy python -m proxy sign videos/random.bin" in text
+    assert "http://localhost:8000/objects/videos/random.bin" in text
     assert LOCAL_SIGNING_SECRET in text.split("x-local-credentials")[0]
 
 
