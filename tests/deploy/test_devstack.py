@@ -155,7 +155,15 @@ def test_devstack_serves_the_seeded_sample_stops_by_pid_and_starts_again_at_once
     write_sample(sample)
     expected = (sample / "random.bin").read_bytes()[1000:71000]
 
-    base_url = f"http://127.0.0.1:{devstack.port}/objects"
+    # Two buckets, two mounts, as in compose (issue 24); the same sample in each.
+    base_url = f"http://127.0.0.1:{devstack.port}/objects/videos"
+    builds = httpx.get(
+        f"http://127.0.0.1:{devstack.port}/objects/builds/random.bin",
+        headers={"Range": "bytes=1000-70999", **BEARER},
+        timeout=30,
+    )
+    assert builds.status_code == 206, builds.text
+    assert sha256(builds.content) == sha256(expected)
     # Access control is on, as in compose, with its LOCAL-ONLY token.
     anonymous = httpx.get(f"{base_url}/random.bin", timeout=30)
     assert anonymous.status_code == 401, anonymous.text
@@ -176,6 +184,7 @@ def test_devstack_serves_the_seeded_sample_stops_by_pid_and_starts_again_at_once
     output = devstack.output()
     s3 = devstack.s3_port
     assert f"S3 at http://127.0.0.1:{s3} (bucket media" in output
+    assert "and bucket builds" in output and "/objects/builds/ (bucket builds)" in output
     for flag, offset in INTERNAL_PORTS.items():
         assert f"{flag} {s3 + offset}" in output
     assert "access key id proxy-local (LOCAL-ONLY default)" in output
@@ -217,7 +226,7 @@ def test_devstack_serves_the_seeded_sample_stops_by_pid_and_starts_again_at_once
     # A keep-alive connection that the proxy closes when it stops: its side of it then waits in
     # TIME-WAIT on the proxy's port, as after a browser or a player used the stack.
     with httpx.Client(base_url=f"http://127.0.0.1:{base}", headers=BEARER, timeout=30) as client:
-        assert client.get("/objects/audio/tone.wav").status_code == 200
+        assert client.get("/objects/videos/audio/tone.wav").status_code == 200
         devstack.process.send_signal(signal.SIGTERM)
         assert devstack.process.wait(timeout=STOP_SECONDS) == 0, devstack.output()
     assert not alive(weed), "devstack left SeaweedFS running"
@@ -238,7 +247,8 @@ def test_devstack_serves_the_seeded_sample_stops_by_pid_and_starts_again_at_once
     second = start_devstack(base)
     wait_healthy(second)
     assert "ports in use" not in second.output()
-    assert second.output().count("unchanged") == 4, second.output()  # the seed found them all
+    # The seed found them all, in both buckets.
+    assert second.output().count("unchanged") == 8, second.output()
     body = httpx.get(f"{base_url}/random.bin", headers=BEARER, timeout=30)
     assert body.status_code == 200, body.text
     assert sha256(body.content) == sha256((sample / "random.bin").read_bytes())
