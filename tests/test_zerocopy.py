@@ -12,17 +12,21 @@ import hashlib
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from prometheus_client import REGISTRY
 
 from proxy.app import create_app
 from proxy.connection import SendfileTally
+from proxy.server import uvicorn_options
 from tests.conftest import MediaTree, StartServer, settings_for
+from tests.loopback import self_signed
 
 SIZE = 24 * 1024 * 1024 + 4321  # several zero-copy steps (4 MiB), not a multiple of a page
 SPARSE = 1024 * 1024 * 1024
@@ -293,3 +297,37 @@ def test_a_client_that_leaves_mid_sendfile_stops_it(
     time.sleep(0.3)
     assert SendfileTally.bytes == sent  # nothing keeps sending
     assert sent - before < SPARSE // 4  # nowhere near the whole object
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_over_tls_the_chunks_are_streamed(files: MediaTree, tmp_path: Path, loop: str) -> None:
+    """TLS encrypts in Python's ssl module: no zero-copy send is offered, the chunks serve."""
+    settings = settings_for(files, "async", loop=loop)
+    pem = self_signed(tmp_path)
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        ssl_certfile=str(pem),
+        **uvicorn_options(settings),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: server.started)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        before = SendfileTally.bytes
+        response = httpx.get(
+            f"https://127.0.0.1:{port}/objects/big.bin",
+            headers={"range": "bytes=3-"},
+            verify=ssl.create_default_context(cafile=str(pem)),
+            timeout=30,
+        )
+        assert response.status_code == 206
+        assert sha(response.content) == sha(files.data("big.bin")[3:])
+        assert SendfileTally.bytes == before
+    finally:
+        server.should_exit = True
+        thread.join(10)
