@@ -64,9 +64,17 @@ def var(name: str) -> str:
     return "${var." + name + "}"
 
 
+# The buckets: the media one, the access logs', and the extra mounts' (one per entry of
+# var.extra_mounts, for_each; issue 24), each hardened alike.
+BUCKETS = {"media", "logs", "mounts"}
+
+
 def bucket_of(body: Body) -> str:
-    """The bucket resource a per-bucket resource points at: ``media`` for aws_s3_bucket.media."""
-    match = re.fullmatch(r"\$\{aws_s3_bucket\.([a-z_]+)\.(id|bucket)\}", body["bucket"])
+    """The bucket resource a per-bucket resource points at: ``media`` for aws_s3_bucket.media,
+    ``mounts`` for aws_s3_bucket.mounts[each.key]."""
+    match = re.fullmatch(
+        r"\$\{aws_s3_bucket\.([a-z_]+)(?:\[each\.key\])?\.(id|bucket)\}", body["bucket"]
+    )
     assert match, body["bucket"]
     return match.group(1)
 
@@ -94,7 +102,7 @@ def test_every_file_parses(path: Path) -> None:
 
 def test_every_bucket_blocks_public_access(module: Config) -> None:
     buckets = set(module.of_type("aws_s3_bucket"))
-    assert buckets == {"media", "logs"}
+    assert buckets == BUCKETS
     blocks = per_bucket(module, "aws_s3_bucket_public_access_block")
     assert set(blocks) == buckets
     for name, block in blocks.items():
@@ -111,31 +119,33 @@ def test_every_bucket_blocks_public_access(module: Config) -> None:
 
 def test_every_bucket_is_encrypted_and_media_with_kms(module: Config) -> None:
     configs = per_bucket(module, "aws_s3_bucket_server_side_encryption_configuration")
-    assert set(configs) == {"media", "logs"}
+    assert set(configs) == BUCKETS
     for name, sse in configs.items():
         default = sse["rule"][0]["apply_server_side_encryption_by_default"][0]
         assert default["sse_algorithm"] in {"aws:kms", "AES256"}, name
-    media = configs["media"]["rule"][0]["apply_server_side_encryption_by_default"][0]
-    assert media == {
-        "sse_algorithm": "aws:kms",
-        "kms_master_key_id": ref("aws_kms_key", "this", "arn"),
-    }
+    for name in ("media", "mounts"):
+        media = configs[name]["rule"][0]["apply_server_side_encryption_by_default"][0]
+        assert media == {
+            "sse_algorithm": "aws:kms",
+            "kms_master_key_id": ref("aws_kms_key", "this", "arn"),
+        }
     assert module.of_type("aws_kms_key")["this"]["enable_key_rotation"] is True
 
 
 def test_every_bucket_is_versioned(module: Config) -> None:
     versioning = per_bucket(module, "aws_s3_bucket_versioning")
-    assert set(versioning) == {"media", "logs"}
+    assert set(versioning) == BUCKETS
     for name, body in versioning.items():
         assert body["versioning_configuration"][0]["status"] == "Enabled", name
 
 
 def test_every_bucket_policy_denies_insecure_transport(module: Config) -> None:
     policies = per_bucket(module, "aws_s3_bucket_policy")
-    assert set(policies) == {"media", "logs"}
+    assert set(policies) == BUCKETS
     for bucket, policy in policies.items():
         match = re.fullmatch(
-            r"\$\{data\.aws_iam_policy_document\.([a-z_]+)\.json\}", policy["policy"]
+            r"\$\{data\.aws_iam_policy_document\.([a-z_]+)(?:\[each\.key\])?\.json\}",
+            policy["policy"],
         )
         assert match, f"{bucket}: the policy must come from a policy document"
         document = module.data[("aws_iam_policy_document", match.group(1))]
@@ -147,7 +157,7 @@ def test_every_bucket_policy_denies_insecure_transport(module: Config) -> None:
             in s.get("condition", [])
         ]
         assert len(deny) == 1, f"{bucket}: no TLS-only statement"
-        arn = ref("aws_s3_bucket", bucket, "arn")
+        arn = ref("aws_s3_bucket", bucket + ("[each.key]" if bucket == "mounts" else ""), "arn")
         assert set(deny[0]["resources"]) == {arn, arn + "/*"}
         assert deny[0]["actions"] == ["s3:*"]
         assert deny[0]["principals"] == [{"type": "*", "identifiers": ["*"]}]
@@ -180,7 +190,7 @@ def test_no_wildcard_actions_or_resources_in_allow_statements(module: Config) ->
 def test_task_role_reads_only_below_the_prefix(module: Config) -> None:
     assert module.locals["object_arn"] == "${aws_s3_bucket.media.arn}/${local.object_prefix}*"
     task = module.data[("aws_iam_policy_document", "task")]
-    allowed = {a: s for s in statements(task) for a in s["actions"]}
+    allowed = {a: s for s in task["statement"] for a in s["actions"]}
     assert set(allowed) == {"s3:GetObject", "s3:ListBucket", "kms:Decrypt"}
     assert allowed["s3:GetObject"]["resources"] == ["${local.object_arn}"]
     listing = allowed["s3:ListBucket"]
@@ -190,6 +200,38 @@ def test_task_role_reads_only_below_the_prefix(module: Config) -> None:
     ]
     policy = module.of_type("aws_iam_role_policy")["task"]
     assert policy["role"] == ref("aws_iam_role", "task", "id")
+    # Each extra mount's bucket likewise, only below its own prefix (issue 24).
+    mounts = {
+        action: block
+        for block in dynamic_statements(task).values()
+        for action in block["content"][0]["actions"]
+    }
+    assert set(mounts) == {"s3:GetObject", "s3:ListBucket"}
+    for block in mounts.values():
+        assert block["for_each"] == "${var.extra_mounts}"
+    bucket = "${aws_s3_bucket.mounts[statement.key].arn}"
+    assert mounts["s3:GetObject"]["content"][0]["resources"] == [
+        bucket[:-1] + "}/${statement.value.s3_prefix}*"
+    ]
+    listing = mounts["s3:ListBucket"]["content"][0]
+    assert listing["resources"] == [bucket]
+    assert listing["condition"] == [
+        {"test": "StringLike", "variable": "s3:prefix", "values": ["${statement.value.s3_prefix}*"]}
+    ]
+
+
+def test_extra_mounts_become_proxy_mounts(module: Config, example: Config) -> None:
+    # PROXY_MOUNTS only with extra mounts: without, the media bucket alone at /objects/<key>.
+    guard = "length(var.extra_mounts) == 0 ? {} : {PROXY_MOUNTS = jsonencode(local.mounts)}"
+    assert guard in module.locals["environment"]
+    mounts = module.locals["mounts"]
+    assert '(var.media_mount) = {backend = "s3", s3_bucket = aws_s3_bucket.media.id' in mounts
+    assert "s3_bucket = aws_s3_bucket.mounts[name].id, s3_prefix = mount.s3_prefix" in mounts
+    assert module.variables["extra_mounts"]["default"] == {}
+    # The example shows two buckets as two mounts.
+    call = example.modules["media_proxy"]
+    assert call["media_mount"] == "videos"
+    assert set(call["extra_mounts"]) == {"builds"}
 
 
 def test_execution_role_uses_the_managed_policy(module: Config) -> None:

@@ -34,6 +34,13 @@ module "media_proxy" {
   s3_client   = "aiobotocore"
   image_tag   = var.image_tag
 
+  # Two buckets, two mounts: /objects/videos/<key> (the media bucket, below media/) and
+  # /objects/builds/<key> (a second bucket, whole).
+  media_mount = "videos"
+  extra_mounts = {
+    builds = { bucket_name = "${var.bucket_name}-builds" }
+  }
+
   task_cpu      = 1024
   task_memory   = 2048
   workers       = 2

@@ -111,6 +111,35 @@ data "aws_iam_policy_document" "task" {
     }
   }
 
+  # Each extra mount's bucket, only below its prefix, as the media bucket.
+  dynamic "statement" {
+    for_each = var.extra_mounts
+
+    content {
+      sid       = "ReadObjectsBelowThePrefixOf${title(replace(statement.key, "/[^A-Za-z0-9]/", ""))}"
+      effect    = "Allow"
+      actions   = ["s3:GetObject"]
+      resources = ["${aws_s3_bucket.mounts[statement.key].arn}/${statement.value.s3_prefix}*"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.extra_mounts
+
+    content {
+      sid       = "ListThePrefixOf${title(replace(statement.key, "/[^A-Za-z0-9]/", ""))}"
+      effect    = "Allow"
+      actions   = ["s3:ListBucket"]
+      resources = [aws_s3_bucket.mounts[statement.key].arn]
+
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = ["${statement.value.s3_prefix}*"]
+      }
+    }
+  }
+
   statement {
     sid       = "DecryptObjectsThroughS3"
     effect    = "Allow"

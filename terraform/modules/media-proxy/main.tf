@@ -14,19 +14,43 @@ locals {
   object_prefix = var.s3_prefix
   object_arn    = "${aws_s3_bucket.media.arn}/${local.object_prefix}*"
 
+  # With extra_mounts, every bucket is a mount (PROXY_MOUNTS): the media bucket at
+  # /objects/<media_mount>/, each other at /objects/<its name>/.
+  mounts = merge(
+    {
+      (var.media_mount) = {
+        backend   = "s3"
+        s3_bucket = aws_s3_bucket.media.id
+        s3_prefix = var.s3_prefix
+      }
+    },
+    {
+      for name, mount in var.extra_mounts : name => {
+        backend   = "s3"
+        s3_bucket = aws_s3_bucket.mounts[name].id
+        s3_prefix = mount.s3_prefix
+      }
+    },
+  )
+
   container_name = "proxy"
   image          = "${aws_ecr_repository.proxy.repository_url}:${var.image_tag}"
 
-  environment = merge(var.extra_environment, {
-    PROXY_BACKEND   = "s3"
-    PROXY_S3_BUCKET = aws_s3_bucket.media.id
-    PROXY_S3_PREFIX = var.s3_prefix
-    PROXY_S3_CLIENT = var.s3_client
-    PROXY_S3_REGION = local.region
-    PROXY_HOST      = "0.0.0.0"
-    PROXY_PORT      = tostring(var.container_port)
-    PROXY_WORKERS   = tostring(var.workers)
-  }, var.signing_key_id == null ? {} : { PROXY_SIGNING_KEY_ID = var.signing_key_id })
+  environment = merge(
+    var.extra_environment,
+    {
+      PROXY_BACKEND   = "s3"
+      PROXY_S3_BUCKET = aws_s3_bucket.media.id
+      PROXY_S3_PREFIX = var.s3_prefix
+      PROXY_S3_CLIENT = var.s3_client
+      PROXY_S3_REGION = local.region
+      PROXY_HOST      = "0.0.0.0"
+      PROXY_PORT      = tostring(var.container_port)
+      PROXY_WORKERS   = tostring(var.workers)
+    },
+    var.signing_key_id == null ? {} : { PROXY_SIGNING_KEY_ID = var.signing_key_id },
+    length(var.extra_mounts) == 0 ? {} : { PROXY_MOUNTS = jsonencode(local.mounts) },
+  )
 
   # Access control: environment variable -> Secrets Manager ARN, read by the execution role.
   secrets = merge(

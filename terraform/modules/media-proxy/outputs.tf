@@ -13,6 +13,11 @@ output "bucket_name" {
   value       = aws_s3_bucket.media.id
 }
 
+output "mount_bucket_names" {
+  description = "The extra mounts' buckets by mount name (upload below each one's s3_prefix)."
+  value       = { for name, bucket in aws_s3_bucket.mounts : name => bucket.id }
+}
+
 output "bucket_arn" {
   description = "ARN of the media bucket."
   value       = aws_s3_bucket.media.arn

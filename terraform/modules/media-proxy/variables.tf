@@ -97,6 +97,34 @@ variable "s3_prefix" {
   }
 }
 
+variable "media_mount" {
+  description = "With extra_mounts: the mount the media bucket is served at, /objects/<media_mount>/<key>."
+  type        = string
+  default     = "media"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_~-][A-Za-z0-9_.~-]*$", var.media_mount))
+    error_message = "media_mount must be one path segment of letters, digits, _, -, . and ~."
+  }
+}
+
+variable "extra_mounts" {
+  description = "More buckets the proxy serves (PROXY_MOUNTS): mount name -> bucket_name and s3_prefix (empty or segments ending in /), each at /objects/<name>/<key>, private, KMS-encrypted, versioned and TLS-only like the media bucket, read by the task only below its prefix. Empty: the media bucket alone, at /objects/<key>."
+  type = map(object({
+    bucket_name = string
+    s3_prefix   = optional(string, "")
+  }))
+  default = {}
+
+  validation {
+    condition = alltrue([
+      for name, mount in var.extra_mounts :
+      can(regex("^[A-Za-z0-9_~-][A-Za-z0-9_.~-]*$", name)) && can(regex("^([A-Za-z0-9!_.()'-]+/)*$", mount.s3_prefix))
+    ])
+    error_message = "extra_mounts: each name one path segment of letters, digits, _, -, . and ~; each s3_prefix empty or segments ending with a slash."
+  }
+}
+
 variable "s3_client" {
   description = "S3 client of the proxy (PROXY_S3_CLIENT): aiobotocore (async) or boto3 (threads)."
   type        = string
