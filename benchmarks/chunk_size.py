@@ -1,16 +1,24 @@
-"""Pick the default chunk size: single-stream MB/s and slow-reader memory per chunk size.
+"""Pick the default chunk size: single-stream MB/s and slow-reader memory per chunk size, on
+the paths that still copy the bytes through Python.
 
 PROXY_CHUNK_SIZE is the largest chunk: the Pacer grows toward it for clients that keep up and
-stays at PROXY_MIN_CHUNK_SIZE (64 KiB) for slow ones; at 64 KiB every chunk is 64 KiB.
+stays at PROXY_MIN_CHUNK_SIZE (64 KiB) for slow ones; at 64 KiB every chunk is 64 KiB. Local
+files go out by sendfile (zero-copy), where the chunk size plays no part; the copying paths
+are measured: ``local-copy`` (the local backend with PROXY_ZERO_COPY=false: the path a TLS
+connection takes, read and sent in chunks), ``s3-aio`` and ``s3-boto3`` (the two S3 flavours
+on SeaweedFS, as benchmarks/run.py starts it).
 
 Usage: python benchmarks/chunk_size.py [--size-mib 512] [--runs 3] [--slow 20]
-Starts one proxy process per (flavor, chunk size) on 127.0.0.1, measures, stops it by PID.
-Figures are only comparable within one run (shared, noisy machines).
+                                       [--paths local-copy,s3-aio,s3-boto3]
+Starts one proxy process per (path, chunk size) on 127.0.0.1, measures, stops it by PID.
+Figures are only comparable within one run (shared, noisy machines); the first line names the
+CPU, since the best size moves with it (its L2 cache, its copy speed).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -22,7 +30,12 @@ import threading
 import time
 from pathlib import Path
 
+from report import cpu_model
+from seaweed import S3Site, seaweedfs_bucket
+
 CHUNKS = [64 * 1024, 256 * 1024, 1024 * 1024, 2048 * 1024, 4096 * 1024]
+PATHS = ["local-copy", "s3-aio", "s3-boto3"]
+KEY = "big.bin"
 
 
 def free_port() -> int:
@@ -39,12 +52,28 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def start(root: Path, flavor: str, chunk: int) -> tuple[subprocess.Popen[bytes], int]:
+def path_env(path: str, root: Path, s3: S3Site | None) -> dict[str, str]:
+    """The proxy's settings for one measured path."""
+    if path == "local-copy":
+        return {"PROXY_LOCAL_ROOT": str(root), "PROXY_FLAVOR": "async", "PROXY_ZERO_COPY": "false"}
+    assert s3 is not None
+    client = "aiobotocore" if path == "s3-aio" else "boto3"
+    return {
+        "PROXY_BACKEND": "s3",
+        "PROXY_S3_CLIENT": client,
+        "PROXY_FLAVOR": "async" if client == "aiobotocore" else "sync",
+        "PROXY_S3_BUCKET": s3.bucket,
+        "PROXY_S3_ENDPOINT_URL": s3.endpoint_url,
+        "PROXY_S3_ADDRESSING_STYLE": "path",
+        "PROXY_S3_REGION": "us-east-1",
+    }
+
+
+def start(settings: dict[str, str], chunk: int) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = dict(
         os.environ,
-        PROXY_LOCAL_ROOT=str(root),
-        PROXY_FLAVOR=flavor,
+        **settings,
         PROXY_CHUNK_SIZE=str(chunk),
         PROXY_PORT=str(port),
         PROXY_LOG_LEVEL="warning",
@@ -65,7 +94,7 @@ def start(root: Path, flavor: str, chunk: int) -> tuple[subprocess.Popen[bytes],
 def download_mbps(port: int, size: int) -> float:
     started = time.perf_counter()
     subprocess.run(
-        ["curl", "-sSf", "-o", "/dev/null", f"http://127.0.0.1:{port}/objects/big.bin"],
+        ["curl", "-sSf", "-o", "/dev/null", f"http://127.0.0.1:{port}/objects/{KEY}"],
         check=True,
         timeout=120,
     )
@@ -80,7 +109,7 @@ def slow_readers(port: int, count: int, seconds: float, pid: int) -> tuple[int, 
     def reader(i: int) -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-            sock.sendall(b"GET /objects/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(f"GET /objects/{KEY} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             while time.monotonic() < stop:
                 served[i] += len(sock.recv(65536))
                 time.sleep(0.01)
@@ -100,20 +129,29 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--slow", type=int, default=20)
+    parser.add_argument("--paths", default=",".join(PATHS), help="of " + ",".join(PATHS))
     args = parser.parse_args()
+    paths = [path for path in args.paths.split(",") if path]
+    if unknown := set(paths) - set(PATHS):
+        parser.error(f"unknown paths: {', '.join(sorted(unknown))}")
     size = args.size_mib * 1024 * 1024
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        with open(root / "big.bin", "wb") as f:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        root = Path(tmp) / "data"
+        root.mkdir()
+        with open(root / KEY, "wb") as f:
             for _ in range(size // (16 * 1024 * 1024)):
                 f.write(os.urandom(16 * 1024 * 1024))
+        s3 = None
+        if any(path.startswith("s3-") for path in paths):
+            s3 = stack.enter_context(seaweedfs_bucket(Path(tmp), [root / KEY]))
+        print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {args.size_mib} MiB, {args.runs} runs")
         print(
-            f"{'flavor':6} {'chunk':>6} {'MB/s (median)':>14} {'idle RSS MiB':>13} "
+            f"{'path':10} {'chunk':>6} {'MB/s (median)':>14} {'idle RSS MiB':>13} "
             f"{'RSS@' + str(args.slow) + ' slow MiB':>16} {'served':>7}"
         )
-        for flavor in ["async", "sync"]:
+        for path in paths:
             for chunk in CHUNKS:
-                process, port = start(root, flavor, chunk)
+                process, port = start(path_env(path, root, s3), chunk)
                 try:
                     idle = rss_kib(process.pid)
                     speeds = [download_mbps(port, size) for _ in range(args.runs)]
@@ -122,8 +160,9 @@ def main() -> None:
                     process.send_signal(signal.SIGTERM)
                     process.wait(timeout=30)
                 print(
-                    f"{flavor:6} {chunk // 1024:>5}K {statistics.median(speeds):>14.0f} "
-                    f"{idle / 1024:>13.1f} {peak / 1024:>16.1f} {served:>4}/{args.slow}"
+                    f"{path:10} {chunk // 1024:>5}K {statistics.median(speeds):>14.0f} "
+                    f"{idle / 1024:>13.1f} {peak / 1024:>16.1f} {served:>4}/{args.slow}",
+                    flush=True,
                 )
 
 
