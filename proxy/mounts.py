@@ -10,15 +10,21 @@ names never nest (``proxy.config.parse_mounts`` refuses it), so at most one moun
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
+
 from proxy.config import Mount, Settings
 from proxy.storage.base import AsyncStorage, Storage
+from proxy.storage.errors import BackendUnavailable
 from proxy.storage.factory import Readiness, open_backend
 from proxy.storage.options import S3Options
+
+logger = logging.getLogger("proxy")
 
 # A redirecting mount's presigner: (key within the mount, Content-Disposition or None) -> URL.
 Presign = Callable[[str, str | None], str]
@@ -81,6 +87,12 @@ async def open_mounts(settings: Settings, stack: AsyncExitStack) -> MountTable:
         if mount.redirect:
             assert isinstance(options, S3Options)
             presign = presigner(options, settings.redirect_ttl, stack)
+            # The credential chain is walked on the first presign: here, in a thread, not on
+            # the event loop in a request. Without credentials a GET there answers 503.
+            try:
+                await anyio.to_thread.run_sync(presign, "warm-up", None)
+            except BackendUnavailable as exc:
+                logger.warning("mount %r: cannot presign yet: %s", mount.name, exc)
         served.append(
             ServedMount(
                 mount,
@@ -98,6 +110,8 @@ async def open_mounts(settings: Settings, stack: AsyncExitStack) -> MountTable:
 def presigner(options: S3Options, ttl: int, stack: AsyncExitStack) -> Presign:
     """A redirecting mount's presigner: a boto3 client of its own (presigning is local CPU,
     SigV4 over the request; no call to S3), whatever the mount's flavour."""
+    from botocore.exceptions import BotoCoreError
+
     from proxy.storage.s3client import boto3_client
 
     client, _ = boto3_client(options)
@@ -110,7 +124,10 @@ def presigner(options: S3Options, ttl: int, stack: AsyncExitStack) -> Presign:
         params: dict[str, Any] = {"Bucket": bucket, "Key": prefix + key}
         if disposition is not None:
             params["ResponseContentDisposition"] = disposition
-        url: str = client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl)
+        try:
+            url: str = client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl)
+        except BotoCoreError as exc:  # no credentials, an expired or unreadable profile
+            raise BackendUnavailable(f"cannot presign: {type(exc).__name__}") from None
         return url
 
     return presign
