@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any, cast
 
 import anyio
+import anyio.to_thread
 from starlette.concurrency import iterate_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -93,10 +94,11 @@ class Pacer:
 
 
 class FileChunks:
-    """A plan's chunks from a body that is an open file (it has ``fileno()``: the local
-    backend's), with the file. ``ObjectResponse`` sends the file's bytes itself where the server
-    offers the zero-copy send (the chunks are then never read), and streams the chunks
-    elsewhere. Iterable as its chunks are (sync or async)."""
+    """A plan's chunks from a body that is an open file (it has ``fileno()``, ``cached(offset,
+    count)`` and ``load(offset, count)``: the local backend's), with the file.
+    ``ObjectResponse`` sends the file's bytes itself where the server offers the zero-copy
+    send (the chunks are then never read), and streams the chunks elsewhere. Iterable as its
+    chunks are (sync or async)."""
 
     __slots__ = ("chunks", "file")
 
@@ -282,7 +284,9 @@ class ObjectResponse(Response):
     async def _send_file(self, send: Send, file: Any, gone: Callable[[], bool]) -> None:
         """The plan's parts as zero-copy sends of ``file`` (``ZERO_COPY_STEP`` bytes at most
         each, a turn after each, as ``_stream`` takes after each chunk), multipart framing as
-        body messages around them."""
+        body messages around them. A step the page cache does not hold is first read into it
+        in a worker thread, as a chunk read would be: sendfile on the event loop never waits
+        for the disk."""
         fd = file.fileno()
         for part in self.plan.parts:
             if part.head:
@@ -290,6 +294,8 @@ class ObjectResponse(Response):
             offset, stop = part.byte_range.start, part.byte_range.stop
             while offset < stop:
                 count = min(ZERO_COPY_STEP, stop - offset)
+                if not file.cached(offset, count):  # sendfile would wait for the disk
+                    await anyio.to_thread.run_sync(file.load, offset, count)
                 message = {"type": ZERO_COPY, "file": fd, "offset": offset, "count": count}
                 try:
                     await send({**message, "more_body": True})

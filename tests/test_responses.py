@@ -349,10 +349,21 @@ async def test_object_response_tells_the_pacer_every_chunk_sent() -> None:
 class FakeFile:
     """A body with ``fileno()``: what ``FileChunks`` carries for a zero-copy send."""
 
+    def __init__(self, cached: bool = True) -> None:
+        self._cached = cached
+        self.loads: list[tuple[int, int, bool]] = []  # offset, count, on the loop's thread
+
     def fileno(self) -> int:
         return 42
 
+    def cached(self, offset: int, count: int) -> bool:
+        return self._cached
 
+    def load(self, offset: int, count: int) -> None:
+        self.loads.append((offset, count, threading.get_ident() == LOOP_THREAD[0]))
+
+
+LOOP_THREAD = [0]
 ZERO_COPY_SCOPE = {"type": "http", "method": "GET", "extensions": {ZERO_COPY: {}}}
 
 
@@ -449,3 +460,17 @@ async def test_a_client_gone_during_zero_copy_sends_stops_them() -> None:
     assert len(sent) < 10  # stopped soon after the disconnect
     assert sent[-1].get("more_body", True) is True
     assert tracker.closed == 1
+
+
+@pytest.mark.anyio
+async def test_a_step_the_page_cache_lacks_is_loaded_in_a_worker_thread_first() -> None:
+    LOOP_THREAD[0] = threading.get_ident()
+    tracker = Tracker()
+    file = FakeFile(cached=False)
+    size = ZERO_COPY_STEP + 7
+    response = ObjectResponse(
+        plan_for(size), FileChunks(tracker.async_chunks(3), file), close=tracker.close
+    )
+    sent = await run_zero_copy(response, ZERO_COPY_SCOPE)
+    assert file.loads == [(0, ZERO_COPY_STEP, False), (ZERO_COPY_STEP, 7, False)]
+    assert [m["count"] for m in sent if m["type"] == ZERO_COPY] == [ZERO_COPY_STEP, 7]

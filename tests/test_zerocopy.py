@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY
 from proxy.app import create_app
 from proxy.connection import SendfileTally
 from proxy.server import uvicorn_options
+from proxy.storage.local import LocalBody
 from tests.conftest import MediaTree, StartServer, settings_for
 from tests.loopback import self_signed
 
@@ -331,3 +332,41 @@ def test_over_tls_the_chunks_are_streamed(files: MediaTree, tmp_path: Path, loop
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def evict(path: Path) -> bool:
+    """Drop the file's pages from the page cache (clean pages: synced first); whether it
+    worked (a filesystem may keep them, tmpfs always does)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return not LocalBody(os.dup(fd)).cached(SIZE // 2, 4096)
+    finally:
+        os.close(fd)
+
+
+def test_a_range_not_in_the_page_cache_is_loaded_before_it_is_sent(files: MediaTree) -> None:
+    path = files.root / "big.bin"
+    if not evict(path):
+        pytest.skip("this filesystem keeps the file's pages")
+    body = LocalBody(os.open(path, os.O_RDONLY))
+    try:
+        assert not body.cached(0, SIZE)
+        body.load(0, SIZE)
+        assert body.cached(0, SIZE)
+    finally:
+        body.close()
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_a_cold_file_goes_out_whole(files: MediaTree, serve: StartServer, flavor: str) -> None:
+    path = files.root / "big.bin"
+    if not evict(path):
+        pytest.skip("this filesystem keeps the file's pages")
+    server = serve(settings_for(files, flavor))
+    before = SendfileTally.bytes
+    response = httpx.get(f"{server.url}/objects/big.bin", timeout=30)
+    assert response.status_code == 200
+    assert sha(response.content) == sha(files.data("big.bin"))
+    assert SendfileTally.bytes - before == SIZE

@@ -67,6 +67,8 @@ _NOT_FOUND_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENXIO, err
 
 # preadv2(RWF_NOWAIT): Linux >= 4.14. Elsewhere -1, an invalid flag: every read takes a thread.
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", -1)
+# A zero-copy range not in the page cache is read into it in a worker thread, this much a read.
+_LOAD_BUFFER = 1024 * 1024
 
 
 @contextmanager
@@ -330,6 +332,31 @@ class _FileBody:
         if self._fd < 0:
             raise ValueError("a closed body has no descriptor")
         return self._fd
+
+    def cached(self, offset: int, count: int) -> bool:
+        """Whether a ``sendfile`` of ``[offset, offset + count)`` would find the bytes in the
+        page cache (not wait for the disk on the event loop): its first and last byte are
+        there. False where ``RWF_NOWAIT`` is missing: then every range is ``load``-ed."""
+        probe = bytearray(1)
+        for at in (offset, offset + count - 1):
+            try:
+                os.preadv(self._fd, [probe], at, _RWF_NOWAIT)
+            except OSError:
+                return False  # EAGAIN: not cached (EOPNOTSUPP, EBADF: load says what is wrong)
+        return True
+
+    def load(self, offset: int, count: int) -> None:
+        """Bring ``[offset, offset + count)`` into the page cache (blocking: a worker thread's
+        job, as a read that would wait for the disk is)."""
+        with map_os_errors():
+            os.posix_fadvise(self._fd, offset, count, os.POSIX_FADV_WILLNEED)
+            buffer = memoryview(bytearray(min(count, _LOAD_BUFFER)))
+            stop = offset + count
+            while offset < stop:
+                got = os.preadv(self._fd, [buffer[: stop - offset]], offset)
+                if got == 0:
+                    return  # the file ended: the send will tell (FileEnded)
+                offset += got
 
 
 class LocalBody(_FileBody):
