@@ -188,10 +188,9 @@ async def redirect(
     disposition = None
     if download is not None:
         disposition = content_disposition(download_filename(key, download))
-    if mount.sync:  # a credential refresh may block: boto3's mounts presign in the threadpool
-        url = await run_in_threadpool(mount.presign, key, disposition)
-    else:
-        url = mount.presign(key, disposition)
+    # On the loop for both flavours: local SigV4 work (~0.25 ms), the credentials already
+    # resolved at start (a thread hop cost the boto3 mounts ~0.2 ms more per redirect).
+    url = mount.presign(key, disposition)
     return Response(status_code=307, headers={"location": url, "cache-control": "no-store"})
 
 
