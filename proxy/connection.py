@@ -254,6 +254,9 @@ class ZeroCopyCycle:
 
     async def _sendfile(self, fd: int, offset: int, count: int) -> None:
         transport = self.transport
+        if transport.is_closing():
+            self._gone()
+            return
         loop = asyncio.get_running_loop()
         out = os.dup(transport.get_extra_info("socket").fileno())
         waiter: asyncio.Future[None] | None = None
@@ -264,15 +267,17 @@ class ZeroCopyCycle:
 
         watching = False
         try:
-            while not self.disconnected and not transport.is_closing():
+            while not self.disconnected:
+                if transport.is_closing():  # closed meanwhile: what is left will not go out
+                    self._gone()
+                    return
                 if transport.get_write_buffer_size() == 0:
                     try:
                         sent = os.sendfile(out, fd, offset, count)
                     except BlockingIOError:
                         sent = -1  # the socket is full
                     except ConnectionError:  # the client left (EPIPE, ECONNRESET)
-                        self.disconnected = True
-                        self.message_event.set()
+                        self._gone()
                         transport.abort()
                         return
                     if sent == 0:
@@ -301,6 +306,12 @@ class ZeroCopyCycle:
             if watching:
                 loop.remove_writer(out)
             os.close(out)
+
+    def _gone(self) -> None:
+        """The bytes cannot go out: the app hears a disconnect (as from ``connection_lost``),
+        so the response ends incomplete, never as if it were sent."""
+        self.disconnected = True
+        self.message_event.set()
 
 
 class _H11ZeroCopyCycle(ZeroCopyCycle, H11Cycle):
