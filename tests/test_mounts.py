@@ -22,7 +22,14 @@ import pytest
 from proxy.auth import hash_token, signed_query
 from proxy.config import Settings
 from proxy.storage.mediatypes import media_type_for
-from proxy.testing.s3servers import REGION, S3Server, put_object, upload_tree
+from proxy.testing.s3servers import (
+    LIMITED_PROFILE,
+    OTHER_BUCKET,
+    REGION,
+    S3Server,
+    put_object,
+    upload_tree,
+)
 from tests import test_routes as routes
 from tests.conftest import CHUNK_SIZE, MediaTree, RunningServer, StartServer, sha256
 from tests.test_access_log import lines, sole, stream
@@ -552,3 +559,35 @@ def test_the_landing_page_names_each_mount(mounted: RunningServer) -> None:
     }
     page = httpx.get(f"{mounted.url}/", headers={"accept": "text/html"}).text
     assert "<code>archive/sw/</code>" in page and "public" in page
+
+
+# --------------------------------------------------------------------------------------------
+# credentials per mount
+
+
+def test_each_mount_reads_with_its_own_credentials_profile(
+    seaweedfs: S3Server, media: MediaTree, serve: StartServer
+) -> None:
+    """SeaweedFS knows the default identity (everything) and the ``limited`` profile's (reads
+    OTHER_BUCKET only): the same proxy reads each bucket with the profile its mount names."""
+    put_object(seaweedfs, "hello.txt", media.data("hello.txt"), "text/plain", OTHER_BUCKET)
+    proxy = serve(
+        mounts_settings(
+            {
+                "full": s3_mount(seaweedfs, "boto3"),
+                "limited": s3_mount(
+                    seaweedfs, "aiobotocore", OTHER_BUCKET, s3_profile=LIMITED_PROFILE
+                ),
+                "limited-sync": s3_mount(
+                    seaweedfs, "boto3", OTHER_BUCKET, s3_profile=LIMITED_PROFILE
+                ),
+                "denied": s3_mount(seaweedfs, "aiobotocore", s3_profile=LIMITED_PROFILE),
+            }
+        )
+    )
+    for name in ["full", "limited", "limited-sync"]:
+        response = httpx.get(f"{proxy.url}/objects/{name}/hello.txt", timeout=30)
+        assert response.status_code == 200, name
+        assert sha256(response.content) == sha256(media.data("hello.txt"))
+    denied = httpx.get(f"{proxy.url}/objects/denied/hello.txt", timeout=30)
+    assert (denied.status_code, denied.json()["error"]) == (403, "forbidden")
