@@ -259,3 +259,49 @@ def test_a_mount_takes_the_global_settings_it_does_not_set(tmp_path: Path) -> No
         "no-store",
     )
     assert (a.s3_bucket, b.s3_bucket, b.cache_control) == ("a", "b", "max-age=9")
+
+
+def test_the_proxy_process_serves_the_mounts_of_a_yaml_file(tmp_path: Path) -> None:
+    import hashlib
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import free_port, wait_healthy
+    from tests.test_settings_cli import clean_env
+
+    videos, builds = tmp_path / "videos", tmp_path / "builds"
+    videos.mkdir()
+    builds.mkdir()
+    clip, artifact = bytes(range(256)) * 400, b"build artifact\n" * 100
+    (videos / "clip.mp4").write_bytes(clip)
+    (builds / "app.tar").write_bytes(artifact)
+    (tmp_path / "mounts.yaml").write_text(
+        f"videos: {{backend: local, local_root: {videos}, flavor: async}}\n"
+        f"builds: {{backend: local, local_root: {builds}, flavor: sync}}\n"
+    )
+    port = free_port()
+    env = clean_env(
+        PROXY_MOUNTS_FILE=str(tmp_path / "mounts.yaml"),
+        PROXY_PORT=str(port),
+        PROXY_LOG_LEVEL="warning",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, process)
+        for path, data in [("videos/clip.mp4", clip), ("builds/app.tar", artifact)]:
+            response = httpx.get(f"{url}/objects/{path}", headers={"Range": "bytes=7-"}, timeout=5)
+            assert response.status_code == 206, path
+            digest = hashlib.sha256(response.content).hexdigest()
+            assert digest == hashlib.sha256(data[7:]).hexdigest(), path
+        ready = httpx.get(f"{url}/readyz", timeout=5).json()
+        assert ready == {"status": "ready", "mounts": {"videos": "ready", "builds": "ready"}}
+        assert httpx.get(f"{url}/objects/clip.mp4", timeout=5).status_code == 404
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
