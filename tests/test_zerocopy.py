@@ -23,7 +23,7 @@ import uvicorn
 from prometheus_client import REGISTRY
 
 from proxy.app import create_app
-from proxy.connection import SendfileTally
+from proxy.connection import ZERO_COPY, SendfileTally
 from proxy.server import uvicorn_options
 from proxy.storage.local import LocalBody
 from tests.conftest import MediaTree, StartServer, settings_for
@@ -370,3 +370,54 @@ def test_a_cold_file_goes_out_whole(files: MediaTree, serve: StartServer, flavor
     assert response.status_code == 200
     assert sha(response.content) == sha(files.data("big.bin"))
     assert SendfileTally.bytes - before == SIZE
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("http", PARSERS)
+def test_the_extension_frames_chunked_bodies_and_follows_the_file_position(
+    files: MediaTree, http: str, loop: str
+) -> None:
+    """Any ASGI app on the connection layer: no Content-Length (chunked framing), no offset
+    (from the file's position, which then moves on) and no count (to the end of the file)."""
+    path = files.root / "big.bin"
+    seen: list[dict[str, object]] = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append(dict(scope.get("extensions") or {}))  # type: ignore[call-overload]
+        start = {"type": "http.response.start", "status": 200, "headers": []}
+        await send(start)  # type: ignore[operator]
+        with open(path, "rb") as file:
+            file.seek(SIZE - 100_000)
+            await send({"type": ZERO_COPY, "file": file, "count": 60_000, "more_body": True})  # type: ignore[operator]
+            assert file.tell() == SIZE - 40_000
+            await send({"type": ZERO_COPY, "file": file.fileno(), "more_body": True})  # type: ignore[operator]
+            await send({"type": "http.response.body", "body": b"end", "more_body": False})  # type: ignore[operator]
+
+    settings = settings_for(files, "async", http=http, loop=loop)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="off",
+        **uvicorn_options(settings),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: server.started)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        before = SendfileTally.bytes
+        with httpx.Client(timeout=30) as client:
+            for _ in range(2):  # and the connection is kept for the next request
+                response = client.get(f"http://127.0.0.1:{port}/")
+                assert response.headers["transfer-encoding"] == "chunked"
+                assert sha(response.content) == sha(files.data("big.bin")[-100_000:] + b"end")
+        assert SendfileTally.bytes - before == 2 * 100_000
+        assert seen == [{ZERO_COPY: {}}] * 2
+    finally:
+        server.should_exit = True
+        thread.join(10)
