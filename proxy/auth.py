@@ -25,7 +25,9 @@ Mounts (``PROXY_MOUNTS``): the key a signature covers is the whole path below ``
 the mount's name included (``videos/clip.mp4``), so a link never serves another mount's object
 of the same name. A bearer key reads the mounts its ``mounts`` lists (all of them when it lists
 none; another: 403), and its ``prefix`` applies to the keys within each mount. A grant's
-``scope`` is within the mount. A ``public`` mount asks for no credentials.
+``scope`` is within the mount. A ``public`` mount asks for no credentials; a mount's ``auth``
+takes bearer keys only (``keys``: a signed URL there is a 403) or signed URLs only
+(``signed``), or both (``any``, the default).
 """
 
 from __future__ import annotations
@@ -101,7 +103,11 @@ class Grant:
 
     def reads(self, mount: Mount) -> bool:
         """Whether the grant reaches into ``mount`` at all (its scope aside)."""
-        return mount.public or self.mounts is None or mount.name in self.mounts
+        if mount.public:
+            return True
+        if mount.auth == ("keys" if self.kid is not None else "signed"):
+            return False  # the mount does not take this kind of credential
+        return self.mounts is None or mount.name in self.mounts
 
 
 OPEN = Grant()  # access control off
@@ -304,9 +310,13 @@ def grant_for(
     pairs = query_pairs(query)
     values = read_once(pairs, reads)
     if SIGNATURE in values:
+        if mount is not None and mount.auth == "keys":
+            raise Denied(403, "this mount takes bearer keys only")
         expires = _check_signature(settings, method, key, pairs, values, now)
         within = key[len(mount.path) :] if mount is not None else key
         return Grant(within, values[KEY_ID], expires)
+    if mount is not None and mount.auth == "signed":
+        raise Denied(403, "this mount takes signed URLs only")
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Denied(401, "credentials required", f'Bearer realm="{REALM}"')

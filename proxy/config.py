@@ -76,7 +76,10 @@ MOUNT_SETTINGS = (
     "inline_active_content",
     "listing",
 )
-MOUNT_ONLY = ("public", "mode")  # no credentials needed; "proxy" or "redirect" (S3 only)
+# public: no credentials needed; auth: which credentials a mount takes ("any": bearer keys and
+# signed URLs, "keys", "signed"); mode: "proxy" or "redirect" (S3 only).
+MOUNT_ONLY = ("public", "auth", "mode")
+MOUNT_AUTH = ("any", "keys", "signed")
 MOUNT_OPTIONS = (*MOUNT_SETTINGS, *MOUNT_ONLY)
 
 
@@ -90,6 +93,7 @@ class Mount:
     settings: Settings
     public: bool = False
     redirect: bool = False
+    auth: str = "any"  # the credentials it takes: "any", "keys" (bearer) or "signed" (URLs)
 
     @property
     def path(self) -> str:
@@ -616,6 +620,9 @@ def _mount(
         lines.append(f"public: {public!r} is not true or false")
     if mode not in ("proxy", "redirect"):
         lines.append(f"mode: {mode!r} is not one of proxy, redirect")
+    auth = options.get("auth", "any")
+    if auth not in MOUNT_AUTH:
+        lines.append(f"auth: {auth!r} is not one of {', '.join(MOUNT_AUTH)}")
     own = {key: value for key, value in options.items() if key in MOUNT_SETTINGS}
     try:
         # From these options alone: an environment prefix no variable can have (a NUL).
@@ -631,4 +638,4 @@ def _mount(
     update = {key: getattr(chosen, key) for key in (*MOUNT_OWN, *own)}
     mounted = settings.model_copy(update={**update, "mounts": None, "mounts_file": None})
     mounted._mount_list = None
-    return Mount(name, mounted, public, mode == "redirect")
+    return Mount(name, mounted, public, mode == "redirect", auth)

@@ -345,14 +345,18 @@ def test_readyz_names_the_failing_mount(
 
 @pytest.fixture(scope="session")
 def redirecting(
-    media: MediaTree, moto: S3Server, seaweedfs: S3Server, serve: StartServer
+    media: MediaTree,
+    moto: S3Server,
+    seaweedfs: S3Server,
+    second_bucket: str,
+    serve: StartServer,
 ) -> RunningServer:
     """Redirecting mounts on both flavours (moto with boto3, SeaweedFS with aiobotocore), one
     with a key prefix, behind bearer keys; a mount that streams beside them."""
     mounts = {
         "rv": s3_mount(moto, "boto3", mode="redirect"),
         "ra": s3_mount(seaweedfs, "aiobotocore", mode="redirect"),
-        "rp": s3_mount(moto, "aiobotocore", SECOND_BUCKET, s3_prefix="v", mode="redirect"),
+        "rp": s3_mount(moto, "aiobotocore", second_bucket, s3_prefix="v", mode="redirect"),
         "streamed": s3_mount(moto, "aiobotocore"),
     }
     api_keys = [{"name": "all", "sha256": hash_token(TOKEN_ALL)}]
@@ -591,3 +595,38 @@ def test_each_mount_reads_with_its_own_credentials_profile(
         assert sha256(response.content) == sha256(media.data("hello.txt"))
     denied = httpx.get(f"{proxy.url}/objects/denied/hello.txt", timeout=30)
     assert (denied.status_code, denied.json()["error"]) == (403, "forbidden")
+
+
+def test_a_mount_takes_only_the_credentials_its_auth_names(
+    media: MediaTree, serve: StartServer
+) -> None:
+    local = {"backend": "local", "local_root": str(media.root)}
+    proxy = serve(
+        mounts_settings(
+            {"k": {**local, "auth": "keys"}, "s": {**local, "auth": "signed"}, "any": local},
+            api_keys=[{"name": "all", "sha256": hash_token(TOKEN_ALL)}],
+            signing_keys=SIGNING,
+            listing=True,
+        )
+    )
+
+    def answer(mount: str, signed: bool) -> tuple[int, str | None]:
+        key = f"{mount}/hello.txt"
+        if signed:
+            query = signed_query(proxy.settings, key, 60)
+            response = httpx.get(f"{proxy.url}/objects/{key}?{query}")
+        else:
+            response = httpx.get(f"{proxy.url}/objects/{key}", headers=AUTH)
+        return response.status_code, response.json().get("detail") if response.is_error else None
+
+    assert answer("k", signed=False) == (200, None)
+    assert answer("k", signed=True) == (403, "this mount takes bearer keys only")
+    assert answer("s", signed=True) == (200, None)
+    assert answer("s", signed=False) == (403, "this mount takes signed URLs only")
+    assert answer("any", signed=True) == answer("any", signed=False) == (200, None)
+    # The mounts a credential can use, and no others, are listed at /objects/.
+    bearer = httpx.get(f"{proxy.url}/objects/?format=json", headers=AUTH).json()
+    assert [entry["prefix"] for entry in bearer] == ["any/", "k/"]
+    query = signed_query(proxy.settings, "", 60, params=[("format", "json")])
+    signed = httpx.get(f"{proxy.url}/objects/?{query}").json()
+    assert [entry["prefix"] for entry in signed] == ["any/", "s/"]

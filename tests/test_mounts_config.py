@@ -88,6 +88,10 @@ def refused(tmp_path: Path, mounts: object, **variables: str) -> list[str]:
             "PROXY_MOUNTS: mount 'videos': mode: redirect needs backend s3 (it presigns S3 URLs)",
         ),
         (
+            {"videos": {**S3, "auth": "bearer"}},
+            "PROXY_MOUNTS: mount 'videos': auth: 'bearer' is not one of any, keys, signed",
+        ),
+        (
             {"videos": {**S3, "public": "yes"}},
             "PROXY_MOUNTS: mount 'videos': public: 'yes' is not true or false",
         ),
