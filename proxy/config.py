@@ -295,8 +295,9 @@ class Settings(BaseSettings):
         default=None,
         description='several backends, a JSON object `{"mount": {options}}`, each served at '
         "`/objects/{mount}/`; options are the settings' names without `PROXY_`, lowercased "
-        "(`backend`, `s3_bucket`, `local_root`, `cache_control`, ...), plus `public` and "
-        "`mode` (`proxy` or `redirect`); unset: the `PROXY_BACKEND` settings at `/objects/`",
+        "(`backend`, `s3_bucket`, `local_root`, `cache_control`, ...), plus `public`, `auth` "
+        "(`any`, `keys` or `signed`) and `mode` (`proxy` or `redirect`); unset: the "
+        "`PROXY_BACKEND` settings at `/objects/`",
         json_schema_extra={
             "shown": "none",
             "form": 'a JSON object {"name": {"backend": "s3", "s3_bucket": ...}, ...}',
@@ -318,7 +319,8 @@ class Settings(BaseSettings):
     # Access control: on as soon as any API key or signing key is configured.
     api_keys: list[ApiKey] = Field(
         default=[],
-        description='bearer keys, a JSON list of `{"name", "sha256", "prefix"}`',
+        description='bearer keys, a JSON list of `{"name", "sha256", "prefix"}` (and '
+        '`"mounts"`: the only mounts the key reads)',
         json_schema_extra={
             "shown": "none",
             "form": 'a JSON list of {"name": ..., "sha256": <64 hex digits>, "prefix": ...}',
