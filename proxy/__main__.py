@@ -75,9 +75,11 @@ def _exit_cleanly_on(*signals: signal.Signals) -> None:
 
 
 def serve(settings: Settings, reload: bool = False) -> None:
-    """Run uvicorn; on the local backend's default root, create the sample on first run."""
+    """Run uvicorn; on the local backend's default root, create the sample on first run (not
+    with PROXY_MOUNTS, whose mounts name their own roots and buckets)."""
     root = settings.local_root
-    if settings.backend == "local" and not root.exists():
+    mounted = settings.mounts is not None or settings.mounts_file is not None
+    if settings.backend == "local" and not mounted and not root.exists():
         if root != DEFAULT_LOCAL_ROOT:
             print(f"PROXY_LOCAL_ROOT: {str(root)!r} does not exist", file=sys.stderr)
             raise SystemExit(USAGE_EXIT)

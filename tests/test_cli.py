@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -47,6 +48,29 @@ def test_python_m_proxy_serves_a_generated_sample(tmp_path: Path, workers: str) 
         out, _ = process.communicate(timeout=20)
     assert process.returncode == 0  # a clean stop, with one worker or several
     assert f"http://127.0.0.1:{port}/objects/audio/tone.wav" in out.decode()
+
+
+def test_with_mounts_no_sample_is_written(tmp_path: Path) -> None:
+    """PROXY_MOUNTS names its own roots: no ./media sample, no links to /objects/{key}."""
+    builds = tmp_path / "builds"
+    builds.mkdir()
+    (builds / "app.tar").write_bytes(b"artifact")
+    port = free_port()
+    mounts = json.dumps({"builds": {"backend": "local", "local_root": str(builds)}})
+    env = clean_env(PROXY_PORT=str(port), PROXY_MOUNTS=mounts, PROXY_LOG_LEVEL="warning")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy"], cwd=tmp_path, env=env, stdout=subprocess.PIPE
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, process)
+        assert httpx.get(f"{url}/objects/builds/app.tar", timeout=5).content == b"artifact"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+    assert process.returncode == 0
+    assert not (tmp_path / "media").exists()
+    assert "created a sample" not in out.decode()
 
 
 def workers_of(pid: int) -> set[int]:
