@@ -42,6 +42,9 @@ METRICS = {  # metric: (label, decimals)
     "coalesce_s3_ratio": ("coalesce, 32 x 64 MiB: S3 bytes / object size", 2),
     "coalesce_complete": ("coalesce: clients with the whole object", 0),
     "coalesce_s": ("coalesce: s until the last client finished", 2),
+    "redirect_cpu_ms": ("redirect: proxy CPU ms per 307", 3),
+    "redirect_rps": ("redirect: 307s/s", 0),
+    "redirect_non3xx": ("redirect: answers other than 2xx/3xx", 0),
     "listing_kps": ("listing: keys/s through the proxy", 0),
     "listing_paginator_kps": ("listing: keys/s, boto3 paginator straight from S3", 0),
     "listing_vs_paginator": ("listing: proxy / paginator keys/s (same run)", 2),
@@ -128,6 +131,10 @@ GOALS = [
     ),
     *(Goal(name, "ranges_cold_non206", False, 0) for name in CACHE_PROXIES),
     # Listings (issue 28): against boto3's paginator in the same run; first line; memory.
+    # Issue 24: three mounts cost ranges at most 5%; a redirect answer at most 0.5 ms of CPU.
+    Goal("proxy-local-mounts", "ranges_rps", True, 0.95, "proxy-local"),
+    Goal("proxy-s3-aio-redirect", "redirect_cpu_ms", False, 0.5),
+    Goal("proxy-s3-aio-redirect", "redirect_non3xx", False, 0),
     *(Goal(name, "listing_vs_paginator", True, 0.8) for name in S3_PROXIES),
     *(Goal(name, "listing_first_line_ms", False, 100) for name in S3_PROXIES),
     *(Goal(name, "listing_rss_growth_mb", False, 20) for name in S3_PROXIES),

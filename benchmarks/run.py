@@ -66,6 +66,7 @@ from servers import (
     has_cache,
     start,
     start_proxy,
+    uses_mounts,
     variant,
 )
 
@@ -244,7 +245,7 @@ def run_scenario(
     for run_index in range(runs):
         for key in run_order(fleet.keys(relayed=scenario.relayed), run_index):
             server = fleet.servers[key]
-            if not scenario.applies(server.target):
+            if not scenario.covers(server.target):
                 continue
             if has_cache(server.target):
                 server = prepare_cache(scenario, config, fleet, key)
@@ -281,7 +282,7 @@ def no_data(
     empty = []
     for scenario in scenarios:
         for target in targets:
-            if not scenario.applies(target):
+            if not scenario.covers(target):
                 continue
             figures = [
                 value
@@ -342,7 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenario_by_name = {scenario.name: scenario for scenario in SCENARIOS}
     targets = [by_name[name] for name in pick(args.targets, dict(by_name), "targets")]
     if args.baseline:
-        targets += [variant(t, BASELINE, build="baseline") for t in targets if t.role == "proxy"]
+        targets += [
+            variant(t, BASELINE, build="baseline")
+            for t in targets
+            if t.role == "proxy" and not uses_mounts(t)  # a baseline may predate PROXY_MOUNTS
+        ]
     scenarios = [
         scenario_by_name[n] for n in pick(args.scenarios, dict(scenario_by_name), "scenarios")
     ]

@@ -10,6 +10,7 @@ ttfb        curl, 64 KiB ranges: median time to first byte
 ranges-cold ranges on a cache target restarted with an empty cache before each run
 coalesce    32 clients start the same uncached 64 MiB download at once (cache targets, via
             relay.py): S3 bytes / object size, clients that got the whole object
+redirect    wrk GETs on a redirecting S3 mount (307s, not followed): proxy CPU ms per answer
 listing     S3 proxies: a JSON Lines listing of LISTING_PREFIX (--listing-keys keys) against
             boto3's paginator listing it straight from SeaweedFS in the same run: keys/s, the
             ratio, the first line's latency, the proxy's RSS growth
@@ -24,6 +25,7 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from procs import LOOPBACK, Sampler, cpu_ticks, rss_bytes, tree_pids
+from procs import CLOCK_TICK_S, LOOPBACK, Sampler, cpu_ticks, rss_bytes, tree_pids
 from relay import FLUSH_INTERVAL_S, bytes_between
 from servers import BIG, COALESCE, COALESCE_SIZE, Server, Target, has_cache
 
@@ -82,6 +84,11 @@ class Scenario:
     measure: Callable[[Config, Server, int], Measurement]  # (config, server, run index)
     relayed: bool = False  # S3 proxies: measure the instance behind relay.py
     cache: Literal["", "warm", "cold"] = ""  # a cache target's cache before each run
+
+    def covers(self, target: Target) -> bool:
+        """Whether this scenario measures target (one it applies to, and one that is not
+        limited to other scenarios: Target.scenarios)."""
+        return self.applies(target) and (not target.scenarios or self.name in target.scenarios)
 
 
 def _object_url(server: Server) -> str:
@@ -140,6 +147,43 @@ def measure_ranges(config: Config, server: Server, run_index: int) -> Measuremen
         "ranges_p50_ms": stats["p50_us"] / 1e3,
         "ranges_p99_ms": stats["p99_us"] / 1e3,
         "ranges_non206": stats["non206"] + stats["socket_errors"],
+    }
+
+
+# -- redirect --------------------------------------------------------------------------------
+
+
+_WRK_TOTAL = re.compile(r"(\d+) requests in ([\d.]+)(m?s)")
+_WRK_BAD = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+def measure_redirect(config: Config, server: Server, _run_index: int) -> Measurement:
+    """wrk, 1 thread, 32 connections, GETs of the big object on a redirecting mount (wrk does
+    not follow the 307): the proxy's CPU time per answer, from its process tree's ticks."""
+    connection = http.client.HTTPConnection(LOOPBACK, server.port, timeout=10)
+    try:
+        connection.request("GET", server.target.prefix + BIG)
+        probe = connection.getresponse()
+        probe.read()
+    finally:
+        connection.close()
+    if probe.status != 307 or not probe.getheader("location"):
+        raise NoData(f"redirect: HTTP {probe.status}, Location {probe.getheader('location')!r}")
+    pids = _server_pids(server)
+    before = cpu_ticks(pids)
+    command = ["wrk", "-t1", "-c32", f"-d{config.seconds:g}s", "--timeout", "5s"]
+    out = _run([*command, _object_url(server)], timeout_s=config.seconds + 30)
+    used_s = (cpu_ticks(pids) - before) * CLOCK_TICK_S
+    total = _WRK_TOTAL.search(out)
+    if total is None or not int(total[1]):
+        raise NoData(f"redirect: no request count from wrk: {out[-300:]}")
+    requests = int(total[1])
+    seconds = float(total[2]) / (1000 if total[3] == "ms" else 1)
+    bad = _WRK_BAD.search(out)
+    return {
+        "redirect_cpu_ms": used_s / requests * 1e3,
+        "redirect_rps": requests / seconds,
+        "redirect_non3xx": int(bad[1]) if bad else 0,
     }
 
 
@@ -428,6 +472,10 @@ def _proxies(target: Target) -> bool:
     return target.role == "proxy"
 
 
+def _redirecting(target: Target) -> bool:
+    return "redirect" in target.scenarios
+
+
 SCENARIOS = [
     Scenario("big", ("big_mbps",), _everyone, measure_big, cache="warm"),
     Scenario(
@@ -481,6 +529,12 @@ SCENARIOS = [
         measure_coalesce,
         relayed=True,
         cache="cold",
+    ),
+    Scenario(
+        "redirect",
+        ("redirect_cpu_ms", "redirect_rps", "redirect_non3xx"),
+        _redirecting,
+        measure_redirect,
     ),
     Scenario(
         "listing",

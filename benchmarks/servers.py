@@ -7,6 +7,7 @@ FileResponse under uvicorn, aiohttp web.FileResponse, and SeaweedFS itself (the 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -31,6 +32,9 @@ BASELINE = "@baseline"  # name suffix of a target on the --baseline build
 # A variant's environment value that stands for a new, empty directory made for each start of
 # each instance (the relayed one too) and deleted when it stops: a cache that starts cold.
 FRESH_DIR = "<fresh directory>"
+# In a target's environment: replaced by the data directory and the bucket of the run.
+DATA_DIR = "<data directory>"
+BUCKET = "<bucket>"
 START_TIMEOUT_S = 30.0
 
 
@@ -46,6 +50,7 @@ class Target:
     kind: str = ""  # the target this one is a variant of ("" for itself): starter, S3 client
     env: tuple[tuple[str, str], ...] = ()  # a variant's extra environment
     build: Literal["head", "baseline"] = "head"  # which proxy build runs it (see --baseline)
+    scenarios: tuple[str, ...] = ()  # the only scenarios that measure it (empty: every one)
 
     @property
     def base(self) -> str:
@@ -63,6 +68,11 @@ def variant(
     return replace(
         target, name=target.name + suffix, kind=target.base, env=target.env + env, build=build
     )
+
+
+def uses_mounts(target: Target) -> bool:
+    """Whether the target runs the proxy with PROXY_MOUNTS (no --baseline build before it)."""
+    return any(name == "PROXY_MOUNTS" for name, _ in target.env)
 
 
 def has_cache(target: Target) -> bool:
@@ -127,8 +137,31 @@ S3_DIRECT = Target("s3-direct", "peer", "s3", "/bench/")
 CACHE_ENV = (("PROXY_CACHE_DIR", FRESH_DIR), ("PROXY_CACHE_MAX_SIZE", "4GiB"))
 PROXY_S3_AIO_CACHE = variant(PROXY_S3_AIO, "-cache", env=CACHE_ENV)
 PROXY_S3_BOTO3_CACHE = variant(PROXY_S3_BOTO3, "-cache", env=CACHE_ENV)
+# Issue 24: the proxy with three mounts, ranges served by the last one (against proxy-local,
+# one backend at the root, in the same run), and a redirecting S3 mount (proxy CPU per 307).
+MOUNTS_ENV = (
+    (
+        "PROXY_MOUNTS",
+        json.dumps(
+            {name: {"backend": "local", "local_root": DATA_DIR} for name in ("a", "b", "c")}
+        ),
+    ),
+)
+PROXY_LOCAL_MOUNTS = replace(
+    variant(PROXY_LOCAL, "-mounts", env=MOUNTS_ENV), prefix="/objects/c/", scenarios=("ranges",)
+)
+REDIRECT_ENV = (
+    ("PROXY_MOUNTS", json.dumps({"r": {"backend": "s3", "s3_bucket": BUCKET, "mode": "redirect"}})),
+)
+PROXY_S3_REDIRECT = replace(
+    variant(PROXY_S3_AIO, "-redirect", env=REDIRECT_ENV),
+    prefix="/objects/r/",
+    scenarios=("redirect",),
+)
 TARGETS = [
     PROXY_LOCAL,
+    PROXY_LOCAL_MOUNTS,
+    PROXY_S3_REDIRECT,
     PROXY_S3_AIO,
     PROXY_S3_BOTO3,
     PROXY_S3_AIO_CACHE,
@@ -171,6 +204,9 @@ def _proxy_env(
     for name, value in target.env:
         if value == FRESH_DIR and fresh_dir is None:
             raise ValueError(f"{target.name}: {name} needs a fresh directory")
+        value = value.replace(DATA_DIR, str(site.data_dir))
+        if site.s3 is not None:
+            value = value.replace(BUCKET, site.s3.bucket)
         env[name] = str(fresh_dir) if value == FRESH_DIR else value
     return env
 

@@ -362,3 +362,24 @@ def test_the_listing_scenario_measures_the_proxy_beside_the_paginator(tmp_path: 
     assert medians["listing_rss_growth_mb"] >= 0
     goals = {goal["goal"] for goal in document["goals"]}
     assert "proxy-s3-aio listing: first line, ms <= 100" in goals
+
+
+def test_the_mounts_targets_measure_ranges_and_redirects(tmp_path: Path) -> None:
+    """Issue 24's figures: ranges through the third of three mounts beside the root proxy, and
+    the proxy's CPU per 307 of a redirecting S3 mount; each target only in its own scenario."""
+    for tool in ["wrk", "curl"]:
+        require_tool(tool)
+    command = [sys.executable, "benchmarks/run.py", "--scenarios", "ranges,redirect,big"]
+    command += ["--targets", "proxy-local,proxy-local-mounts,proxy-s3-aio-redirect"]
+    command += ["--runs", "1", "--size-mib", "4", "--seconds", "1", "--quick"]
+    command += ["--proxy-python", sys.executable, "--results", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    medians = json.loads((tmp_path / "latest.json").read_text())["medians"]
+    assert medians["ranges_rps"]["proxy-local-mounts"] > 0
+    assert medians["ranges_non206"]["proxy-local-mounts"] == 0
+    assert 0 < medians["redirect_cpu_ms"]["proxy-s3-aio-redirect"] < 50
+    assert medians["redirect_non3xx"]["proxy-s3-aio-redirect"] == 0
+    # Each target only where it says: no big download through the mounts or the redirect.
+    assert set(medians["big_mbps"]) == {"proxy-local"}
+    assert "proxy-local-mounts" not in medians.get("redirect_rps", {})
