@@ -54,10 +54,13 @@ def free(port: int) -> bool:
 
 
 def free_block(size: int) -> int:
-    """The first of ``size`` consecutive free loopback ports."""
+    """The first of ``size`` consecutive free loopback ports, below the kernel's ephemeral range:
+    between the two starts, another test's outgoing connection or port-0 server (the suite runs
+    in several processes) could otherwise take one of them ("ports in use", seen in CI runs)."""
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20_000, 60_000)
+        base = rng.randrange(10_000, max(first_ephemeral - size, 10_001))
         if all(free(base + i) for i in range(size)):
             return base
     raise RuntimeError("no block of free ports")
