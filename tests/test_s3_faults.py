@@ -194,20 +194,25 @@ def test_a_body_changed_between_the_cut_and_the_resume_is_cut_never_mixed(
         then=lambda: put_object(setup.s3, key, OTHER, "application/octet-stream"),
     )
     relay.arm(overwrite)
-    before = resumes("changed")
+    before, resumed = resumes("changed"), resumes("resumed")
     received = bytearray()
-    with (
-        httpx.stream("GET", setup.url(key), timeout=30) as response,
-        pytest.raises(httpx.RemoteProtocolError),
-    ):
+    cut = False
+    with httpx.stream("GET", setup.url(key), timeout=30) as response:
         assert response.status_code == 200
         assert response.headers["content-length"] == str(SIZE)
-        for chunk in response.iter_raw():
-            received += chunk
+        try:
+            for chunk in response.iter_raw():
+                received += chunk
+        except httpx.RemoteProtocolError:
+            cut = True
     assert relay.applied == ["fin"]
-    assert 0 < len(received) < SIZE
     assert bytes(received) == DATA[: len(received)]  # not one byte of the new version
-    assert resumes("changed") == before + 1
+    if cut:  # S3 answered the resume with 412: the overwrite was visible
+        assert 0 < len(received) < SIZE
+        assert resumes("changed") == before + 1
+    else:  # SeaweedFS, once in a CI run, still served the old version to the resume: whole
+        assert len(received) == SIZE
+        assert resumes("resumed") == resumed + 1
     # The new version is served whole afterwards.
     after = httpx.get(setup.url(key), timeout=30)
     assert sha256(after.content) == sha256(OTHER)
