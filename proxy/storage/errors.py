@@ -7,6 +7,7 @@
     ├── BackendUnavailable(ConnectionError)  -> 503
     ├── BackendTimeout(TimeoutError)         -> 504
     ├── ObjectChanged                        -> 503: replaced between two calls of one response
+    ├── PreconditionFailed                   -> 412: a write's If-Match / If-None-Match failed
     ├── BodyTruncated                        -> raised mid-stream: the connection is aborted
     └── RangeNotSatisfiable                  -> S3's own signal, never leaves the backend
 
@@ -49,6 +50,12 @@ class ObjectChanged(StorageError):
     """A later call of one response found another version (its ETag pin failed)."""
 
     message = "the object changed while it was being read; retry"
+
+
+class PreconditionFailed(StorageError):
+    """A write's or delete's precondition does not hold: nothing was stored or removed."""
+
+    message = "the object's current state does not meet the request's precondition"
 
 
 class BodyTruncated(StorageError):

@@ -24,6 +24,7 @@ from proxy.storage.errors import StorageError
 from proxy.storage.local import AsyncLocalStorage, LocalStorage
 from proxy.storage.openfiles import OpenFiles
 from proxy.storage.options import LocalOptions, S3Options, StorageOptions
+from proxy.storage.writes import AsyncWriter, Writer
 
 DEFAULT_READINESS_TTL = 5.0  # seconds a readiness answer is reused (PROXY_READINESS_CACHE_SECONDS)
 
@@ -118,3 +119,17 @@ def _readiness(storage: Storage | AsyncStorage, sync: bool, ttl: float) -> Readi
     if sync:
         return Readiness(partial(anyio.to_thread.run_sync, cast(Storage, storage).check), ttl)
     return Readiness(cast(AsyncStorage, storage).acheck, ttl)
+
+
+def open_writer(options: StorageOptions, storage: Storage | AsyncStorage) -> Writer | AsyncWriter:
+    """What writes the objects ``storage`` (opened from ``options`` by ``open_backend``)
+    reads, in the same flavour: ``proxy.storage.localwrite`` on local disk,
+    ``proxy.storage.s3write`` on S3 (through the storage's own client; with a slice cache, the
+    cache forgets a key when it is written or deleted)."""
+    if isinstance(options, S3Options):
+        from proxy.storage import s3write
+
+        return s3write.open_writer(options, storage)
+    from proxy.storage import localwrite
+
+    return localwrite.open_writer(options, storage)

@@ -49,6 +49,10 @@ class S3Options:
     resume_attempts: int = 2  # re-requests of a body's rest after S3 ended it early
     presigned_gets: bool = True  # GetObject as a presigned GET over the proxy's connections
     cache: CacheOptions | None = None  # a slice cache in front of the bucket
+    # Writes (``proxy.storage.writes``): a body up to the threshold is one PutObject, a longer
+    # one a multipart upload of parts this size.
+    multipart_threshold: int = 16 * 1024 * 1024
+    multipart_part_size: int = 16 * 1024 * 1024
 
     @property
     def sync(self) -> bool:
