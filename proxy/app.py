@@ -29,6 +29,7 @@ from proxy.mounts import MountTable, open_mounts
 from proxy.observability import LineHandler, Observability, access_logger, record_waiting
 from proxy.routes import OBJECT_PREFIX, add_object_routes
 from proxy.settingsdoc import settings_or_exit
+from proxy.uploads import CloseUnreadBodies
 from proxy.version import __version__
 
 logger = logging.getLogger("proxy")
@@ -42,6 +43,15 @@ CORS_REQUEST_HEADERS = [
     "If-Modified-Since",
     "If-Unmodified-Since",
 ]
+# What an upload from another origin sends besides (a PUT always needs a preflight).
+CORS_WRITE_HEADERS = [
+    "Content-Type",
+    "Content-MD5",
+    "x-amz-checksum-sha256",
+    "Content-Disposition",
+    "Cache-Control",
+    "Authorization",
+]
 CORS_EXPOSED_HEADERS = [
     "Content-Range",
     "Accept-Ranges",
@@ -49,6 +59,7 @@ CORS_EXPOSED_HEADERS = [
     "ETag",
     "Last-Modified",
     "Content-Disposition",
+    "Location",
 ]
 
 
@@ -137,17 +148,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return Response(body, media_type=media_type)
 
     mounts = settings.mount_list()
-    if any(mount.settings.cors_allow_origins != settings.cors_allow_origins for mount in mounts):
-        # Mounts with origins of their own: each mount's paths get their own CORS answers.
-        origins = {mount.path: mount.settings.cors_allow_origins for mount in mounts}
-        app.add_middleware(
-            CorsByMount, origins=settings.cors_allow_origins, by_mount=origins, settings=settings
-        )
+    if any(
+        (mount.settings.cors_allow_origins, mount.settings.writes)
+        != (settings.cors_allow_origins, settings.writes)
+        for mount in mounts
+    ):
+        # Mounts with origins (or writes) of their own: each mount's paths get their own CORS
+        # answers.
+        by_mount = {mount.path: mount.settings for mount in mounts}
+        app.add_middleware(CorsByMount, settings=settings, by_mount=by_mount)
     elif settings.cors_allow_origins:
         # Pure ASGI middleware: it only adds headers, the stream passes through untouched.
         app.add_middleware(CORSMiddleware, **cors_options(settings.cors_allow_origins, settings))
     if settings.access_log:
         _log_to_stdout(access_logger)
+    if any(mount.settings.writes for mount in mounts):
+        app.add_middleware(CloseUnreadBodies)
     if (trim := malloc_trim()) is not None:
         app.add_middleware(TrimWhenIdle, trim=trim)
     # Outermost: sees every answer, CORS preflights and errors included.
@@ -156,11 +172,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def cors_options(origins: list[str], settings: Settings) -> dict[str, Any]:
-    """Starlette's ``CORSMiddleware`` options for a player on one of ``origins``."""
+    """Starlette's ``CORSMiddleware`` options for a player on one of ``origins`` (and, where
+    writes are on, an uploader: PUT and DELETE with their header fields)."""
+    writes = settings.writes
     return {
         "allow_origins": origins,
-        "allow_methods": ["GET", "HEAD"],
-        "allow_headers": CORS_REQUEST_HEADERS,
+        "allow_methods": ["GET", "HEAD", "PUT", "DELETE"] if writes else ["GET", "HEAD"],
+        "allow_headers": CORS_REQUEST_HEADERS + (CORS_WRITE_HEADERS if writes else []),
         "expose_headers": CORS_EXPOSED_HEADERS,
         "max_age": settings.cors_max_age,
     }
@@ -168,24 +186,19 @@ def cors_options(origins: list[str], settings: Settings) -> dict[str, Any]:
 
 class CorsByMount:
     """CORS per mount: a request below ``/objects/{mount}/`` is answered with its mount's
-    origins (``cors_allow_origins``), any other request with the app's (a ``CORSMiddleware``
-    per distinct list, none for an empty one)."""
+    origins (``cors_allow_origins``) and methods (PUT and DELETE where it writes), any other
+    request with the app's (a ``CORSMiddleware`` per mount, none for an empty list)."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        origins: list[str],
-        by_mount: dict[str, list[str]],
-        settings: Settings,
-    ) -> None:
-        def layer(allowed: list[str]) -> ASGIApp:
-            return CORSMiddleware(app, **cors_options(allowed, settings)) if allowed else app
+    def __init__(self, app: ASGIApp, settings: Settings, by_mount: dict[str, Settings]) -> None:
+        def layer(own: Settings) -> ASGIApp:
+            allowed = own.cors_allow_origins
+            return CORSMiddleware(app, **cors_options(allowed, own)) if allowed else app
 
-        self._default = layer(origins)
+        self._default = layer(settings)
         # Longest path first; mount names never nest, so at most one path matches anyway.
         self._by_path = [
-            (OBJECT_PREFIX + path, layer(allowed))
-            for path, allowed in sorted(by_mount.items(), key=lambda item: -len(item[0]))
+            (OBJECT_PREFIX + path, layer(own))
+            for path, own in sorted(by_mount.items(), key=lambda item: -len(item[0]))
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

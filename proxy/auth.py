@@ -59,6 +59,9 @@ LISTING_PARAMETERS = frozenset({"format", "recursive", "limit", "after"})
 _READ_BY_OBJECTS = SIGNING_PARAMETERS | OBJECT_PARAMETERS
 _READ_BY_LISTINGS = SIGNING_PARAMETERS | LISTING_PARAMETERS
 
+# Methods that change what is stored: never without credentials (a public mount included).
+WRITE_METHODS = frozenset({"PUT", "DELETE"})
+
 Pairs = Sequence[tuple[str, str]]
 
 
@@ -100,6 +103,7 @@ class Grant:
     kid: str | None = None
     expires: int = 0
     mounts: tuple[str, ...] | None = None  # a bearer key's mounts (None: every mount)
+    writes: bool = False  # a bearer key with "access": "write", or a URL signed for PUT/DELETE
 
     def reads(self, mount: Mount) -> bool:
         """Whether the grant reaches into ``mount`` at all (its scope aside)."""
@@ -314,7 +318,7 @@ def grant_for(
             raise Denied(403, "this mount takes bearer keys only")
         expires = _check_signature(settings, method, key, pairs, values, now)
         within = key[len(mount.path) :] if mount is not None else key
-        return Grant(within, values[KEY_ID], expires)
+        return Grant(within, values[KEY_ID], expires, writes=method in WRITE_METHODS)
     if mount is not None and mount.auth == "signed":
         raise Denied(403, "this mount takes signed URLs only")
     scheme, _, token = (authorization or "").partition(" ")
@@ -324,7 +328,11 @@ def grant_for(
     if api_key is None:
         challenge = f'Bearer realm="{REALM}", error="invalid_token"'
         raise Denied(401, "the bearer token is not valid", challenge)
-    grant = Grant(api_key.prefix, mounts=None if api_key.mounts is None else tuple(api_key.mounts))
+    grant = Grant(
+        api_key.prefix,
+        mounts=None if api_key.mounts is None else tuple(api_key.mounts),
+        writes=api_key.access == "write",
+    )
     if mount is not None and not grant.reads(mount):
         raise Denied(403, "this key may not read this mount")
     return grant
@@ -339,6 +347,32 @@ async def authorize(request: Request, key: str, mount: Mount | None = None) -> N
     authorization = request.headers.get("authorization")
     query = request.query_params
     check_access(settings, key, authorization, query, method=request.method, mount=mount)
+
+
+async def authorize_write(request: Request, key: str, mount: Mount | None = None) -> None:
+    """Raise ``Denied`` unless the request may PUT or DELETE ``key`` (the path below
+    ``/objects/``, in ``mount``): credentials are always needed, on a public mount too; a bearer
+    key needs ``"access": "write"`` (and its prefix and mounts apply), a signed URL must be
+    signed for this very method."""
+    settings: Settings = request.app.state.settings
+    if not settings.auth_enabled:  # Settings refuse writes without credentials configured
+        raise Denied(401, "credentials required", f'Bearer realm="{REALM}"')
+    grant = grant_for(
+        settings,
+        key,
+        request.headers.get("authorization"),
+        request.query_params,
+        method=request.method,
+        reads=SIGNING_PARAMETERS,
+        mount=mount,
+    )
+    if not grant.writes:
+        raise Denied(403, "this key may only read")
+    if mount is not None and grant.mounts is not None and mount.name not in grant.mounts:
+        raise Denied(403, "this key may not write to this mount")
+    within = key[len(mount.path) :] if mount is not None else key
+    if not within.startswith(grant.scope):
+        raise Denied(403, "this key may not write this object")
 
 
 async def authorize_listing(request: Request, prefix: str, mount: Mount | None = None) -> Grant:

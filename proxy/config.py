@@ -45,6 +45,8 @@ class ApiKey(BaseModel):
     # With PROXY_MOUNTS: the mounts the key may read (None: every mount); its prefix applies
     # to the keys within each of them.
     mounts: list[str] | None = None
+    # "write": the key may also PUT and DELETE (where PROXY_WRITES is on); read-only otherwise.
+    access: Literal["read", "write"] = "read"
 
 
 # A mount's name: one or more path segments of these characters (``videos``, ``media/2024``).
@@ -75,6 +77,11 @@ MOUNT_SETTINGS = (
     "cache_control",
     "inline_active_content",
     "listing",
+    "writes",
+    "writes_keep_headers",
+    "max_upload_size",
+    "multipart_threshold",
+    "multipart_part_size",
 )
 # public: no credentials needed; auth: which credentials a mount takes ("any": bearer keys and
 # signed URLs, "keys", "signed"); mode: "proxy" or "redirect" (S3 only).
@@ -316,6 +323,44 @@ class Settings(BaseSettings):
         "answers a GET with stays valid",
     )
 
+    # Writes (issue 25): PUT and DELETE, off unless enabled, always with credentials.
+    writes: bool = Field(
+        default=False,
+        description="accept `PUT` and `DELETE` of `/objects/{key}` from bearer keys with "
+        '`"access": "write"` and URLs signed for the method; off: `405`',
+    )
+    writes_keep_headers: Annotated[
+        list[Literal["content-disposition", "cache-control"]], NoDecode
+    ] = Field(
+        default=[],
+        description="request header fields a `PUT` stores with the object "
+        "(`content-disposition`, `cache-control`), comma-separated",
+        json_schema_extra={"shown": "none", "form": "content-disposition, cache-control"},
+    )
+    max_upload_size: ByteSize = Field(
+        default=ByteSize(5 * 1024**3),
+        ge=0,
+        le=5 * 1024**4,
+        description="the largest body a `PUT` stores (`413` past it)",
+        json_schema_extra={"shown": "`5GiB`", "form": "a size such as 5GiB, 500MB or bytes"},
+    )
+    multipart_threshold: ByteSize = Field(
+        default=ByteSize(16 * 1024**2),
+        ge=5 * 1024**2,
+        le=5 * 1024**3,
+        description="S3: a body up to this size is stored with one PutObject, a longer one as a "
+        "multipart upload",
+        json_schema_extra={"shown": "`16MiB`", "form": "a size between 5MiB and 5GiB"},
+    )
+    multipart_part_size: ByteSize = Field(
+        default=ByteSize(16 * 1024**2),
+        ge=5 * 1024**2,
+        le=5 * 1024**3,
+        description="S3: the part size of a multipart upload (two at most per upload, spooled "
+        "to a temporary file, not held in memory)",
+        json_schema_extra={"shown": "`16MiB`", "form": "a size between 5MiB and 5GiB"},
+    )
+
     # Access control: on as soon as any API key or signing key is configured.
     api_keys: list[ApiKey] = Field(
         default=[],
@@ -411,6 +456,16 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("writes_keep_headers", mode="before")
+    @classmethod
+    def _header_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [name.strip().lower() for name in value.split(",") if name.strip()]
+        return value
+
     @field_validator("cache_control")
     @classmethod
     def _visible_ascii(cls, value: str) -> str:
@@ -444,6 +499,13 @@ class Settings(BaseSettings):
                     problems.append(
                         f"PROXY_API_KEYS: key {api_key.name!r}: mounts: {name!r} names no mount"
                     )
+        writing = [mount.name for mount in self.mount_list() if mount.settings.writes]
+        if writing and not self.auth_enabled:
+            where = "PROXY_WRITES" if writing == [""] else f"mounts {', '.join(writing)}: writes"
+            problems.append(
+                f"{where}: writes always need credentials: set PROXY_API_KEYS (a key with "
+                '"access": "write") or PROXY_SIGNING_KEYS'
+            )
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -487,6 +549,8 @@ class Settings(BaseSettings):
             resume_attempts=self.s3_resume_attempts,
             presigned_gets=self.s3_presigned_gets,
             cache=self.cache_options(),
+            multipart_threshold=int(self.multipart_threshold),
+            multipart_part_size=int(self.multipart_part_size),
         )
 
     def cache_options(self) -> CacheOptions | None:

@@ -69,8 +69,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc.detail, str) else "request failed"
     headers = dict(exc.headers or {})
     if exc.status_code == 405 and request.url.path.startswith(OBJECT_PREFIX):
-        # Starlette's Allow lists the route's methods from a set, in no fixed order.
-        headers = {"allow": OBJECT_METHODS}
+        # Starlette's Allow lists the route's methods from a set, in no fixed order; a mount
+        # without writes where others write names its own (GET, HEAD).
+        if "allow" not in headers or headers["allow"] != OBJECT_METHODS:
+            headers = {"allow": getattr(request.app.state, "object_methods", OBJECT_METHODS)}
     return error_response(exc.status_code, code, detail, headers)
 
 

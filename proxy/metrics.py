@@ -44,6 +44,14 @@ CLIENT_ABORTS = Counter("proxy_client_aborts", "Responses cut short by the clien
 # bounded label values).
 MOUNT_REQUESTS = Counter("proxy_mount_requests", "Object requests per mount", ["mount", "status"])
 MOUNT_BYTES = Counter("proxy_mount_response_bytes", "Response body bytes per mount", ["mount"])
+UPLOADS = Counter(
+    "proxy_uploads",
+    "PUT requests by how they ended: stored, or why not (client_closed, bad_digest, too_large, "
+    "precondition_failed, backend_error, invalid_request...)",
+    ["outcome"],
+)
+UPLOAD_BYTES = Counter("proxy_upload_bytes", "Request body bytes received by PUT requests")
+UPLOAD_PARTS = Counter("proxy_upload_parts", "Parts stored by PUT requests (1 per single put)")
 BACKEND_CALLS = Counter("proxy_backend_calls", "Storage backend calls", ["backend", "operation"])
 BACKEND_ERRORS = Counter("proxy_backend_errors", "Storage failures by kind", ["kind"])
 # Re-requests of the rest of an S3 body that ended early (PROXY_S3_RESUME_ATTEMPTS): resumed =

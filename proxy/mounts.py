@@ -21,8 +21,9 @@ import anyio.to_thread
 from proxy.config import Mount, Settings
 from proxy.storage.base import AsyncStorage, Storage
 from proxy.storage.errors import BackendUnavailable
-from proxy.storage.factory import Readiness, open_backend
+from proxy.storage.factory import Readiness, open_backend, open_writer
 from proxy.storage.options import S3Options
+from proxy.storage.writes import AsyncWriter, Writer
 
 logger = logging.getLogger("proxy")
 
@@ -42,6 +43,7 @@ class ServedMount:
     auth: bool  # requests need a bearer key or a signed URL
     listing: bool
     presign: Presign | None = None  # set for a redirecting mount
+    writer: Writer | AsyncWriter | None = None  # set when the mount takes PUT and DELETE
 
     @property
     def name(self) -> str:
@@ -102,6 +104,7 @@ async def open_mounts(settings: Settings, stack: AsyncExitStack) -> MountTable:
                 auth=settings.auth_enabled and not mount.public,
                 listing=mount.settings.listing,
                 presign=presign,
+                writer=open_writer(options, backend.storage) if mount.settings.writes else None,
             )
         )
     return MountTable(served)

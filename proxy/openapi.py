@@ -78,7 +78,48 @@ _LISTING_OPERATION: dict[str, Any] = {
 }
 
 
-def document_object_routes(app: FastAPI, listing: bool = False) -> None:
+_WRITE_HEADERS = [
+    {"name": name, "in": "header", "required": False, "description": text, "schema": schema}
+    for name, text, schema in [
+        ("If-None-Match", "`*`: store only if no object is at the key", {"enum": ["*"]}),
+        ("If-Match", "store (or delete) only this version: its ETag, or `*`", {"type": "string"}),
+        ("Content-MD5", "base64 MD5 of the body, verified before storing", {"type": "string"}),
+        ("x-amz-checksum-sha256", "base64 SHA-256 of the body, verified", {"type": "string"}),
+    ]
+]
+_WRITE_RESPONSES: dict[str, dict[str, Any]] = {
+    "400": {"description": "Invalid key or header field; bad_digest: the body fails its digest"},
+    "401": {"description": "Credentials required: writes always need them"},
+    "403": {"description": "The credentials may not write here (a read-only key)"},
+    "404": {"description": "No object at this key (DELETE)"},
+    "405": {"description": "Writes are not enabled for this mount"},
+    "412": {"description": "If-Match or If-None-Match failed: nothing was stored or removed"},
+}
+_PUT_OPERATION: dict[str, Any] = {
+    "tags": ["objects"],
+    "summary": "Put Object",
+    "description": "Store the request body (streamed; chunked bodies too) as the object, "
+    "visible only once whole. The media type is the request's Content-Type, else the key's.",
+    "operationId": "put_object",
+    "parameters": [_OBJECT_PARAMETERS[0], *_WRITE_HEADERS],
+    "requestBody": {"required": True, "content": {"*/*": {"schema": {"format": "binary"}}}},
+    "responses": {
+        "201": {"description": "Stored: a new object (ETag and Location set)"},
+        "200": {"description": "Stored: it replaced an object"},
+        **_WRITE_RESPONSES,
+        "413": {"description": "The body is larger than PROXY_MAX_UPLOAD_SIZE"},
+    },
+}
+_DELETE_OPERATION: dict[str, Any] = {
+    "tags": ["objects"],
+    "summary": "Delete Object",
+    "operationId": "delete_object",
+    "parameters": [_OBJECT_PARAMETERS[0], _WRITE_HEADERS[1]],
+    "responses": {"204": {"description": "Deleted"}, **_WRITE_RESPONSES},
+}
+
+
+def document_object_routes(app: FastAPI, listing: bool = False, writes: bool = False) -> None:
     """Add GET and HEAD ``/objects/{key}`` (and, with ``listing``, GET ``/objects/{prefix}/``)
     to the OpenAPI document FastAPI generates (FastAPI's "Extending OpenAPI" recipe: the object
     route is a Starlette ``Route``, which it skips)."""
@@ -91,6 +132,11 @@ def document_object_routes(app: FastAPI, listing: bool = False) -> None:
                 "get": _operation("get_object", "Get Object"),
                 "head": _operation("head_object", "Head Object"),
             }
+            if writes:
+                schema["paths"]["/objects/{key}"] |= {
+                    "put": _PUT_OPERATION,
+                    "delete": _DELETE_OPERATION,
+                }
             if listing:
                 schema["paths"]["/objects/{prefix}/"] = {"get": _LISTING_OPERATION}
         assert app.openapi_schema is not None

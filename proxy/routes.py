@@ -19,14 +19,14 @@ from __future__ import annotations
 from functools import partial
 from typing import cast
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
-from proxy.auth import OBJECT_PARAMETERS, authorize, read_once
+from proxy.auth import OBJECT_PARAMETERS, WRITE_METHODS, authorize, read_once
 from proxy.config import Settings
 from proxy.http.disposition import content_disposition, download_filename
 from proxy.http.plan import Plan, body_length, plan_response
@@ -39,6 +39,7 @@ from proxy.storage.base import METADATA_ONLY, WHOLE, AsyncStorage, ObjectMeta, R
 from proxy.storage.errors import ObjectNotFound
 from proxy.storage.keys import check_request_key
 from proxy.storage.mediatypes import is_active_content
+from proxy.uploads import WriteEndpoint
 
 
 class ObjectKeyConvertor(PathConvertor):
@@ -54,6 +55,7 @@ register_url_convertor("objectkey", ObjectKeyConvertor())
 OBJECT_PREFIX = "/objects/"
 OBJECT_PATH = OBJECT_PREFIX + "{key:objectkey}"
 OBJECT_METHODS = "GET, HEAD"
+WRITE_OBJECT_METHODS = "GET, HEAD, PUT, DELETE"  # where some mount writes
 SANDBOX = "sandbox; default-src 'none'"
 NO_MOUNT = "the key names no mount"
 # Statuses a precondition answers on a redirecting mount; anything else is S3's to send.
@@ -207,6 +209,7 @@ class ObjectEndpoint:
     def __init__(self, listing: bool = False) -> None:
         self.listing = ListingEndpoint()
         self.list_mounts = listing
+        self.writes = WriteEndpoint()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self.get_response(Request(scope, receive, send))
@@ -227,6 +230,10 @@ class ObjectEndpoint:
         scope["mount"] = mount.name  # for the access log and metrics
         # The root mount's storage is the app's (which tests replace to inject failures).
         storage = state.storage if mount is mounts.root else mount.storage
+        if scope["method"] in WRITE_METHODS:  # routed here only where some mount writes
+            if mount.writer is None:
+                raise HTTPException(405, headers={"allow": OBJECT_METHODS})
+            return await self.writes.get_response(request, mount, within, storage)
         if mount.listing and (not within or within[-1] == "/"):
             return await self.listing.get_response(request, key, mount.mount, storage, mount.sync)
         if mount.auth:
@@ -268,5 +275,8 @@ def add_object_routes(app: FastAPI, settings: Settings) -> None:
     The route goes first: the router tries routes in order, and the documentation and health
     routes before it cost a ranged GET ~8% more instructions (callgrind, in process)."""
     endpoint = ObjectEndpoint(listing=settings.listing)
-    app.router.routes.insert(0, ObjectRoute(OBJECT_PATH, endpoint, methods=["GET"], name="object"))
-    document_object_routes(app, settings.listing)
+    writes = any(mount.settings.writes for mount in settings.mount_list())
+    methods = ["GET", "PUT", "DELETE"] if writes else ["GET"]
+    app.state.object_methods = WRITE_OBJECT_METHODS if writes else OBJECT_METHODS
+    app.router.routes.insert(0, ObjectRoute(OBJECT_PATH, endpoint, methods=methods, name="object"))
+    document_object_routes(app, settings.listing, writes)

@@ -13,10 +13,12 @@ from contextvars import ContextVar
 class ResponseNotes:
     """Counts for one response."""
 
-    __slots__ = ("resumes",)
+    __slots__ = ("client_gone", "received", "resumes")
 
     def __init__(self) -> None:
         self.resumes = 0  # times the rest of an S3 body was asked for again after a cut
+        self.received: int | None = None  # request body bytes a write received (None: no write)
+        self.client_gone = False  # the client left before the request body ended (a write)
 
 
 CURRENT: ContextVar[ResponseNotes | None] = ContextVar("response_notes", default=None)
