@@ -184,7 +184,8 @@ def parser() -> argparse.ArgumentParser:
         "--method",
         choices=SIGNABLE_METHODS,
         default="GET",
-        help="the method the URL grants (default GET, which grants HEAD too)",
+        help="the method the URL grants (default GET, which grants HEAD too; PUT and DELETE "
+        "where writes are on: a browser can upload to a URL signed for PUT)",
     )
     sign.add_argument(
         "--download",
@@ -217,7 +218,7 @@ def _apply_options(args: argparse.Namespace) -> None:
             os.environ[variable] = str(given[option])
 
 
-SIGNABLE_METHODS = ["GET", "HEAD"]  # the signature covers any method: these are served now
+SIGNABLE_METHODS = ["GET", "HEAD", "PUT", "DELETE"]  # PUT, DELETE: where PROXY_WRITES is on
 LISTING_OPTIONS = ("format", "recursive", "limit", "after")
 
 
@@ -231,6 +232,8 @@ def sign_params(args: argparse.Namespace) -> list[tuple[str, str]]:
         _usage_error("--download: a folder's listing is not a download (give an object's key)")
     if not folder and given:
         _usage_error(f"--{given[0]}: listing options need a folder's key, ending in /")
+    if args.method in ("PUT", "DELETE") and (folder or given or args.download is not None):
+        _usage_error(f"--method {args.method}: an object's key only, without other options")
     if args.download is not None:
         params.append(("download", args.download))
     if args.limit is not None and args.limit < 1:
