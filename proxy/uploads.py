@@ -319,7 +319,7 @@ class WriteEndpoint:
     ) -> Response:
         scope = request.scope
         notes = CURRENT.get()
-        if notes is not None:
+        if notes is not None and scope["method"] == "PUT":
             notes.received = 0
         try:
             await authorize_write(request, served.path + key, served.mount)
