@@ -398,7 +398,23 @@ def test_too_large_is_refused(writable: Writable) -> None:
     assert get(writable, key).status_code == 404
 
 
-def test_writes_show_in_the_access_log_and_metrics(writable: Writable) -> None:
+def test_writes_show_in_the_access_log_and_metrics(
+    writable: Writable, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="proxy.access")
+    key = unique("logged") + ".bin"
+    assert put(writable, key, b"y" * 12345).status_code == 201
+    assert httpx.delete(writable.object_url(key), headers=as_writer()).status_code == 204
+
+    def logged() -> list[dict[str, object]]:
+        lines = [json.loads(record.getMessage()) for record in caplog.records]
+        return [line for line in lines if line.get("key") == key]
+
+    eventually(lambda: len(logged()) == 2)
+    put_line, delete_line = sorted(logged(), key=lambda line: str(line["method"]), reverse=True)
+    assert put_line["method"] == "PUT" and put_line["status"] == 201
+    assert put_line["bytes_received"] == 12345 and put_line["outcome"] == "complete"
+    assert delete_line["method"] == "DELETE" and "bytes_received" not in delete_line
     metrics = httpx.get(f"{writable.url}/metrics").text
     assert 'proxy_uploads_total{outcome="stored"}' in metrics
     assert "proxy_upload_bytes_total" in metrics
