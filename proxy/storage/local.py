@@ -178,11 +178,15 @@ def _open_fresh(root: str, key: str, path: str) -> tuple[int, ObjectMeta, Signat
 def stored_media_type(fd: int) -> str | None:
     """The media type a write stored with the file (``XATTR_MEDIA_TYPE``), None when there is
     none (or the filesystem keeps no extended attributes, or it is not a sane header value):
-    then the key's extension decides. Only a fresh open pays this one ``fgetxattr``."""
+    then the key's extension decides. Only a fresh open pays this: a ``flistxattr`` (~0.5 µs,
+    less than the ``fstat``; a ``getxattr`` that finds nothing costs 3x that in Python, for
+    the exception), and the ``fgetxattr`` where something is stored."""
     try:
+        if XATTR_MEDIA_TYPE not in os.listxattr(fd):
+            return None
         value = os.getxattr(fd, XATTR_MEDIA_TYPE)
     except OSError:
-        return None  # ENODATA: none stored; ENOTSUP: no xattrs here
+        return None  # ENOTSUP: no xattrs here; ENODATA: removed meanwhile
     if len(value) > _MAX_TYPE or not _STORED_TYPE.fullmatch(value):
         return None
     return value.decode("ascii")

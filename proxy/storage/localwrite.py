@@ -267,6 +267,17 @@ def _check_conditions(root: str, folder: int, name: str, conditions: WriteCondit
             raise PreconditionFailed()
 
 
+def _check_room(folder: int, length: int | None) -> None:
+    """``InsufficientStorage`` at once when the declared body cannot fit in the filesystem's
+    free space (a cheap look: a quota or another write can still fill it; the writes tell)."""
+    if not length:
+        return
+    st = os.fstatvfs(folder)
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use the reserve
+    if length > free * st.f_frsize:
+        raise InsufficientStorage()
+
+
 def _temporary_name() -> str:
     return TEMPORARY_PREFIX + secrets.token_hex(8)
 
@@ -328,6 +339,7 @@ class _Upload:
                 folder = self._folder = _walk(self._root, self._key, create=True)
                 _check_target(folder.fd, folder.name)
                 _check_conditions(self._root, folder.fd, folder.name, self._new.conditions)
+                _check_room(folder.fd, self._new.length)
                 self._fd = self._open_temporary(folder.fd)
                 self._xattrs = _store_metadata(self._fd, self._new)
         except BaseException:

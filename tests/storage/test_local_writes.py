@@ -125,8 +125,10 @@ class Twin:
         data: bytes,
         media_type: str = "application/octet-stream",
         conditions: WriteConditions = NO_CONDITIONS,
+        declared: bool = True,
     ) -> Written:
-        upload = await self.begin(key, NewObject(media_type, len(data), conditions))
+        length = len(data) if declared else None  # Content-Length, or a chunked body
+        upload = await self.begin(key, NewObject(media_type, length, conditions))
         try:
             for batch in batches(data):
                 await upload.write(batch)
@@ -598,15 +600,14 @@ async def test_a_stored_media_type_that_is_no_header_value_is_ignored(
 
 
 @contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
+def tmpfs(path: Path, size: str, kind: str = "tmpfs") -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
+    options = ["-o", f"size={size}"] if kind == "tmpfs" else []
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
+        ["mount", "-t", kind, *options, kind, str(path)], capture_output=True, text=True
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): needs root")
+        pytest.skip(f"cannot mount a {kind} here ({mounted.stderr.strip()}): needs root")
     try:
         yield path
     finally:
@@ -614,9 +615,33 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
-async def test_a_full_filesystem_is_507_and_leaves_nothing(
+async def test_without_user_xattrs_the_extension_decides(
     tmp_path: Path, temporaries: str, sync: bool
 ) -> None:
+    """ramfs keeps no user xattrs (EOPNOTSUPP): the file is stored, and read by its key's type."""
+    with tmpfs(tmp_path / "ramfs", "", kind="ramfs") as root:
+        twin = Twin(root, sync)
+        for key, media_type in [("clip.bin", "application/octet-stream"), ("a/b.mp4", "video/mp4")]:
+            new = NewObject("text/html", metadata=(("cache-control", "no-store"),))
+            upload = await twin.begin(key, new)
+            await upload.write(NEW)
+            written = await upload.commit()
+
+            meta, stored = await twin.read(key)
+            assert sha256(stored) == sha256(NEW)
+            assert written.meta == meta
+            assert meta.media_type == media_type  # not the text/html the request said
+            assert os.listxattr(root / key) == []
+        twin.close()
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["length", "chunked"])
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_a_full_filesystem_is_507_and_leaves_nothing(
+    tmp_path: Path, temporaries: str, sync: bool, declared: bool
+) -> None:
+    """A declared length that cannot fit is refused at begin; a chunked body fills the disk
+    (ENOSPC from a write) first."""
     with tmpfs(tmp_path / "full", "1m") as root:
         (root / "dir").mkdir()
         (root / "dir" / "old.bin").write_bytes(OLD)
@@ -624,10 +649,20 @@ async def test_a_full_filesystem_is_507_and_leaves_nothing(
         before, free = tree(root), os.statvfs(root).f_bfree
 
         for key in ("dir/old.bin", "new/folder/big.bin"):
+            new = NewObject("application/octet-stream", 2 * MIB if declared else None)
+            written = 0
             with pytest.raises(InsufficientStorage) as raised:
-                await twin.put(key, b"\x01" * (2 * MIB))
+                upload = await twin.begin(key, new)
+                try:
+                    for _ in range(8):  # 256 KiB batches: the first ones fit
+                        await upload.write(b"\x01" * (MIB // 4))
+                        written += MIB // 4
+                    await upload.commit()
+                finally:
+                    await upload.abort()
 
             assert str(root) not in str(raised.value)
+            assert (written == 0) == declared  # refused before a byte of the body was read
             assert tree(root) == before
             assert os.statvfs(root).f_bfree == free  # the unnamed file's blocks came back
         assert sha256((await twin.read("dir/old.bin"))[1]) == sha256(OLD)
