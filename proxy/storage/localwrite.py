@@ -65,6 +65,10 @@ _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _PROBE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO must not block the probe
 _FILE_MODE = 0o666  # less the umask, as any file the service creates
 _FOLDER_MODE = 0o777
+# What a read answers 404 for ("there is nothing at this key"), as ``local.storage_error``.
+_UNREACHABLE = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO, errno.EISDIR}
+)
 _WALKS = 3  # a folder removed (by a delete's cleanup) between the walk and the lock: walk again
 
 # Response header fields kept with the object: ``user.`` + the name, "-" as "_".
@@ -140,6 +144,13 @@ class _Folder:
             _close(fd)
         self.chain = []
 
+    def unwind(self) -> None:
+        """Remove the folders this walk created while they are empty, then ``close``."""
+        for parent, name in self.created:
+            if not _remove_empty(parent, name):
+                break
+        self.close()
+
 
 def _open_dir(root: str, parent: int, name: str, path: str) -> int:
     """Open the folder ``name`` of ``parent`` (``path``; a link followed) if it lies under
@@ -175,12 +186,24 @@ def _walk(root: str, key: str, create: bool) -> _Folder:
             fd, created = _enter(root, folder.fd, part, path, create)
             folder.chain.append((fd, part, created))
             folder.fd = fd
-    except NotADirectoryError:
-        folder.close()
-        raise InvalidKey("a folder of the key is a file") from None
-    except BaseException:
-        folder.close()
+    except BaseException as exc:
+        folder.unwind()
+        if isinstance(exc, NotADirectoryError):
+            raise InvalidKey("a folder of the key is a file") from None
         raise
+    return folder
+
+
+def _rewalk(folder: _Folder, root: str, key: str) -> _Folder:
+    """``folder`` walked again (it was removed meanwhile); what the first walk created stays
+    this upload's to fsync, or to remove on abort."""
+    made = [created for _, _, created in folder.chain]
+    folder.close()
+    folder = _walk(root, key, create=True)
+    folder.chain = [
+        (fd, name, created or (index < len(made) and made[index]))
+        for index, (fd, name, created) in enumerate(folder.chain)
+    ]
     return folder
 
 
@@ -208,14 +231,7 @@ def _lock(folder: _Folder, root: str, key: str) -> _Folder:
         if os.fstat(folder.fd).st_nlink > 0:
             return folder
         fcntl.flock(folder.fd, fcntl.LOCK_UN)
-        made = [created for _, _, created in folder.chain]
-        folder.close()
-        folder = _walk(root, key, create=True)
-        # What the first walk created is still this upload's (to fsync, or remove on abort).
-        folder.chain = [
-            (fd, name, created or made[index])
-            for index, (fd, name, created) in enumerate(folder.chain)
-        ]
+        folder = _rewalk(folder, root, key)
     raise BackendUnavailable(f"{BackendUnavailable.message} (a folder of the key keeps vanishing)")
 
 
@@ -225,7 +241,7 @@ def _current_etag(root: str, folder: int, name: str) -> str | None:
     try:
         fd = os.open(name, _PROBE_FLAGS, dir_fd=folder)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EISDIR):
+        if exc.errno in _UNREACHABLE:
             return None
         raise
     try:
@@ -337,10 +353,17 @@ class _Upload:
         try:
             with map_write_errors():
                 folder = self._folder = _walk(self._root, self._key, create=True)
-                _check_target(folder.fd, folder.name)
-                _check_conditions(self._root, folder.fd, folder.name, self._new.conditions)
-                _check_room(folder.fd, self._new.length)
-                self._fd = self._open_temporary(folder.fd)
+                for attempt in range(_WALKS):
+                    _check_target(folder.fd, folder.name)
+                    _check_conditions(self._root, folder.fd, folder.name, self._new.conditions)
+                    _check_room(folder.fd, self._new.length)
+                    try:
+                        self._fd = self._open_temporary(folder.fd)
+                        break
+                    except FileNotFoundError:  # a delete's cleanup removed the folder
+                        if attempt == _WALKS - 1:
+                            raise
+                        folder = self._folder = _rewalk(folder, self._root, self._key)
                 self._xattrs = _store_metadata(self._fd, self._new)
         except BaseException:
             self.abort()
@@ -437,9 +460,7 @@ class _Upload:
             _close(self._fd)  # an O_TMPFILE's last reference: the kernel frees it
             self._fd = -1
         if self._folder is not None:
-            for parent, name in self._folder.created:
-                if not _remove_empty(parent, name):
-                    break
+            self._folder.unwind()
         self._release()
 
     def _release(self) -> None:
@@ -457,9 +478,11 @@ def _delete(root: str, files: OpenFiles, key: str, conditions: WriteConditions) 
     check_key(key)
     try:
         folder = _walk(root, key, create=False)
-    except (FileNotFoundError, NotADirectoryError, InvalidKey):
-        raise ObjectNotFound() from None  # a key a read could not reach: nothing to delete
+    except InvalidKey:
+        raise ObjectNotFound() from None  # a folder a read could not pass: nothing to delete
     except OSError as exc:
+        if exc.errno in _UNREACHABLE:
+            raise ObjectNotFound() from None
         raise write_error(exc) from exc
     try:
         with map_write_errors():

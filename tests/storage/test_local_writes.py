@@ -540,6 +540,7 @@ async def test_keys_that_cannot_be_folders_or_leave_the_root(twin: Twin, root: P
     outside = root.parent / "outside"
     (root / "escape").symlink_to(outside)
     (root / "alias").symlink_to("dir")
+    (root / "loop").symlink_to("loop")
     before = tree(root)
     outside_before = tree(outside)
     new = NewObject("text/plain")
@@ -555,8 +556,14 @@ async def test_keys_that_cannot_be_folders_or_leave_the_root(twin: Twin, root: P
         with pytest.raises(InvalidKey, match=detail) as raised:
             await twin.begin(key, new)
         assert str(root) not in str(raised.value)
-    with pytest.raises(ObjectNotFound):
-        await twin.delete("escape/secret.txt")
+    long = "n" * 300  # a key may be 1024 bytes, a file name only 255
+    for key in (f"fresh/{long}/x.txt", f"fresh/deeper/{long}", "loop/x.txt"):
+        with pytest.raises(InvalidKey) as raised:
+            await twin.begin(key, new)
+        assert str(root) not in str(raised.value)
+    for key in ("escape/secret.txt", f"dir/{long}", f"{long}/x", "loop/x.txt", "loop"):
+        with pytest.raises(ObjectNotFound):
+            await twin.delete(key)
     with pytest.raises(InvalidKey):
         await twin.delete("../outside/secret.txt")
     assert tree(root) == before
