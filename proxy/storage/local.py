@@ -72,6 +72,8 @@ XATTR_MEDIA_TYPE = "user.mime_type"
 # A stored type is sent as Content-Type: printable ASCII of a sane length, else the extension.
 _STORED_TYPE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(;[ -~]*)?")
 _MAX_TYPE = 255
+_FIELD_VALUE = re.compile(rb"[ -~]*")  # printable ASCII: no CR, LF or other control
+_MAX_FIELD = 1024
 # Names of a write's temporary files (only where O_TMPFILE is missing, or for the instant
 # between a link and its rename): hidden, and never a key (``check_key`` refuses a backslash),
 # so no read or listing serves them.
@@ -190,6 +192,28 @@ def stored_media_type(fd: int) -> str | None:
     if len(value) > _MAX_TYPE or not _STORED_TYPE.fullmatch(value):
         return None
     return value.decode("ascii")
+
+
+def xattr_name(field_name: str) -> str:
+    """The extended attribute a response header field stored with a file is kept in
+    (``content-disposition``: ``user.content_disposition``)."""
+    return "user." + field_name.replace("-", "_")
+
+
+def stored_fields(fd: int, names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The header fields among ``names`` (lower-case) a write stored with the file, as
+    ``Reply.fields`` holds them; values that are no sane header value are left out. Not read
+    by ``open`` yet: the HTTP layer decides whether a stored field replaces its own."""
+    try:
+        present = os.listxattr(fd)
+        values = [(n, os.getxattr(fd, xattr_name(n))) for n in names if xattr_name(n) in present]
+    except OSError:
+        return ()  # ENOTSUP: no xattrs here; ENODATA: removed meanwhile
+    return tuple(
+        (name, value.decode("ascii"))
+        for name, value in values
+        if len(value) <= _MAX_FIELD and _FIELD_VALUE.fullmatch(value)
+    )
 
 
 def _open_object(root: str, key: str, files: OpenFiles) -> tuple[int, ObjectMeta]:

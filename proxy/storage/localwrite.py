@@ -49,6 +49,7 @@ from proxy.storage.local import (
     LocalStorage,
     _meta,
     _under,
+    xattr_name,
 )
 from proxy.storage.openfiles import OpenFiles
 from proxy.storage.options import LocalOptions, StorageOptions
@@ -71,14 +72,9 @@ _UNREACHABLE = frozenset(
 )
 _WALKS = 3  # a folder removed (by a delete's cleanup) between the walk and the lock: walk again
 
-# Response header fields kept with the object: ``user.`` + the name, "-" as "_".
+# Response header fields kept with the object (``local.xattr_name``): lower-case names.
 _FIELD_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
 _NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
-
-
-def xattr_name(field_name: str) -> str:
-    """The extended attribute a response header field is stored in."""
-    return "user." + field_name.replace("-", "_")
 
 
 def write_error(exc: OSError) -> StorageError:

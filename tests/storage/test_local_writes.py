@@ -39,6 +39,7 @@ from proxy.storage.local import (
     XATTR_MEDIA_TYPE,
     AsyncLocalStorage,
     LocalStorage,
+    stored_fields,
 )
 from proxy.storage.localwrite import AsyncLocalWriter, LocalWriter, open_writer
 from proxy.storage.options import LocalOptions
@@ -224,6 +225,9 @@ async def test_nothing_is_visible_before_commit(twin: Twin, root: Path, temporar
     assert await twin.listing("", recursive=False) == ["dir/"]  # no empty "new/" folder
     hidden = [name for name in tree(root) if TEMPORARY_PREFIX in name]
     assert len(hidden) == (1 if temporaries == "named" else 0)  # O_TMPFILE: no name at all
+    for name in hidden:
+        with pytest.raises(InvalidKey):  # no key names a temporary file
+            await twin.read(name)
 
     await upload.write(NEW[1000:])
     await upload.commit()
@@ -591,6 +595,15 @@ async def test_the_media_type_and_fields_are_stored_with_the_file(twin: Twin, ro
     assert os.getxattr(path, XATTR_MEDIA_TYPE) == b"video/mp4"
     assert os.getxattr(path, "user.content_disposition") == b'attachment; filename="a.mp4"'
     assert os.getxattr(path, "user.cache_control") == b"no-cache"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert stored_fields(fd, ("cache-control", "content-language")) == (
+            ("cache-control", "no-cache"),
+        )
+        os.setxattr(fd, "user.cache_control", b"no-cache\r\nx-evil: 1")
+        assert stored_fields(fd, ("cache-control",)) == ()
+    finally:
+        os.close(fd)
     assert await twin.listing("clip") == ["clip.bin"]
 
 
