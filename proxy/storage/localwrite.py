@@ -25,7 +25,6 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import cast
 
 import anyio
 import anyio.to_thread
@@ -587,6 +586,9 @@ def open_writer(
 ) -> LocalWriter | AsyncLocalWriter:
     """The writer of the local ``storage`` opened from ``options``, in its flavour."""
     assert isinstance(options, LocalOptions)
-    if options.sync:
-        return LocalWriter(cast(LocalStorage, storage))
-    return AsyncLocalWriter(cast(AsyncLocalStorage, storage))
+    expected = LocalStorage if options.sync else AsyncLocalStorage
+    if not isinstance(storage, expected):  # a wrapper would hide the root and the open files
+        raise TypeError(f"local writes need the {expected.__name__} itself")
+    if isinstance(storage, LocalStorage):
+        return LocalWriter(storage)
+    return AsyncLocalWriter(storage)
