@@ -7,6 +7,10 @@ and inode caches answer them), and so does a read the page cache can serve at on
 thread. A thread hop costs more than a cached 256 KiB read: doing every call in a thread held
 a 64 KiB range at a third of the rate.
 
+A file written through the proxy carries the media type its upload gave in an extended
+attribute (``XATTR_MEDIA_TYPE``), read when the file is opened afresh; else the extension
+decides.
+
 Listings walk the directories in S3's order (the UTF-8 bytes of the keys, a folder's name
 followed by ``/``) and show what a read could serve: regular files, through links only when
 they resolve under the root, never a directory twice on one path (a link loop).
@@ -67,7 +71,7 @@ _HAVE_FD_PATHS = os.path.isdir(_FD_PATHS)
 _NOT_FOUND_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENXIO, errno.EISDIR})
 
 # Where a written file's media type is kept (``proxy.storage.localwrite``): the extended
-# attribute Apache's mod_mime_xattr and nginx's xattr modules read too.
+# attribute freedesktop.org's common attributes name, and Apache's mod_mime_xattr reads.
 XATTR_MEDIA_TYPE = "user.mime_type"
 # A stored type is sent as Content-Type: printable ASCII of a sane length, else the extension.
 _STORED_TYPE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(;[ -~]*)?")
