@@ -9,6 +9,8 @@ under the root, as reads check files), so every later call is relative to a desc
 cannot be redirected. Commits, deletes and the removal of an empty folder hold an exclusive
 ``flock`` on the folder they change: If-Match is compared and the rename done under it (other
 processes too), and a commit that finds its folder removed meanwhile (nlink 0) walks again.
+Where folders cannot be flocked (NFS), a lock of the process stands in: If-Match then holds
+against this process's writes only (If-None-Match stays atomic: it is the link itself).
 
 ``LocalWriter`` and ``AsyncLocalWriter`` are twins over the module-level helpers; the async one
 runs every disk call in a worker thread.
@@ -22,6 +24,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -218,16 +221,28 @@ def _enter(root: str, parent: int, part: str, path: str, create: bool) -> tuple[
     raise InvalidKey("a folder of the key is not a folder")
 
 
-def _lock(folder: _Folder, root: str, key: str) -> _Folder:
-    """``folder`` locked (exclusive ``flock``), or walked again if it was removed before the
-    lock was taken (nlink 0: a delete's cleanup of empty folders got there first)."""
-    for _ in range(_WALKS):
-        fcntl.flock(folder.fd, fcntl.LOCK_EX)
-        if os.fstat(folder.fd).st_nlink > 0:
-            return folder
-        fcntl.flock(folder.fd, fcntl.LOCK_UN)
-        folder = _rewalk(folder, root, key)
-    raise BackendUnavailable(f"{BackendUnavailable.message} (a folder of the key keeps vanishing)")
+# What flock fails with where the filesystem has none for folders (NFS emulates it with a
+# POSIX write lock, which a folder opened for reading cannot take).
+_NO_FLOCK = frozenset({errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP})
+# There, one lock of this process serialises its commits and deletes (other processes not).
+_PROCESS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _locked(folder: int) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder``: held against every process that writes here."""
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno not in _NO_FLOCK:
+            raise
+        with _PROCESS_LOCK:
+            yield
+        return
+    try:
+        yield
+    finally:
+        fcntl.flock(folder, fcntl.LOCK_UN)
 
 
 def _current_etag(root: str, folder: int, name: str) -> str | None:
@@ -316,11 +331,11 @@ def _remove_empty(parent: int, name: str) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if os.stat(name, dir_fd=parent, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
-            return False  # replaced since it was opened
-        os.rmdir(name, dir_fd=parent)
-        return True
+        with _locked(fd):
+            if os.stat(name, dir_fd=parent, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                return False  # replaced since it was opened
+            os.rmdir(name, dir_fd=parent)
+            return True
     except OSError:
         return False  # not empty (ENOTEMPTY), busy, gone: best effort
     finally:
@@ -391,12 +406,17 @@ class _Upload:
             raise ValueError("commit of a committed or aborted upload")
         with map_write_errors():
             os.fsync(self._fd)
-            folder = self._folder = _lock(self._folder, self._root, self._key)
-            try:
-                created = self._publish(folder)
-                self._done = True  # visible: abort has nothing left to undo
-            finally:
-                fcntl.flock(folder.fd, fcntl.LOCK_UN)
+            folder = self._folder
+            for _ in range(_WALKS):
+                with _locked(folder.fd):
+                    # nlink 0: a delete's cleanup removed the empty folder before the lock.
+                    if os.fstat(folder.fd).st_nlink > 0:
+                        created = self._publish(folder)
+                        self._done = True  # visible: abort has nothing left to undo
+                        break
+                folder = self._folder = _rewalk(folder, self._root, self._key)
+            else:
+                raise BackendUnavailable(f"{BackendUnavailable.message} (a folder keeps vanishing)")
             self._files.forget(self._key)  # the old file's descriptor: its space comes back
             st = os.fstat(self._fd)
         with suppress(OSError):  # visible already: the names' durability, best effort
@@ -481,16 +501,13 @@ def _delete(root: str, files: OpenFiles, key: str, conditions: WriteConditions) 
         raise write_error(exc) from exc
     try:
         with map_write_errors():
-            fcntl.flock(folder.fd, fcntl.LOCK_EX)
-            try:
+            with _locked(folder.fd):
                 etag = _current_etag(root, folder.fd, folder.name)
                 if etag is None:
                     raise ObjectNotFound()
                 if conditions.if_match not in (None, "*", etag):
                     raise PreconditionFailed()
                 os.unlink(folder.name, dir_fd=folder.fd)
-            finally:
-                fcntl.flock(folder.fd, fcntl.LOCK_UN)
             files.forget(key)
             with suppress(OSError):
                 os.fsync(folder.fd)

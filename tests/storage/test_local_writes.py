@@ -6,6 +6,8 @@ If-Match raced by threads and by processes, deletes that take empty folders with
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import random
@@ -427,6 +429,27 @@ async def test_if_match_racing_writers_one_wins(twin: Twin) -> None:
         won = [n for n, result in enumerate(results) if isinstance(result, Written)]
         assert len(won) == 1, results
         assert (await twin.read("dir/old.bin"))[1] == f"body {won[0]}".encode()
+
+
+async def test_where_folders_cannot_be_flocked_a_process_lock_stands_in(
+    twin: Twin, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS refuses flock on a folder opened for reading (EBADF): commits and deletes go on,
+    serialised within the process (an unit test of that error path: no NFS here)."""
+
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    for _ in range(3):
+        current, _ = await twin.read("dir/old.bin")
+        results = await race(twin, "dir/old.bin", WriteConditions(if_match=current.etag), 4)
+
+        won = [n for n, result in enumerate(results) if isinstance(result, Written)]
+        assert len(won) == 1, results
+    await twin.put("a/b/c.bin", b"x")
+    await twin.delete("a/b/c.bin")
+    assert sorted(tree(root)) == ["dir/", "dir/old.bin"]
 
 
 RACER = textwrap.dedent(
