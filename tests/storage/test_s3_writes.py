@@ -44,9 +44,8 @@ from tests.faults import Fault, S3Request, faulty_relay
 MIB = 1024 * 1024
 PART = 5 * MIB  # S3's smallest part (but the last)
 SMALL: dict[str, Any] = {"multipart_threshold": PART, "multipart_part_size": PART}
-MOUNTS = [
-    (server, client) for server in ["moto", "seaweedfs"] for client in ["boto3", "aiobotocore"]
-]
+CLIENTS = ["boto3", "aiobotocore"]
+MOUNTS = [(server, client) for server in ["moto", "seaweedfs"] for client in CLIENTS]
 RACES = 4  # rounds of each If-None-Match: * race
 
 
@@ -260,6 +259,50 @@ async def test_an_abort_after_parts_leaves_no_upload_and_the_old_version(
         assert sha256(await mount.read(key)) == sha256(old)
         with pytest.raises(StorageError):
             await mount.run(upload.write, b"more")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_threshold_above_the_part_size_makes_a_longer_first_part(
+    request: pytest.FixtureRequest, client: str
+) -> None:
+    """Threshold 8 MiB, parts of 5 MiB: 7 MiB is one PutObject, 12 MiB two parts (8 + 4)."""
+    s3 = s3_server(request, "moto")
+    settings = {"multipart_threshold": 8 * MIB, "multipart_part_size": PART}
+    async with mounted(s3, client, **settings) as mount:
+        for size, parts in [(7 * MIB, 1), (8 * MIB, 1), (12 * MIB, 2), (21 * MIB + 1, 4)]:
+            key = f"writes/{client}/threshold-{size}.bin"
+            data = os.urandom(size)
+            written = await mount.upload(key, data, seed=size)
+            assert written.parts == parts, size
+            assert sha256(await mount.read(key)) == sha256(data)
+
+
+@pytest.mark.anyio
+async def test_an_abort_whose_caller_is_cancelled_still_ends_the_upload(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The aiobotocore flavour's abort is shielded: cancelling its caller (a client gone)
+    does not leave the multipart upload pending."""
+    s3 = s3_server(request, "seaweedfs")
+    key = "writes/aiobotocore/abort-cancelled.bin"
+    drop_uploads(s3, key)
+    async with mounted(s3, "aiobotocore", **SMALL) as mount:
+        upload = await mount.begin(key, NewObject("application/octet-stream"))
+        for batch in batches(os.urandom(11 * MIB), random.Random(2)):
+            await upload.write(batch)
+        assert pending_uploads(s3, key) != []
+        aborting = asyncio.create_task(upload.abort())
+        await asyncio.sleep(0)
+        aborting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await aborting
+        for _ in range(100):  # bounded: 10 s
+            if not pending_uploads(s3, key):
+                break
+            await asyncio.sleep(0.1)
+        assert pending_uploads(s3, key) == []
+        assert stored(s3, key) is None
 
 
 # --- conditions ------------------------------------------------------------------------------
