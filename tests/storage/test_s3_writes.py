@@ -498,6 +498,23 @@ async def test_delete(where: tuple[S3Server, str]) -> None:
             await mount.read(key)
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_mount_with_a_prefix_writes_and_deletes_under_it(
+    request: pytest.FixtureRequest, client: str
+) -> None:
+    s3 = s3_server(request, "moto")
+    key = f"prefixed-{client}.txt"
+    async with mounted(s3, client, prefix="/under/here/") as mount:
+        written = await mount.upload(key, b"under a prefix", NewObject("text/plain"))
+        head = stored(s3, f"under/here/{key}")
+        assert head is not None and head["ETag"] == written.meta.etag
+        assert stored(s3, key) is None
+        assert await mount.read(key) == b"under a prefix"
+        await mount.delete(key)
+        assert stored(s3, f"under/here/{key}") is None
+
+
 # --- the slice cache -------------------------------------------------------------------------
 
 
