@@ -264,7 +264,10 @@ def eventually(check: object, seconds: float = 10.0) -> None:
             time.sleep(0.1)
 
 
-def test_a_client_leaving_mid_body_stores_nothing(writable: Writable) -> None:
+def test_a_client_leaving_mid_body_stores_nothing(
+    writable: Writable, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="proxy.access")
     key = unique("left") + ".bin"
     old = os.urandom(200_000)
     assert put(writable, key, old).status_code == 201
@@ -273,6 +276,15 @@ def test_a_client_leaving_mid_body_stores_nothing(writable: Writable) -> None:
     eventually(lambda: writable.pending_uploads() == [])
     response = get(writable, key)
     assert response.status_code == 200 and sha256(response.content) == sha256(old)
+
+    def left() -> list[dict[str, object]]:
+        lines = [json.loads(record.getMessage()) for record in caplog.records]
+        return [line for line in lines if line.get("key") == key and line["method"] == "PUT"]
+
+    eventually(lambda: len(left()) == 2)
+    line = left()[-1]
+    assert line["outcome"] == "client_closed", line
+    assert 2 * PART <= int(str(line["bytes_received"])) <= 2 * PART + PART // 2
     # A new key that a leaving client never completed does not exist.
     fresh = unique("never") + ".bin"
     send_part_and_leave(writable, fresh, declared=3 * 1024 * 1024, sent=1024 * 1024)
