@@ -269,4 +269,5 @@ def add_object_routes(app: FastAPI, settings: Settings) -> None:
     routes before it cost a ranged GET ~8% more instructions (callgrind, in process)."""
     endpoint = ObjectEndpoint(listing=settings.listing)
     app.router.routes.insert(0, ObjectRoute(OBJECT_PATH, endpoint, methods=["GET"], name="object"))
-    document_object_routes(app, settings.listing)
+    mounts = [mount for mount in settings.mount_list() if mount.name]  # none: the root's
+    document_object_routes(app, settings.listing, mounts)
