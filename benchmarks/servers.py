@@ -178,13 +178,11 @@ _S3_CLIENTS = {PROXY_S3_AIO.name: "aiobotocore", PROXY_S3_BOTO3.name: "boto3"}
 def _proxy_env(
     target: Target, site: Site, port: int, s3_port: int | None, fresh_dir: Path | None = None
 ) -> dict[str, str]:
-    # Only the cache targets cache, whatever the calling shell exports. No PYTHONPATH: with
-    # the tests' `export PYTHONPATH=$PWD` every build, --baseline's too, ran the working tree.
-    inherited = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PROXY_CACHE_") and k != "PYTHONPATH"
-    }
+    # Only the cache targets cache, whatever the calling shell exports.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_CACHE_")}
+    if target.build == "baseline":
+        # Its own build only: with the tests' `export PYTHONPATH=$PWD` it ran the working tree.
+        inherited.pop("PYTHONPATH", None)
     env = {
         **inherited,
         "PROXY_PORT": str(port),
