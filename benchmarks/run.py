@@ -308,6 +308,16 @@ def environment(
         yield Site(data_dir, work_dir, s3, python, baseline)
 
 
+def has_mounts(revision: str) -> bool:
+    """Whether the proxy as of git revision ``revision`` has PROXY_MOUNTS (proxy/mounts.py)."""
+    found = subprocess.run(
+        ["git", "-C", str(HERE.parent), "cat-file", "-e", f"{revision}:proxy/mounts.py"],
+        capture_output=True,
+        timeout=60,
+    )
+    return found.returncode == 0
+
+
 def baseline_python(work_dir: Path, revision: str) -> str:
     """A virtual environment with the proxy as of git revision `revision` (git archive, then
     pip install); raises SystemExit when either step fails."""
@@ -343,10 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenario_by_name = {scenario.name: scenario for scenario in SCENARIOS}
     targets = [by_name[name] for name in pick(args.targets, dict(by_name), "targets")]
     if args.baseline:
+        mounts = has_mounts(args.baseline)  # a baseline may predate PROXY_MOUNTS
         targets += [
             variant(t, BASELINE, build="baseline")
             for t in targets
-            if t.role == "proxy" and not uses_mounts(t)  # a baseline may predate PROXY_MOUNTS
+            if t.role == "proxy" and (mounts or not uses_mounts(t))
         ]
     scenarios = [
         scenario_by_name[n] for n in pick(args.scenarios, dict(scenario_by_name), "scenarios")

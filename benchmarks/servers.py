@@ -180,6 +180,9 @@ def _proxy_env(
 ) -> dict[str, str]:
     # Only the cache targets cache, whatever the calling shell exports.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_CACHE_")}
+    if target.build == "baseline":
+        # Its own build only: with the tests' `export PYTHONPATH=$PWD` it ran the working tree.
+        inherited.pop("PYTHONPATH", None)
     env = {
         **inherited,
         "PROXY_PORT": str(port),

@@ -10,7 +10,9 @@ names never nest (``proxy.config.parse_mounts`` refuses it), so at most one moun
 
 from __future__ import annotations
 
+import calendar
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ logger = logging.getLogger("proxy")
 
 # A redirecting mount's presigner: (key within the mount, Content-Disposition or None) -> URL.
 Presign = Callable[[str, str | None], str]
+REUSE_FRACTION = 10  # a presigned URL is handed out for at most 1/10 of its TTL
+URLS_KEPT = 1024  # presigned URLs kept per redirecting mount (~1 KB each)
 
 
 @dataclass(slots=True)
@@ -112,25 +116,117 @@ async def open_mounts(settings: Settings, stack: AsyncExitStack) -> MountTable:
 
 def presigner(options: S3Options, ttl: int, stack: AsyncExitStack) -> Presign:
     """A redirecting mount's presigner: a boto3 client of its own (presigning is local CPU,
-    SigV4 over the request; no call to S3), whatever the mount's flavour."""
-    from botocore.exceptions import BotoCoreError
-
+    SigV4 over the request; no call to S3), whatever the mount's flavour, its URLs reused
+    for a tenth of their validity (``PresignedUrls``)."""
     from proxy.storage.s3client import boto3_client
 
     client, _ = boto3_client(options)
     stack.callback(client.close)
-    bucket = options.bucket
-    stripped = options.prefix.strip("/")  # as the S3 backend reads it
-    prefix = f"{stripped}/" if stripped else ""
+    return PresignedUrls(client, options.bucket, options.prefix, ttl)
 
-    def presign(key: str, disposition: str | None) -> str:
-        params: dict[str, Any] = {"Bucket": bucket, "Key": prefix + key}
+
+class PresignedUrls:
+    """Presigned GetObject URLs for (key, Content-Disposition), each handed out again for at
+    most a tenth of the TTL after it was signed: botocore's ``generate_presigned_url`` costs
+    ~0.25 ms of CPU, most of a 307's, and a player asks for the same key range after range.
+
+    The guarantee: a URL handed out for (key, disposition) was signed for exactly that key and
+    disposition (one entry per pair), with the credentials botocore signs with at that moment
+    (compared on every use: a rotated key or a refreshed STS session signs anew; botocore
+    refreshes temporary credentials 10-15 minutes before they expire and raises rather than
+    sign with expired ones, and so does this), less than ``reuse = ttl // 10`` seconds before
+    by the wall clock, as its own ``X-Amz-Date`` says, which is what S3 checks its expiry
+    against: so it stays valid for more than ``ttl - reuse`` seconds, at least 90% of
+    ``PROXY_REDIRECT_TTL`` (a TTL under 10 s: never reused). A clock that went back: signed
+    anew. At most ``limit`` URLs are kept, the oldest signed dropped first."""
+
+    __slots__ = (
+        "_bucket",
+        "_client",
+        "_clock",
+        "_credentials",
+        "_errors",
+        "_limit",
+        "_prefix",
+        "_reuse",
+        "_ttl",
+        "_urls",
+    )
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str,
+        ttl: int,
+        limit: int = URLS_KEPT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        from botocore.exceptions import BotoCoreError  # botocore: loaded for S3 mounts only
+
+        # No credentials, expired ones that cannot be renewed (botocore raises RuntimeError
+        # when a refresh brought expired ones), a profile that cannot be read.
+        self._errors = (BotoCoreError, RuntimeError)
+        self._client = client
+        self._bucket = bucket
+        stripped = prefix.strip("/")  # as the S3 backend reads it
+        self._prefix = f"{stripped}/" if stripped else ""
+        self._ttl = ttl
+        self._reuse = ttl // REUSE_FRACTION
+        self._limit = limit
+        self._clock = clock
+        # What the client's signer signs with (botocore keeps it there; a ``Credentials`` or
+        # ``RefreshableCredentials``); None (no credentials found at start): nothing reused.
+        signer = getattr(client, "_request_signer", None)
+        self._credentials: Any = getattr(signer, "_credentials", None)
+        self._urls: dict[tuple[str, str | None], tuple[str, int, Any]] = {}
+
+    def __call__(self, key: str, disposition: str | None) -> str:
+        """The URL of ``key`` (with ``disposition`` as S3's ``response-content-disposition``)."""
+        if self._reuse <= 0 or self._credentials is None:
+            return self.sign(key, disposition)
+        now = self._clock()
+        try:
+            # A refresh when due, raising when the credentials expired and cannot be renewed.
+            signing = self._credentials.get_frozen_credentials()
+        except self._errors as exc:
+            raise BackendUnavailable(f"cannot presign: {type(exc).__name__}") from None
+        entry = self._urls.get((key, disposition))
+        if entry is not None:
+            url, signed_at, signed_with = entry
+            if 0 <= now - signed_at < self._reuse and signed_with == signing:
+                return url
+        url = self.sign(key, disposition)
+        urls = self._urls
+        urls.pop((key, disposition), None)
+        dated = signing_time(url)  # the URL's own X-Amz-Date: it expires ttl after it
+        if dated is not None:
+            while len(urls) >= self._limit:  # the oldest first (dicts keep insertion order)
+                urls.pop(next(iter(urls)), None)
+            urls[(key, disposition)] = (url, dated, signing)
+        return url
+
+    def sign(self, key: str, disposition: str | None) -> str:
+        """A URL signed now (botocore's ``generate_presigned_url``), never reused."""
+        params: dict[str, Any] = {"Bucket": self._bucket, "Key": self._prefix + key}
         if disposition is not None:
             params["ResponseContentDisposition"] = disposition
         try:
-            url: str = client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl)
-        except BotoCoreError as exc:  # no credentials, an expired or unreadable profile
+            url: str = self._client.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=self._ttl
+            )
+        except self._errors as exc:
             raise BackendUnavailable(f"cannot presign: {type(exc).__name__}") from None
         return url
 
-    return presign
+
+def signing_time(url: str) -> int | None:
+    """The POSIX time of a SigV4 presigned URL's ``X-Amz-Date`` (``20261206T224500Z``)."""
+    start = url.find("X-Amz-Date=")
+    if start == -1:
+        return None
+    try:
+        stamp = time.strptime(url[start + 11 : start + 27], "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        return None
+    return calendar.timegm(stamp)

@@ -1,11 +1,19 @@
 """The object routes' entries in the OpenAPI document: they are Starlette ``Route``s (see
-``proxy.routes``), which FastAPI's generator skips, so they are described here by hand."""
+``proxy.routes``), which FastAPI's generator skips, so they are described here by hand.
+
+With mounts (``PROXY_MOUNTS``) the object operations move below ``/objects/{mount}/``
+(``mount_paths``): ``mount`` is an enum of the names, each one's policy in its description.
+"""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
+
+from proxy.config import Mount
 
 _OBJECT_PARAMETERS = [
     {"name": "key", "in": "path", "required": True, "schema": {"type": "string", "title": "Key"}},
@@ -119,10 +127,13 @@ _DELETE_OPERATION: dict[str, Any] = {
 }
 
 
-def document_object_routes(app: FastAPI, listing: bool = False, writes: bool = False) -> None:
+def document_object_routes(
+    app: FastAPI, listing: bool = False, mounts: Sequence[Mount] = (), writes: bool = False
+) -> None:
     """Add GET and HEAD ``/objects/{key}`` (and, with ``listing``, GET ``/objects/{prefix}/``)
     to the OpenAPI document FastAPI generates (FastAPI's "Extending OpenAPI" recipe: the object
-    route is a Starlette ``Route``, which it skips)."""
+    route is a Starlette ``Route``, which it skips); with ``mounts``, below each mount
+    (``mount_paths``)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -139,7 +150,122 @@ def document_object_routes(app: FastAPI, listing: bool = False, writes: bool = F
                 }
             if listing:
                 schema["paths"]["/objects/{prefix}/"] = {"get": _LISTING_OPERATION}
+            if mounts:
+                mount_paths(schema["paths"], mounts, listing)
         assert app.openapi_schema is not None
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+# -- mounts ----------------------------------------------------------------------------------
+
+MOUNTED_OBJECT = "/objects/{mount}/{key}"
+_CREDENTIALS = {
+    "any": "a bearer key or a signed URL",
+    "keys": "bearer keys only",
+    "signed": "signed URLs only",
+}
+
+
+def mount_paths(paths: dict[str, Any], mounts: Sequence[Mount], listing: bool) -> None:
+    """Move the object operations of ``paths`` below the mounts: every operation documented at
+    ``/objects/{key}`` (and ``/objects/{prefix}/``) is documented at ``/objects/{mount}/{key}``
+    (and ``/objects/{mount}/{prefix}/``, for the mounts that list) instead, with a ``mount``
+    path parameter first whose enum is the mount names; a GET there may answer 307 when some
+    mount redirects. With ``listing``, ``/objects/`` lists the mounts.
+
+    A name with ``/`` (``media/2024``) is one enum value: OpenAPI tools percent-encode a path
+    parameter's ``/`` (Swagger UI: ``/objects/media%2F2024/clip.mp4``), which the server
+    decodes before routing, so it reaches the mount; sent unencoded, it does too."""
+    objects = paths.pop("/objects/{key}")
+    listings = paths.pop("/objects/{prefix}/", None)
+    parameter = _mount_parameter(mounts)
+    mounted = {method: _below(operation, parameter) for method, operation in objects.items()}
+    redirecting = [mount for mount in mounts if mount.redirect]
+    if redirecting and "get" in mounted:
+        responses = mounted["get"]["responses"]
+        responses["307"] = _redirect_response(redirecting)
+        responses["503"] = {"description": "A redirecting mount cannot presign (no credentials)"}
+        mounted["get"]["responses"] = dict(sorted(responses.items()))
+    paths[MOUNTED_OBJECT] = mounted
+    listed = [mount for mount in mounts if mount.settings.listing]
+    if listed:
+        listed_get = listings["get"] if listings else _LISTING_OPERATION
+        operation = _below(listed_get, _mount_parameter(listed))
+        top = copy.deepcopy(operation)
+        top["operationId"] = "list_mount"
+        top["summary"] = "List a mount's top level"
+        top["parameters"] = [p for p in top["parameters"] if p["name"] != "prefix"]
+        paths["/objects/{mount}/"] = {"get": top}
+        paths["/objects/{mount}/{prefix}/"] = {"get": operation}
+    if listing:
+        paths["/objects/"] = {"get": _list_mounts_operation()}
+
+
+def policy(mount: Mount) -> str:
+    """A mount's flavour-independent policy, in words: credentials, redirect, listing."""
+    settings = mount.settings
+    if mount.public or not settings.auth_enabled:
+        parts = ["public: no credentials"]
+    else:
+        parts = [_CREDENTIALS[mount.auth]]
+    if mount.redirect:
+        parts.append(
+            f"GET answers 307 to a presigned S3 URL valid {settings.redirect_ttl} s (HEAD and "
+            "GETs that a precondition decides are answered here)"
+        )
+    if settings.listing:
+        parts.append("lists its folders")
+    return "; ".join(parts)
+
+
+def _mount_parameter(mounts: Sequence[Mount]) -> dict[str, Any]:
+    lines = "\n".join(f"- `{mount.name}`: {policy(mount)}" for mount in mounts)
+    return {
+        "name": "mount",
+        "in": "path",
+        "required": True,
+        "description": "The mount: a name of one or more segments (a `/` in it may be sent "
+        f"percent-encoded, as `%2F`).\n\n{lines}",
+        "schema": {"type": "string", "title": "Mount", "enum": [m.name for m in mounts]},
+    }
+
+
+def _below(operation: dict[str, Any], parameter: dict[str, Any]) -> dict[str, Any]:
+    """``operation`` with the ``mount`` path parameter first (a copy: the constants stay)."""
+    moved = copy.deepcopy(operation)
+    moved["parameters"] = [parameter, *moved.get("parameters", [])]
+    return moved
+
+
+def _redirect_response(redirecting: Sequence[Mount]) -> dict[str, Any]:
+    names = ", ".join(f"`{mount.name}`" for mount in redirecting)
+    return {
+        "description": f"Redirecting mounts ({names}): the object is at the presigned S3 URL "
+        "in `Location` (`?download` becomes its `response-content-disposition`); the client "
+        "fetches it, ranges included, from S3",
+        "headers": {
+            "Location": {
+                "description": "A presigned S3 GetObject URL",
+                "schema": {"type": "string", "format": "uri"},
+            }
+        },
+    }
+
+
+def _list_mounts_operation() -> dict[str, Any]:
+    listing = _LISTING_OPERATION
+    return {
+        "tags": ["objects"],
+        "summary": "List the mounts",
+        "description": "The mounts the request's credentials reach (and the public ones), as "
+        "folders (`videos/`), in the formats of a listing.",
+        "operationId": "list_mounts",
+        "parameters": [
+            p for p in listing["parameters"] if p["name"] in ("format", "limit", "after")
+        ],
+        "responses": copy.deepcopy(
+            {code: listing["responses"][code] for code in ("200", "400", "401", "403")}
+        ),
+    }

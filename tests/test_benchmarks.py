@@ -383,3 +383,22 @@ def test_the_mounts_targets_measure_ranges_and_redirects(tmp_path: Path) -> None
     # Each target only where it says: no big download through the mounts or the redirect.
     assert set(medians["big_mbps"]) == {"proxy-local"}
     assert "proxy-local-mounts" not in medians.get("redirect_rps", {})
+
+
+def test_the_baseline_build_runs_without_the_callers_pythonpath(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With ``export PYTHONPATH=$PWD`` (as the tests are run) the --baseline build imported the
+    working tree's proxy/: an A/B measured today's code twice."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    servers = benchmark_module("servers")
+    run = benchmark_module("run")
+    site = servers.Site(tmp_path / "data", tmp_path, None, "python", "baseline-python")
+    head = servers.PROXY_S3_REDIRECT
+    old = servers.variant(head, servers.BASELINE, build="baseline")
+    assert "PYTHONPATH" not in servers._proxy_env(old, site, 8000, None)
+    assert servers._proxy_env(head, site, 8000, None)["PYTHONPATH"] == str(ROOT)  # as given
+    # A baseline with PROXY_MOUNTS gets the mounts targets measured too.
+    assert run.has_mounts("HEAD")
+    assert not run.has_mounts("no-such-revision")
