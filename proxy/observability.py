@@ -359,8 +359,14 @@ class Observability:
                 self._timer.cancel()
             self._timer = self._timer_loop = None
         finished, self._finished = self._finished, []
+        per_mount: dict[tuple[str, int], list[int]] = {}
         for item in finished:
-            self._record(*item)
+            self._record(*item, per_mount)
+        # Summed over the batch, then one update per (mount, status): two counter updates per
+        # request were nearly all of what a third mount cost a 64 KiB range (callgrind +2.1%).
+        for (mount, status), (count, sent) in per_mount.items():
+            _mount_requests(mount, status).inc(count)
+            _mount_bytes(mount).inc(sent)
 
     def _record(
         self,
@@ -369,6 +375,7 @@ class Observability:
         exchange: _Exchange,
         done: float,
         error: type[BaseException] | None,
+        per_mount: dict[tuple[str, int], list[int]],
     ) -> None:
         route = _route(scope)
         ended = outcome(exchange, error)
@@ -385,8 +392,9 @@ class Observability:
             if error is not None and issubclass(error, StorageError):  # failed mid-stream
                 metrics.BACKEND_ERRORS.labels(error.__name__).inc()
             if mount := scope.get("mount"):  # set by the object route with PROXY_MOUNTS
-                _mount_requests(mount, exchange.status or 500).inc()
-                _mount_bytes(mount).inc(exchange.bytes)
+                counts = per_mount.setdefault((mount, exchange.status or 500), [0, 0])
+                counts[0] += 1
+                counts[1] += exchange.bytes
         if self.access_log:
             line = self._line(scope, request_id, exchange, done, ended)
             handler = _direct_line_handler()
