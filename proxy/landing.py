@@ -48,6 +48,7 @@ class Landing(BaseModel):
     mounts: dict[str, Backend] | None = None  # with PROXY_MOUNTS: each mount's
     slice_cache: bool
     access_control: bool
+    writes: bool = False  # some mount takes PUT and DELETE (PROXY_WRITES)
     links: dict[str, str]
 
 
@@ -88,6 +89,7 @@ def landing_for(settings: Settings, root_path: str = "") -> Landing:
         mounts=by_mount,
         slice_cache=any(mount.settings.cache_dir is not None for mount in mounts),
         access_control=settings.auth_enabled,
+        writes=any(mount.settings.writes for mount in mounts),
         links=links,
     )
 
@@ -115,6 +117,7 @@ def render_html(landing: Landing) -> str:
         )
         where = f"mounts<ul>{items}</ul>"
     access = "on: objects need a bearer key or a signed URL" if landing.access_control else "off"
+    writes = "on: PUT and DELETE with write credentials" if landing.writes else "off"
     links = "".join(
         f'<li><a href="{escape(url)}">{escape(url)}</a>: {escape(_LINKS[name][1])}</li>\n'
         for name, url in landing.links.items()
@@ -127,7 +130,8 @@ def render_html(landing: Landing) -> str:
         "</p>\n<dl>\n"
         f"<dt>backend</dt><dd>{where}</dd>\n"
         f"<dt>slice cache</dt><dd>{'on' if landing.slice_cache else 'off'}</dd>\n"
-        f"<dt>access control</dt><dd>{access}</dd>\n</dl>\n<ul>\n{links}</ul>\n</body></html>\n"
+        f"<dt>access control</dt><dd>{access}</dd>\n"
+        f"<dt>writes</dt><dd>{writes}</dd>\n</dl>\n<ul>\n{links}</ul>\n</body></html>\n"
     )
 
 

@@ -89,6 +89,7 @@ def test_json_by_default(local: RunningServer, media: MediaTree) -> None:
         "backend": {"kind": "local", "client": "async"},
         "slice_cache": False,
         "access_control": False,
+        "writes": False,
         "links": LINKS,
     }
     assert __version__ == "0.1.0"
