@@ -28,6 +28,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.StorageError], int, str], ...] = (
     (errors.BackendTimeout, 504, "backend_timeout"),
     (errors.ObjectChanged, 503, "object_changed"),
     (errors.PreconditionFailed, 412, "precondition_failed"),
+    (errors.InsufficientStorage, 507, "insufficient_storage"),
     (errors.StorageError, 502, "bad_gateway"),
 )
 RETRY_AFTER_SECONDS = "1"

@@ -8,6 +8,7 @@
     ├── BackendTimeout(TimeoutError)         -> 504
     ├── ObjectChanged                        -> 503: replaced between two calls of one response
     ├── PreconditionFailed                   -> 412: a write's If-Match / If-None-Match failed
+    ├── InsufficientStorage                  -> 507: no room for a write (disk full, quota)
     ├── BodyTruncated                        -> raised mid-stream: the connection is aborted
     └── RangeNotSatisfiable                  -> S3's own signal, never leaves the backend
 
@@ -56,6 +57,12 @@ class PreconditionFailed(StorageError):
     """A write's or delete's precondition does not hold: nothing was stored or removed."""
 
     message = "the object's current state does not meet the request's precondition"
+
+
+class InsufficientStorage(StorageError):
+    """A write found no room (a full filesystem or quota): nothing of it was stored."""
+
+    message = "the storage has no room for this object"
 
 
 class BodyTruncated(StorageError):

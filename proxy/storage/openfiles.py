@@ -100,6 +100,11 @@ class OpenFiles:
                 os.close(self._entries.pop(next(iter(self._entries))).fd)
             self._expire(entry.used)
 
+    def forget(self, key: str) -> None:
+        """Close ``key``'s cached descriptor, if any: a write or delete replaced the file (the
+        next open's ``stat`` would see that too; this frees the old file's space at once)."""
+        self._drop(key)
+
     def _drop(self, key: str) -> None:
         with self._lock:
             entry = self._entries.pop(key, None)
