@@ -416,6 +416,16 @@ class _Bucket:
         return self._client
 
     @property
+    def bucket(self) -> str:
+        """The bucket, for the writer (``proxy.storage.s3write``)."""
+        return self._bucket
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix (``""`` or ending in ``/``), for the writer."""
+        return self._prefix
+
+    @property
     def presigned(self) -> Any:
         """The presigned GETs, for instrumentation; None when GetObject goes through botocore."""
         return self._presigned
