@@ -7,6 +7,10 @@ and inode caches answer them), and so does a read the page cache can serve at on
 thread. A thread hop costs more than a cached 256 KiB read: doing every call in a thread held
 a 64 KiB range at a third of the rate.
 
+A file written through the proxy carries the media type its upload gave in an extended
+attribute (``XATTR_MEDIA_TYPE``), read when the file is opened afresh; else the extension
+decides.
+
 Listings walk the directories in S3's order (the UTF-8 bytes of the keys, a folder's name
 followed by ``/``) and show what a read could serve: regular files, through links only when
 they resolve under the root, never a directory twice on one path (a link loop).
@@ -67,11 +71,13 @@ _HAVE_FD_PATHS = os.path.isdir(_FD_PATHS)
 _NOT_FOUND_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENXIO, errno.EISDIR})
 
 # Where a written file's media type is kept (``proxy.storage.localwrite``): the extended
-# attribute Apache's mod_mime_xattr and nginx's xattr modules read too.
+# attribute freedesktop.org's common attributes name, and Apache's mod_mime_xattr reads.
 XATTR_MEDIA_TYPE = "user.mime_type"
 # A stored type is sent as Content-Type: printable ASCII of a sane length, else the extension.
 _STORED_TYPE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(;[ -~]*)?")
 _MAX_TYPE = 255
+_FIELD_VALUE = re.compile(rb"[ -~]*")  # printable ASCII: no CR, LF or other control
+_MAX_FIELD = 1024
 # Names of a write's temporary files (only where O_TMPFILE is missing, or for the instant
 # between a link and its rename): hidden, and never a key (``check_key`` refuses a backslash),
 # so no read or listing serves them.
@@ -190,6 +196,28 @@ def stored_media_type(fd: int) -> str | None:
     if len(value) > _MAX_TYPE or not _STORED_TYPE.fullmatch(value):
         return None
     return value.decode("ascii")
+
+
+def xattr_name(field_name: str) -> str:
+    """The extended attribute a response header field stored with a file is kept in
+    (``content-disposition``: ``user.content_disposition``)."""
+    return "user." + field_name.replace("-", "_")
+
+
+def stored_fields(fd: int, names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The header fields among ``names`` (lower-case) a write stored with the file, as
+    ``Reply.fields`` holds them; values that are no sane header value are left out. Not read
+    by ``open`` yet: the HTTP layer decides whether a stored field replaces its own."""
+    try:
+        present = os.listxattr(fd)
+        values = [(n, os.getxattr(fd, xattr_name(n))) for n in names if xattr_name(n) in present]
+    except OSError:
+        return ()  # ENOTSUP: no xattrs here; ENODATA: removed meanwhile
+    return tuple(
+        (name, value.decode("ascii"))
+        for name, value in values
+        if len(value) <= _MAX_FIELD and _FIELD_VALUE.fullmatch(value)
+    )
 
 
 def _open_object(root: str, key: str, files: OpenFiles) -> tuple[int, ObjectMeta]:

@@ -9,6 +9,8 @@ under the root, as reads check files), so every later call is relative to a desc
 cannot be redirected. Commits, deletes and the removal of an empty folder hold an exclusive
 ``flock`` on the folder they change: If-Match is compared and the rename done under it (other
 processes too), and a commit that finds its folder removed meanwhile (nlink 0) walks again.
+Where folders cannot be flocked (NFS), a lock of the process stands in: If-Match then holds
+against this process's writes only (If-None-Match stays atomic: it is the link itself).
 
 ``LocalWriter`` and ``AsyncLocalWriter`` are twins over the module-level helpers; the async one
 runs every disk call in a worker thread.
@@ -22,10 +24,10 @@ import os
 import re
 import secrets
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import cast
 
 import anyio
 import anyio.to_thread
@@ -49,6 +51,7 @@ from proxy.storage.local import (
     LocalStorage,
     _meta,
     _under,
+    xattr_name,
 )
 from proxy.storage.openfiles import OpenFiles
 from proxy.storage.options import LocalOptions, StorageOptions
@@ -65,16 +68,15 @@ _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _PROBE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO must not block the probe
 _FILE_MODE = 0o666  # less the umask, as any file the service creates
 _FOLDER_MODE = 0o777
+# What a read answers 404 for ("there is nothing at this key"), as ``local.storage_error``.
+_UNREACHABLE = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO, errno.EISDIR}
+)
 _WALKS = 3  # a folder removed (by a delete's cleanup) between the walk and the lock: walk again
 
-# Response header fields kept with the object: ``user.`` + the name, "-" as "_".
+# Response header fields kept with the object (``local.xattr_name``): lower-case names.
 _FIELD_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
 _NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
-
-
-def xattr_name(field_name: str) -> str:
-    """The extended attribute a response header field is stored in."""
-    return "user." + field_name.replace("-", "_")
 
 
 def write_error(exc: OSError) -> StorageError:
@@ -140,6 +142,13 @@ class _Folder:
             _close(fd)
         self.chain = []
 
+    def unwind(self) -> None:
+        """Remove the folders this walk created while they are empty, then ``close``."""
+        for parent, name in self.created:
+            if not _remove_empty(parent, name):
+                break
+        self.close()
+
 
 def _open_dir(root: str, parent: int, name: str, path: str) -> int:
     """Open the folder ``name`` of ``parent`` (``path``; a link followed) if it lies under
@@ -175,12 +184,24 @@ def _walk(root: str, key: str, create: bool) -> _Folder:
             fd, created = _enter(root, folder.fd, part, path, create)
             folder.chain.append((fd, part, created))
             folder.fd = fd
-    except NotADirectoryError:
-        folder.close()
-        raise InvalidKey("a folder of the key is a file") from None
-    except BaseException:
-        folder.close()
+    except BaseException as exc:
+        folder.unwind()
+        if isinstance(exc, NotADirectoryError):
+            raise InvalidKey("a folder of the key is a file") from None
         raise
+    return folder
+
+
+def _rewalk(folder: _Folder, root: str, key: str) -> _Folder:
+    """``folder`` walked again (it was removed meanwhile); what the first walk created stays
+    this upload's to fsync, or to remove on abort."""
+    made = [created for _, _, created in folder.chain]
+    folder.close()
+    folder = _walk(root, key, create=True)
+    folder.chain = [
+        (fd, name, created or (index < len(made) and made[index]))
+        for index, (fd, name, created) in enumerate(folder.chain)
+    ]
     return folder
 
 
@@ -200,23 +221,28 @@ def _enter(root: str, parent: int, part: str, path: str, create: bool) -> tuple[
     raise InvalidKey("a folder of the key is not a folder")
 
 
-def _lock(folder: _Folder, root: str, key: str) -> _Folder:
-    """``folder`` locked (exclusive ``flock``), or walked again if it was removed before the
-    lock was taken (nlink 0: a delete's cleanup of empty folders got there first)."""
-    for _ in range(_WALKS):
-        fcntl.flock(folder.fd, fcntl.LOCK_EX)
-        if os.fstat(folder.fd).st_nlink > 0:
-            return folder
-        fcntl.flock(folder.fd, fcntl.LOCK_UN)
-        made = [created for _, _, created in folder.chain]
-        folder.close()
-        folder = _walk(root, key, create=True)
-        # What the first walk created is still this upload's (to fsync, or remove on abort).
-        folder.chain = [
-            (fd, name, created or made[index])
-            for index, (fd, name, created) in enumerate(folder.chain)
-        ]
-    raise BackendUnavailable(f"{BackendUnavailable.message} (a folder of the key keeps vanishing)")
+# What flock fails with where the filesystem has none for folders (NFS emulates it with a
+# POSIX write lock, which a folder opened for reading cannot take).
+_NO_FLOCK = frozenset({errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP})
+# There, one lock of this process serialises its commits and deletes (other processes not).
+_PROCESS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _locked(folder: int) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder``: held against every process that writes here."""
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno not in _NO_FLOCK:
+            raise
+        with _PROCESS_LOCK:
+            yield
+        return
+    try:
+        yield
+    finally:
+        fcntl.flock(folder, fcntl.LOCK_UN)
 
 
 def _current_etag(root: str, folder: int, name: str) -> str | None:
@@ -225,7 +251,7 @@ def _current_etag(root: str, folder: int, name: str) -> str | None:
     try:
         fd = os.open(name, _PROBE_FLAGS, dir_fd=folder)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EISDIR):
+        if exc.errno in _UNREACHABLE:
             return None
         raise
     try:
@@ -305,11 +331,11 @@ def _remove_empty(parent: int, name: str) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if os.stat(name, dir_fd=parent, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
-            return False  # replaced since it was opened
-        os.rmdir(name, dir_fd=parent)
-        return True
+        with _locked(fd):
+            if os.stat(name, dir_fd=parent, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                return False  # replaced since it was opened
+            os.rmdir(name, dir_fd=parent)
+            return True
     except OSError:
         return False  # not empty (ENOTEMPTY), busy, gone: best effort
     finally:
@@ -337,10 +363,17 @@ class _Upload:
         try:
             with map_write_errors():
                 folder = self._folder = _walk(self._root, self._key, create=True)
-                _check_target(folder.fd, folder.name)
-                _check_conditions(self._root, folder.fd, folder.name, self._new.conditions)
-                _check_room(folder.fd, self._new.length)
-                self._fd = self._open_temporary(folder.fd)
+                for attempt in range(_WALKS):
+                    _check_target(folder.fd, folder.name)
+                    _check_conditions(self._root, folder.fd, folder.name, self._new.conditions)
+                    _check_room(folder.fd, self._new.length)
+                    try:
+                        self._fd = self._open_temporary(folder.fd)
+                        break
+                    except FileNotFoundError:  # a delete's cleanup removed the folder
+                        if attempt == _WALKS - 1:
+                            raise
+                        folder = self._folder = _rewalk(folder, self._root, self._key)
                 self._xattrs = _store_metadata(self._fd, self._new)
         except BaseException:
             self.abort()
@@ -373,12 +406,17 @@ class _Upload:
             raise ValueError("commit of a committed or aborted upload")
         with map_write_errors():
             os.fsync(self._fd)
-            folder = self._folder = _lock(self._folder, self._root, self._key)
-            try:
-                created = self._publish(folder)
-                self._done = True  # visible: abort has nothing left to undo
-            finally:
-                fcntl.flock(folder.fd, fcntl.LOCK_UN)
+            folder = self._folder
+            for _ in range(_WALKS):
+                with _locked(folder.fd):
+                    # nlink 0: a delete's cleanup removed the empty folder before the lock.
+                    if os.fstat(folder.fd).st_nlink > 0:
+                        created = self._publish(folder)
+                        self._done = True  # visible: abort has nothing left to undo
+                        break
+                folder = self._folder = _rewalk(folder, self._root, self._key)
+            else:
+                raise BackendUnavailable(f"{BackendUnavailable.message} (a folder keeps vanishing)")
             self._files.forget(self._key)  # the old file's descriptor: its space comes back
             st = os.fstat(self._fd)
         with suppress(OSError):  # visible already: the names' durability, best effort
@@ -437,9 +475,7 @@ class _Upload:
             _close(self._fd)  # an O_TMPFILE's last reference: the kernel frees it
             self._fd = -1
         if self._folder is not None:
-            for parent, name in self._folder.created:
-                if not _remove_empty(parent, name):
-                    break
+            self._folder.unwind()
         self._release()
 
     def _release(self) -> None:
@@ -457,22 +493,21 @@ def _delete(root: str, files: OpenFiles, key: str, conditions: WriteConditions) 
     check_key(key)
     try:
         folder = _walk(root, key, create=False)
-    except (FileNotFoundError, NotADirectoryError, InvalidKey):
-        raise ObjectNotFound() from None  # a key a read could not reach: nothing to delete
+    except InvalidKey:
+        raise ObjectNotFound() from None  # a folder a read could not pass: nothing to delete
     except OSError as exc:
+        if exc.errno in _UNREACHABLE:
+            raise ObjectNotFound() from None
         raise write_error(exc) from exc
     try:
         with map_write_errors():
-            fcntl.flock(folder.fd, fcntl.LOCK_EX)
-            try:
+            with _locked(folder.fd):
                 etag = _current_etag(root, folder.fd, folder.name)
                 if etag is None:
                     raise ObjectNotFound()
                 if conditions.if_match not in (None, "*", etag):
                     raise PreconditionFailed()
                 os.unlink(folder.name, dir_fd=folder.fd)
-            finally:
-                fcntl.flock(folder.fd, fcntl.LOCK_UN)
             files.forget(key)
             with suppress(OSError):
                 os.fsync(folder.fd)
@@ -568,6 +603,9 @@ def open_writer(
 ) -> LocalWriter | AsyncLocalWriter:
     """The writer of the local ``storage`` opened from ``options``, in its flavour."""
     assert isinstance(options, LocalOptions)
-    if options.sync:
-        return LocalWriter(cast(LocalStorage, storage))
-    return AsyncLocalWriter(cast(AsyncLocalStorage, storage))
+    expected = LocalStorage if options.sync else AsyncLocalStorage
+    if not isinstance(storage, expected):  # a wrapper would hide the root and the open files
+        raise TypeError(f"local writes need the {expected.__name__} itself")
+    if isinstance(storage, LocalStorage):
+        return LocalWriter(storage)
+    return AsyncLocalWriter(storage)

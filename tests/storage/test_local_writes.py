@@ -6,6 +6,8 @@ If-Match raced by threads and by processes, deletes that take empty folders with
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import random
@@ -39,6 +41,7 @@ from proxy.storage.local import (
     XATTR_MEDIA_TYPE,
     AsyncLocalStorage,
     LocalStorage,
+    stored_fields,
 )
 from proxy.storage.localwrite import AsyncLocalWriter, LocalWriter, open_writer
 from proxy.storage.options import LocalOptions
@@ -224,6 +227,9 @@ async def test_nothing_is_visible_before_commit(twin: Twin, root: Path, temporar
     assert await twin.listing("", recursive=False) == ["dir/"]  # no empty "new/" folder
     hidden = [name for name in tree(root) if TEMPORARY_PREFIX in name]
     assert len(hidden) == (1 if temporaries == "named" else 0)  # O_TMPFILE: no name at all
+    for name in hidden:
+        with pytest.raises(InvalidKey):  # no key names a temporary file
+            await twin.read(name)
 
     await upload.write(NEW[1000:])
     await upload.commit()
@@ -425,6 +431,27 @@ async def test_if_match_racing_writers_one_wins(twin: Twin) -> None:
         assert (await twin.read("dir/old.bin"))[1] == f"body {won[0]}".encode()
 
 
+async def test_where_folders_cannot_be_flocked_a_process_lock_stands_in(
+    twin: Twin, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS refuses flock on a folder opened for reading (EBADF): commits and deletes go on,
+    serialised within the process (an unit test of that error path: no NFS here)."""
+
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    for _ in range(3):
+        current, _ = await twin.read("dir/old.bin")
+        results = await race(twin, "dir/old.bin", WriteConditions(if_match=current.etag), 4)
+
+        won = [n for n, result in enumerate(results) if isinstance(result, Written)]
+        assert len(won) == 1, results
+    await twin.put("a/b/c.bin", b"x")
+    await twin.delete("a/b/c.bin")
+    assert sorted(tree(root)) == ["dir/", "dir/old.bin"]
+
+
 RACER = textwrap.dedent(
     """
     import os, sys, time
@@ -445,7 +472,7 @@ RACER = textwrap.dedent(
     open(ready, "w").close()
     deadline = time.monotonic() + 30
     while not os.path.exists(go) and time.monotonic() < deadline:
-        time.sleep(0.005)
+        pass  # a spin, not a sleep: both commits start within microseconds of each other
     try:
         upload.commit()
         print("won")
@@ -458,38 +485,47 @@ RACER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("mode", ["if-none-match", "if-match"])
-async def test_two_processes_racing_one_wins(
-    root: Path, tmp_path: Path, temporaries: str, mode: str
-) -> None:
-    key = "dir/old.bin" if mode == "if-match" else "dir/new.txt"
-    go = tmp_path / "go"
-    processes = []
-    for number in range(2):
-        ready = tmp_path / f"ready{number}"
-        argv = [str(root), key, mode, temporaries, str(ready), str(go), f"process {number}"]
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-c", RACER, *argv], stdout=subprocess.PIPE, text=True
+async def test_processes_racing_one_wins(tmp_path: Path, temporaries: str, mode: str) -> None:
+    """Four processes commit the same key at once: the link (If-None-Match) or the folder's
+    flock (If-Match) lets exactly one through. On a tmpfs where this can mount one: there an
+    fsync costs nothing, so the commits' critical sections really overlap."""
+    count = 4
+    with contextlib.ExitStack() as stack:
+        try:
+            root = stack.enter_context(tmpfs(tmp_path / "race", "16m"))
+        except pytest.skip.Exception:
+            root = tmp_path / "race"  # the disk: the race is still checked, less sharply
+        (root / "dir").mkdir()
+        (root / "dir" / "old.bin").write_bytes(OLD)
+        key = "dir/old.bin" if mode == "if-match" else "dir/new.txt"
+        go = tmp_path / "go"
+        processes = []
+        for number in range(count):
+            ready = tmp_path / f"ready{number}"
+            argv = [str(root), key, mode, temporaries, str(ready), str(go), f"process {number}"]
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", RACER, *argv], stdout=subprocess.PIPE, text=True
+                )
             )
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while not all((tmp_path / f"ready{n}").exists() for n in range(2)):
-            assert time.monotonic() < deadline, "the racers never got ready"
-            assert all(p.poll() is None for p in processes), "a racer died"
-            await anyio.sleep(0.01)
-        go.touch()
-        outcomes = [p.communicate(timeout=60)[0].strip() for p in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        try:
+            deadline = time.monotonic() + 60
+            while not all((tmp_path / f"ready{n}").exists() for n in range(count)):
+                assert time.monotonic() < deadline, "the racers never got ready"
+                assert all(p.poll() is None for p in processes), "a racer died"
+                await anyio.sleep(0.01)
+            go.touch()
+            outcomes = [p.communicate(timeout=60)[0].strip() for p in processes]
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
 
-    assert sorted(outcomes) == ["lost", "won"]
-    winner = outcomes.index("won")
-    assert (root / key).read_bytes() == f"process {winner}".encode()
-    assert sorted(tree(root)) == sorted({"dir/", "dir/old.bin", f"{key}"})
+        assert sorted(outcomes) == ["lost"] * (count - 1) + ["won"]
+        winner = outcomes.index("won")
+        assert (root / key).read_bytes() == f"process {winner}".encode()
+        assert sorted(tree(root)) == sorted({"dir/", "dir/old.bin", f"{key}"})
 
 
 async def test_delete(twin: Twin, root: Path) -> None:
@@ -540,6 +576,7 @@ async def test_keys_that_cannot_be_folders_or_leave_the_root(twin: Twin, root: P
     outside = root.parent / "outside"
     (root / "escape").symlink_to(outside)
     (root / "alias").symlink_to("dir")
+    (root / "loop").symlink_to("loop")
     before = tree(root)
     outside_before = tree(outside)
     new = NewObject("text/plain")
@@ -555,8 +592,14 @@ async def test_keys_that_cannot_be_folders_or_leave_the_root(twin: Twin, root: P
         with pytest.raises(InvalidKey, match=detail) as raised:
             await twin.begin(key, new)
         assert str(root) not in str(raised.value)
-    with pytest.raises(ObjectNotFound):
-        await twin.delete("escape/secret.txt")
+    long = "n" * 300  # a key may be 1024 bytes, a file name only 255
+    for key in (f"fresh/{long}/x.txt", f"fresh/deeper/{long}", "loop/x.txt"):
+        with pytest.raises(InvalidKey) as raised:
+            await twin.begin(key, new)
+        assert str(root) not in str(raised.value)
+    for key in ("escape/secret.txt", f"dir/{long}", f"{long}/x", "loop/x.txt", "loop"):
+        with pytest.raises(ObjectNotFound):
+            await twin.delete(key)
     with pytest.raises(InvalidKey):
         await twin.delete("../outside/secret.txt")
     assert tree(root) == before
@@ -584,6 +627,15 @@ async def test_the_media_type_and_fields_are_stored_with_the_file(twin: Twin, ro
     assert os.getxattr(path, XATTR_MEDIA_TYPE) == b"video/mp4"
     assert os.getxattr(path, "user.content_disposition") == b'attachment; filename="a.mp4"'
     assert os.getxattr(path, "user.cache_control") == b"no-cache"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert stored_fields(fd, ("cache-control", "content-language")) == (
+            ("cache-control", "no-cache"),
+        )
+        os.setxattr(fd, "user.cache_control", b"no-cache\r\nx-evil: 1")
+        assert stored_fields(fd, ("cache-control",)) == ()
+    finally:
+        os.close(fd)
     assert await twin.listing("clip") == ["clip.bin"]
 
 
@@ -756,6 +808,30 @@ def test_open_writer_matches_the_flavour(root: Path) -> None:
     assert isinstance(open_writer(LocalOptions(root, sync=True), sync), LocalWriter)
     asynchronous = AsyncLocalStorage(root)
     assert isinstance(open_writer(LocalOptions(root), asynchronous), AsyncLocalWriter)
+    with pytest.raises(TypeError):
+        open_writer(LocalOptions(root), sync)
+
+
+async def test_async_abort_cleans_up_in_a_cancelled_task(root: Path, temporaries: str) -> None:
+    twin = Twin(root, sync=False)
+    before = tree(root)
+    upload = await twin.begin("new/folder/x.bin", NewObject("text/plain"))
+    await upload.write(NEW)
+
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await upload.write(NEW)  # cancelled before it runs
+        finally:
+            await upload.abort()  # shielded: still runs
+    assert scope.cancelled_caught
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await twin.begin("other/x.bin", NewObject("text/plain"))
+    assert scope.cancelled_caught
+
+    assert tree(root) == before
+    twin.close()
 
 
 @pytest.mark.parametrize(
