@@ -51,6 +51,13 @@ METRICS = {  # metric: (label, decimals)
     "listing_first_line_ms": ("listing: first line, ms", 1),
     "listing_rss_growth_mb": ("listing: RSS growth while listing, MB", 1),
     "listing_complete": ("listing: complete (every key, then the last line)", 0),
+    # Issue 25 (benchmarks/uploads.py); on s3-direct, boto3's upload_file straight to SeaweedFS.
+    "upload_mbps": ("upload: MB/s, one PUT of the big object", 0),
+    "upload_peak_mb": ("upload: peak RSS MB during it", 1),
+    "upload20_before_mb": ("upload, 20 at once: RSS before MB", 1),
+    "upload20_peak_mb": ("upload, 20 at once: peak RSS MB", 1),
+    "upload20_stored": ("upload, 20 at once: stored", 0),
+    "upload20_mbps": ("upload, 20 at once: MB/s in all", 0),
 }
 
 
@@ -91,6 +98,7 @@ class Verdict:
 PROXIES = ("proxy-local", "proxy-s3-aio", "proxy-s3-boto3")
 S3_PROXIES = ("proxy-s3-aio", "proxy-s3-boto3")
 CACHE_PROXIES = ("proxy-s3-aio-cache", "proxy-s3-boto3-cache")  # S3 proxies, slice cache on
+UPLOAD_PROXIES = ("proxy-s3-aio-upload", "proxy-s3-boto3-upload")  # S3 proxies, writes on
 # One chunk per stream at the default largest chunk (PROXY_CHUNK_SIZE, 1 MiB), 50 streams.
 HANGUP_BOUND_MB = 50 * 1024 * 1024 / 1e6
 
@@ -139,6 +147,11 @@ GOALS = [
     *(Goal(name, "listing_first_line_ms", False, 100) for name in S3_PROXIES),
     *(Goal(name, "listing_rss_growth_mb", False, 20) for name in S3_PROXIES),
     *(Goal(name, "listing_complete", True, 1) for name in S3_PROXIES),
+    # Uploads (issue 25): against boto3's upload_file straight to SeaweedFS; RSS under 20.
+    Goal("proxy-s3-aio-upload", "upload_mbps", True, 0.8, "s3-direct"),
+    Goal("proxy-s3-boto3-upload", "upload_mbps", True, 0.6, "s3-direct"),
+    *(Goal(name, "upload20_peak_mb", False, 100) for name in UPLOAD_PROXIES),
+    *(Goal(name, "upload20_stored", True, 20) for name in UPLOAD_PROXIES),
 ]
 RATIO_PAIRS = [
     ("proxy-local", "nginx"),

@@ -69,6 +69,12 @@ from servers import (
     uses_mounts,
     variant,
 )
+from uploads import UPLOAD_SCENARIOS, UPLOAD_TARGETS
+from uploads import prepare as prepare_uploads
+
+# Issue 25's upload scenario and its proxies (writes on) are defined in uploads.py.
+SCENARIOS.extend(UPLOAD_SCENARIOS)
+TARGETS.extend(UPLOAD_TARGETS)
 
 HERE = Path(__file__).resolve().parent
 RESULTS_FILE = HERE / "RESULTS.md"  # the latest full run's report, committed
@@ -76,7 +82,7 @@ MIB = 1024 * 1024
 Measured = dict[str, float | None]
 BUSY_NOTE_S = 1.0  # report a server that needed longer than this to become idle
 TOOLS = {"nginx": "nginx", "wrk": "wrk", "curl": "curl"}  # command: Debian package
-SCENARIOS_DEFAULT = "big,ranges,memory,fairness,disconnect,ttfb,ranges-cold,coalesce,listing"
+SCENARIOS_DEFAULT = "big,ranges,memory,fairness,disconnect,ttfb,ranges-cold,coalesce,listing,upload"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -386,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             baseline = baseline_python(work_dir, args.baseline)
         need_s3 = any(t.backend == "s3" for t in targets)
         site = stack.enter_context(environment(work_dir, files, need_s3, python, baseline))
+        prepare_uploads(site)
         listing_keys = 0
         if site.s3 is not None and any(s.name == "listing" for s in scenarios):
             settings["listing_keys"] = listing_keys = args.listing_keys

@@ -402,3 +402,31 @@ def test_the_baseline_build_runs_without_the_callers_pythonpath(
     # A baseline with PROXY_MOUNTS gets the mounts targets measured too.
     assert run.has_mounts("HEAD")
     assert not run.has_mounts("no-such-revision")
+
+
+def test_the_upload_scenario_measures_proxies_beside_upload_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25's figures: one PUT of the big object through the writable proxies and boto3's
+    upload_file straight to SeaweedFS, then 20 uploads at once (S3 proxies: peak RSS)."""
+    require_tool("curl")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    uploads, report = benchmark_module("uploads"), benchmark_module("report")
+    for scenario in uploads.UPLOAD_SCENARIOS:
+        assert set(scenario.metrics) <= set(report.METRICS), scenario.name
+    assert uploads.TOKEN not in json.dumps([t.env for t in uploads.UPLOAD_TARGETS])  # its hash
+    command = [sys.executable, "benchmarks/run.py", "--scenarios", "upload", "--runs", "1"]
+    command += ["--size-mib", "6", "--targets", "proxy-local-upload,proxy-s3-aio-upload,s3-direct"]
+    command += ["--proxy-python", sys.executable, "--results", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    medians = json.loads((tmp_path / "latest.json").read_text())["medians"]
+    for target in ["proxy-local-upload", "proxy-s3-aio-upload", "s3-direct"]:
+        assert medians["upload_mbps"][target] > 0, target
+    assert medians["upload20_stored"]["proxy-s3-aio-upload"] == 20
+    before = medians["upload20_before_mb"]["proxy-s3-aio-upload"]
+    assert 0 < before <= medians["upload20_peak_mb"]["proxy-s3-aio-upload"]
+    assert "proxy-local-upload" not in medians["upload20_peak_mb"]  # S3 proxies only
+    assert result.stdout.count(b"(vacuumed)") == 1  # after the 20 uploads were deleted
+    goals = {goal["goal"] for goal in json.loads((tmp_path / "latest.json").read_text())["goals"]}
+    assert "proxy-s3-aio-upload upload, 20 at once: peak RSS MB <= 100" in goals
