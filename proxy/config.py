@@ -6,6 +6,7 @@ import difflib
 import json
 import re
 import tomllib
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -106,6 +107,10 @@ class Mount:
     def path(self) -> str:
         """What its keys start with below ``/objects/``: ``videos/``, or "" at the root."""
         return f"{self.name}/" if self.name else ""
+
+
+# True while a mount's own options are validated alone (``_mount``).
+_MOUNT_ALONE: ContextVar[bool] = ContextVar("mount_alone", default=False)
 
 
 class Settings(BaseSettings):
@@ -500,7 +505,8 @@ class Settings(BaseSettings):
                         f"PROXY_API_KEYS: key {api_key.name!r}: mounts: {name!r} names no mount"
                     )
         writing = [mount.name for mount in self.mount_list() if mount.settings.writes]
-        if writing and not self.auth_enabled:
+        # A mount's options alone hold no keys: the proxy's are checked once it is whole.
+        if writing and not self.auth_enabled and not _MOUNT_ALONE.get():
             where = "PROXY_WRITES" if writing == [""] else f"mounts {', '.join(writing)}: writes"
             problems.append(
                 f"{where}: writes always need credentials: set PROXY_API_KEYS (a key with "
@@ -692,7 +698,11 @@ def _mount(
     own = {key: value for key, value in options.items() if key in MOUNT_SETTINGS}
     try:
         # From these options alone: an environment prefix no variable can have (a NUL).
-        chosen = Settings(_env_prefix="\0", **own)  # type: ignore[call-arg]
+        token = _MOUNT_ALONE.set(True)
+        try:
+            chosen = Settings(_env_prefix="\0", **own)  # type: ignore[call-arg]
+        finally:
+            _MOUNT_ALONE.reset(token)
     except ValidationError as exc:
         return lines + _settings_problems(exc)
     if lines:

@@ -471,3 +471,51 @@ def test_writes_are_off_by_default(read_only: RunningServer) -> None:
     assert "put" not in json.dumps(
         httpx.get(f"{read_only.url}/openapi.json").json()["paths"]["/objects/{key}"]
     )
+
+
+MOUNTED = "mounted-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def mounted(serve: StartServer, tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
+    """Two mounts: ``w`` public for reading and writable, ``r`` not writable."""
+    writable_root = tmp_path_factory.mktemp("w-mount")
+    other_root = tmp_path_factory.mktemp("r-mount")
+    keys = [
+        *API_KEYS,
+        {"name": "r-only", "sha256": hash_token(MOUNTED), "access": "write", "mounts": ["r"]},
+    ]
+    settings = Settings.model_validate(
+        {
+            "mounts": {
+                "w": {
+                    "backend": "local",
+                    "local_root": writable_root,
+                    "writes": True,
+                    "public": True,
+                },
+                "r": {"backend": "local", "local_root": other_root, "flavor": "sync"},
+            },
+            "api_keys": keys,
+        }
+    )
+    return serve(settings)
+
+
+def test_writes_per_mount(mounted: RunningServer) -> None:
+    url = f"{mounted.url}/objects/w/clip.bin"
+    data = os.urandom(70_000)
+    assert httpx.put(url, content=data).status_code == 401  # public for reading only
+    other = {"Authorization": f"Bearer {MOUNTED}"}
+    assert httpx.put(url, content=data, headers=other).status_code == 403  # its mounts: r
+    assert httpx.put(url, content=data, headers=as_writer()).status_code == 201
+    assert sha256(httpx.get(url).content) == sha256(data)  # read without credentials
+    refused = httpx.put(f"{mounted.url}/objects/r/clip.bin", content=data, headers=other)
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
+    other_method = httpx.post(url, content=data, headers=as_writer())
+    assert other_method.status_code == 405
+    assert other_method.headers["allow"] == "GET, HEAD, PUT, DELETE"
+    operations = httpx.get(f"{mounted.url}/openapi.json").json()["paths"]
+    assert {"put", "delete"} <= set(operations["/objects/{mount}/{key}"])
+    assert httpx.delete(url, headers=as_writer()).status_code == 204
+    assert httpx.get(url).status_code == 404
