@@ -33,7 +33,6 @@ import http
 import logging
 import os
 import re
-import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -166,12 +165,6 @@ def _warn_at_capacity(open_connections: int) -> None:
 # -- zero-copy sends ----------------------------------------------------------------------------
 
 ZERO_COPY = "http.response.zerocopysend"
-# A start message with this key true promises a non-empty body message or a zero-copy send
-# right after it (the app's next send, without waiting in between): the head is then held and
-# goes out in one write with the body's first bytes (on loopback, a write is a TCP segment
-# through both ends' stacks: ~15% of a 64 KiB range's CPU). Only the proxy's own responses
-# (``proxy.responses``) set it, and only where the cycle offers the zero-copy send.
-HEAD_WITH_BODY = "proxy.head_with_body"
 
 
 class SendfileTally:
@@ -198,38 +191,6 @@ class _FileSpan:
 
     def __len__(self) -> int:
         return self.count
-
-
-class _Prefixed:
-    """The transport as a cycle's ``send`` sees it around a held head (``HEAD_WITH_BODY``):
-    ``holding``, writes are kept (the head); otherwise the first write goes out after
-    ``prefix`` in one write, the rest as they come. Everything else is the transport's."""
-
-    __slots__ = ("holding", "prefix", "transport")
-
-    def __init__(self, transport: asyncio.Transport, prefix: bytes, holding: bool) -> None:
-        self.transport = transport
-        self.prefix = prefix
-        self.holding = holding
-
-    def write(self, data: bytes) -> None:
-        if self.holding:
-            self.prefix += data
-            return
-        if self.prefix:  # one writev on uvloop; asyncio joins them, as uvicorn's head is
-            self.transport.writelines((self.prefix, data))
-            self.prefix = b""
-            return
-        self.transport.write(data)
-
-    def close(self) -> None:
-        if self.prefix:
-            self.transport.write(self.prefix)
-            self.prefix = b""
-        self.transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -262,34 +223,15 @@ class ZeroCopyCycle:
     response_complete: bool
     message_event: asyncio.Event
     _waiters: set[asyncio.Future[None]]
-    _socket_fd: int  # the transport's socket's descriptor, and its family
-    _socket_family: int
-
-    _held: bytes | None = None  # a head held for the body's first bytes (HEAD_WITH_BODY)
+    _socket_fd: int  # the transport's socket's descriptor
 
     async def send(self, message: Any) -> None:
-        kind = message["type"]
-        held = self._held
-        if held is not None and kind != ZERO_COPY:
-            # A body message: the head goes out in the same write as its first bytes.
-            self._held = None
-            transport = self.transport
-            self.transport = _Prefixed(transport, held, False)  # type: ignore[assignment]
-            try:
-                await super().send(message)  # type: ignore[misc]
-            finally:
-                self.transport = transport
-            return
-        if kind != ZERO_COPY or not self.response_started or self.response_complete:
-            if kind == "http.response.start" and message.get(HEAD_WITH_BODY):
-                await self._hold_head(message)
-            else:
-                await super().send(message)  # type: ignore[misc]
+        if message["type"] != ZERO_COPY or not self.response_started or self.response_complete:
+            await super().send(message)  # type: ignore[misc]
             return
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if self.disconnected:
-            self._held = None
             return
         file = message["file"]
         fd = file if isinstance(file, int) else file.fileno()
@@ -304,65 +246,18 @@ class ZeroCopyCycle:
             await self._send_framed(fd, offset, count)
             if moves:
                 os.lseek(fd, offset + count, os.SEEK_SET)
-        if self._held is not None:  # nothing was sent: the head goes alone
-            self._write(b"")
         if not message.get("more_body", False):
             await super().send({"type": "http.response.body", "body": b"", "more_body": False})  # type: ignore[misc]
-
-    async def _hold_head(self, message: Any) -> None:
-        """uvicorn's own start, but the head it writes is held for the body's first send."""
-        transport = self.transport
-        holder = _Prefixed(transport, b"", True)
-        self.transport = holder  # type: ignore[assignment]
-        try:
-            await super().send(message)  # type: ignore[misc]
-        finally:
-            self.transport = transport
-        if holder.prefix:
-            self._held = holder.prefix
 
     async def _send_framed(self, fd: int, offset: int, count: int) -> None:
         """``count`` bytes from ``offset`` of ``fd`` in the response's framing."""
         raise NotImplementedError
 
-    def _write(self, data: bytes) -> None:
-        """``data`` to the transport, after a held head."""
-        held = self._held
-        if held is None:
-            self.transport.write(data)
-            return
-        self._held = None
-        self.transport.writelines((held, data))
-
-    def _send_head(self, head: bytes) -> None:
-        """A held head, into the socket itself with ``MSG_MORE``: it waits there for the
-        ``sendfile`` that follows, so both go out as one segment (on loopback, each costs a
-        pass through both ends' TCP stacks). A socket object on the transport's descriptor,
-        detached at once (never closing it); what the socket does not take goes to the
-        transport, whose buffer then holds the sendfile back until it is out."""
-        sock = socket.socket(self._socket_family, socket.SOCK_STREAM, 0, self._socket_fd)
-        try:
-            sent = sock.send(head, socket.MSG_MORE)
-        except OSError:
-            sent = 0  # full, or gone: the transport finds out
-        finally:
-            sock.detach()
-        if sent < len(head):
-            self.transport.write(head[sent:])
-
     async def _sendfile(self, fd: int, offset: int, count: int) -> None:
         transport = self.transport
         if transport.is_closing():
-            self._held = None
             self._gone()
             return
-        held = self._held
-        if held is not None:
-            self._held = None
-            if transport.get_write_buffer_size() == 0:
-                self._send_head(held)
-            else:
-                transport.write(held)
         if transport.get_write_buffer_size() == 0:
             # First on the transport's own descriptor (open while the transport is not
             # closing, and nothing runs between here and the call): a socket with room takes
@@ -451,7 +346,7 @@ class _H11ZeroCopyCycle(ZeroCopyCycle, H11Cycle):
             if piece is span:  # type: ignore[comparison-overlap]
                 await self._sendfile(fd, offset, count)
             else:
-                self._write(piece)
+                self.transport.write(piece)
 
 
 if HttpToolsCycle is not None:
@@ -462,7 +357,7 @@ if HttpToolsCycle is not None:
 
         async def _send_framed(self, fd: int, offset: int, count: int) -> None:
             if self.chunked_encoding:
-                self._write(b"%x\r\n" % count)
+                self.transport.write(b"%x\r\n" % count)
                 await self._sendfile(fd, offset, count)
                 self.transport.write(b"\r\n")
                 return
@@ -527,7 +422,6 @@ class _Guard(asyncio.Protocol):
                 self._zero_copy = False  # TLS: the bytes must pass through Python's ssl
             else:
                 self._socket_fd = sock.fileno()
-                self._socket_family = sock.family
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -560,7 +454,6 @@ class _Guard(asyncio.Protocol):
             cycle.__class__ = self._zero_copy_cycle
             cycle._waiters = self._waiters
             cycle._socket_fd = self._socket_fd
-            cycle._socket_family = self._socket_family
             scope = cycle.scope
             scope["extensions"] = {**scope.get("extensions", {}), ZERO_COPY: {}}
 

@@ -188,8 +188,8 @@ def test_small_bodies_go_by_sendfile_at_once(
 def test_answers_without_a_file_body_keep_the_connection_in_step(
     files: MediaTree, serve: StartServer, http: str, loop: str
 ) -> None:
-    """HEAD, 304, 412 and 416 send no file bytes (their JSON bodies, held with the head, go
-    in one write): on one kept connection, every answer is whole and the next one follows."""
+    """HEAD, 304, 412 and 416 send no file bytes (at most their JSON bodies): on one kept
+    connection, every answer is whole and the next one follows."""
     server = serve(settings_for(files, "async", http=http, loop=loop))
     data = files.data("small.bin")
     url = f"{server.url}/objects/small.bin"
