@@ -205,7 +205,8 @@ class ZeroCopyCycle:
     the file's position, which then moves on; no count: to the end of the file).
 
     The bytes go by ``os.sendfile`` from the file to the socket, after what the transport
-    holds has gone out (so nothing overtakes it), as far as the socket takes them; a socket
+    holds has gone out (so nothing overtakes it), as far as the socket takes them: first on
+    the transport's own descriptor (a 64 KiB range usually goes whole, with no dup). A socket
     that is full is waited for on the event loop (a writer callback on a ``dup`` of the
     socket's descriptor: the transport owns the descriptor itself, and uvloop's libuv allows
     one watcher per descriptor), so a slow reader holds no thread and no buffer. The dup also
