@@ -150,6 +150,11 @@ MOUNTS_ENV = (
 PROXY_LOCAL_MOUNTS = replace(
     variant(PROXY_LOCAL, "-mounts", env=MOUNTS_ENV), prefix="/objects/c/", scenarios=("ranges",)
 )
+# Issue 26: the local backend's blocking flavour (`def` endpoints in the threadpool), in ranges
+# only: its per-request path differs from proxy-local's (a thread hop per request).
+PROXY_LOCAL_SYNC = replace(
+    variant(PROXY_LOCAL, "-sync", env=(("PROXY_FLAVOR", "sync"),)), scenarios=("ranges",)
+)
 REDIRECT_ENV = (
     ("PROXY_MOUNTS", json.dumps({"r": {"backend": "s3", "s3_bucket": BUCKET, "mode": "redirect"}})),
 )
@@ -161,6 +166,7 @@ PROXY_S3_REDIRECT = replace(
 TARGETS = [
     PROXY_LOCAL,
     PROXY_LOCAL_MOUNTS,
+    PROXY_LOCAL_SYNC,
     PROXY_S3_REDIRECT,
     PROXY_S3_AIO,
     PROXY_S3_BOTO3,

@@ -34,8 +34,16 @@ from proxy.http.request import ObjectRequest
 from proxy.listing import ListingEndpoint, list_mounts
 from proxy.mounts import MountTable, ServedMount
 from proxy.openapi import document_object_routes
-from proxy.responses import ObjectResponse, Pacer, aiter_plan, iter_plan
-from proxy.storage.base import METADATA_ONLY, WHOLE, AsyncStorage, ObjectMeta, ReadHint, Storage
+from proxy.responses import FileChunks, ObjectResponse, Pacer, aiter_plan, iter_plan
+from proxy.storage.base import (
+    METADATA_ONLY,
+    WHOLE,
+    AsyncStorage,
+    Body,
+    ObjectMeta,
+    ReadHint,
+    Storage,
+)
 from proxy.storage.errors import ObjectNotFound
 from proxy.storage.keys import check_request_key
 from proxy.storage.mediatypes import is_active_content
@@ -96,8 +104,10 @@ def plan_object(
 
 def pacer_for(plan: Plan, settings: Settings) -> Pacer | None:
     """The pacer to stream ``plan``'s body with, or None when it fits in one chunk: then it is
-    read at once (no hop per chunk, no close callback or disconnect watcher, and a failed read
-    still gets a clean error status) and sent as one message."""
+    sent at once (no hop per chunk, no disconnect watcher, and a failed read still gets a
+    clean error status): read whole and sent as one message, or from a local file by
+    zero-copy sends where the server offers them (``ObjectResponse(at_once=True)`` decides,
+    seeing the server's scope)."""
     if body_length(plan) <= settings.chunk_size:
         return None
     return Pacer(settings.min_chunk_size, settings.chunk_size)
@@ -113,6 +123,8 @@ def get_object(
         plan = plan_object(request, reply.meta, settings, download, reply.fields)
         pacer = pacer_for(plan, settings)
         chunks = iter_plan(body, plan, pacer or settings.chunk_size)
+        if pacer is None and type(chunks) is FileChunks:  # a local file: read or sent later
+            return ObjectResponse(plan, chunks, close=partial(_close_inline, body), at_once=True)
         content = b"".join(chunks) if pacer is None else None
     except BaseException:
         body.close()
@@ -122,6 +134,10 @@ def get_object(
         return ObjectResponse(plan, content=content)
     close = partial(run_in_threadpool, body.close)
     return ObjectResponse(plan, chunks, close=close, pacer=pacer)
+
+
+async def _close_inline(body: Body) -> None:
+    body.close()  # a local file's: os.close, no worker thread needed
 
 
 async def aget_object(
@@ -138,6 +154,8 @@ async def aget_object(
         plan = plan_object(request, reply.meta, settings, download, reply.fields)
         pacer = pacer_for(plan, settings)
         chunks = await aiter_plan(body, plan, pacer or settings.chunk_size)
+        if pacer is None and type(chunks) is FileChunks:  # a local file: read or sent later
+            return ObjectResponse(plan, chunks, close=body.aclose, at_once=True)
         content = b"".join([chunk async for chunk in chunks]) if pacer is None else None
     except BaseException:
         await body.aclose()

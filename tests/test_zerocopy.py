@@ -25,11 +25,15 @@ from prometheus_client import REGISTRY
 from proxy.app import create_app
 from proxy.connection import ZERO_COPY, SendfileTally
 from proxy.server import uvicorn_options
+from proxy.storage.errors import BodyTruncated
 from proxy.storage.local import LocalBody
 from tests.conftest import MediaTree, StartServer, settings_for
 from tests.loopback import self_signed
 
 SIZE = 24 * 1024 * 1024 + 4321  # several zero-copy steps (4 MiB), not a multiple of a page
+# Its ranges up to the chunk size (64 KiB in the tests) go at once: one zero-copy send each.
+SMALL = 200_000 - 7
+TINY = 1234
 SPARSE = 1024 * 1024 * 1024
 PARSERS = ["h11", "httptools"]
 LOOPS = ["asyncio", "uvloop"]
@@ -47,6 +51,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> MediaTree:
     root = base / "root"
     root.mkdir()
     (root / "big.bin").write_bytes(os.urandom(SIZE))
+    (root / "small.bin").write_bytes(os.urandom(SMALL))
+    (root / "tiny.bin").write_bytes(os.urandom(TINY))
     with open(root / "sparse.bin", "wb") as f:
         f.truncate(SPARSE)  # read fast: a transfer that did not stop would show at once
     return MediaTree(root=root, outside=base)
@@ -63,6 +69,13 @@ def wait_for(condition: object, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(condition())  # type: ignore[operator]
+
+
+def sent_since(before: int, expected: int) -> int:
+    """The bytes sendfile sent since ``before``, once at least ``expected`` (or 5 s): the server
+    thread counts right after its sendfile, which may be after the client read the bytes."""
+    wait_for(lambda: SendfileTally.bytes - before >= expected, 5)
+    return SendfileTally.bytes - before
 
 
 def multipart_bodies(response: httpx.Response) -> list[bytes]:
@@ -93,7 +106,7 @@ def test_bodies_go_by_sendfile(
             response = client.get(url, headers=headers)
             assert response.status_code == status, spec
             assert sha(response.content) == sha(expected), spec
-            assert SendfileTally.bytes - before == len(expected), spec  # all of it by sendfile
+            assert sent_since(before, len(expected)) == len(expected), spec  # all of it by sendfile
         ranges = [(0, 99), (2_000_000, 9_000_000), (SIZE - 10, SIZE - 1)]
         spec = "bytes=" + ",".join(f"{first}-{last}" for first, last in ranges)
         before = SendfileTally.bytes
@@ -104,7 +117,8 @@ def test_bodies_go_by_sendfile(
         assert [sha(body) for body in bodies] == [sha(data[a : b + 1]) for a, b in ranges]
         assert int(response.headers["content-length"]) == len(response.content)
         # The parts' bodies by sendfile, their framing as body messages.
-        assert SendfileTally.bytes - before == sum(b + 1 - a for a, b in ranges)
+        total = sum(b + 1 - a for a, b in ranges)
+        assert sent_since(before, total) == total
         head = client.head(url)
         assert head.status_code == 200 and head.content == b""
         assert head.headers["content-length"] == str(SIZE)
@@ -122,6 +136,100 @@ def test_the_access_log_and_metrics_count_zero_copy_bytes(
     assert wait_for(lambda: bytes_metric() - before >= SIZE - 10)
     assert bytes_metric() - before == SIZE - 10
     assert wait_for(lambda: f'"bytes_sent": {SIZE - 10},' in caplog.text, 5)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("http", PARSERS)
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_small_bodies_go_by_sendfile_at_once(
+    files: MediaTree, serve: StartServer, flavor: str, http: str, loop: str
+) -> None:
+    """Bodies of at most one chunk (read whole and sent as one message without zero-copy)
+    go as one zero-copy send each, multipart framing around them, in both flavours."""
+    server = serve(settings_for(files, flavor, http=http, loop=loop))
+    assert server.settings.chunk_size == 64 * 1024
+    data = files.data("small.bin")
+    url = f"{server.url}/objects/small.bin"
+    cases = [
+        ("bytes=1000-66535", 206, data[1000:66536]),  # a whole chunk
+        (f"bytes={SMALL - 5000}-", 206, data[-5000:]),  # open
+        ("bytes=-3000", 206, data[-3000:]),  # suffix
+        ("bytes=0-0", 206, data[:1]),
+    ]
+    with httpx.Client(timeout=30) as client:  # one kept connection: responses in a row
+        for spec, status, expected in cases:
+            before = SendfileTally.bytes
+            response = client.get(url, headers={"range": spec})
+            assert response.status_code == status, spec
+            assert response.headers["content-length"] == str(len(expected)), spec
+            assert sha(response.content) == sha(expected), spec
+            assert sent_since(before, len(expected)) == len(expected), spec  # all of it by sendfile
+        ranges = [(0, 99), (70_000, 80_000), (SMALL - 10, SMALL - 1)]
+        spec = "bytes=" + ",".join(f"{first}-{last}" for first, last in ranges)
+        before = SendfileTally.bytes
+        response = client.get(url, headers={"range": spec})
+        assert response.status_code == 206
+        assert response.headers["content-type"].startswith("multipart/byteranges")
+        assert [sha(body) for body in multipart_bodies(response)] == [
+            sha(data[a : b + 1]) for a, b in ranges
+        ]
+        assert int(response.headers["content-length"]) == len(response.content)
+        total = sum(b + 1 - a for a, b in ranges)
+        assert sent_since(before, total) == total
+        before = SendfileTally.bytes
+        response = client.get(f"{server.url}/objects/tiny.bin")  # a whole small object
+        assert response.status_code == 200
+        assert sha(response.content) == sha(files.data("tiny.bin"))
+        assert sent_since(before, TINY) == TINY
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("http", PARSERS)
+def test_answers_without_a_file_body_keep_the_connection_in_step(
+    files: MediaTree, serve: StartServer, http: str, loop: str
+) -> None:
+    """HEAD, 304, 412 and 416 send no file bytes (at most their JSON bodies): on one kept
+    connection, every answer is whole and the next one follows."""
+    server = serve(settings_for(files, "async", http=http, loop=loop))
+    data = files.data("small.bin")
+    url = f"{server.url}/objects/small.bin"
+    before = SendfileTally.bytes
+    with httpx.Client(timeout=30) as client:
+        head = client.head(url)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(SMALL)
+        etag = head.headers["etag"]
+        assert client.get(url, headers={"if-none-match": etag}).status_code == 304
+        failed = client.get(url, headers={"if-match": '"another"'})
+        assert failed.status_code == 412
+        assert failed.json()["error"]
+        unsatisfiable = client.get(url, headers={"range": f"bytes={SMALL}-"})
+        assert unsatisfiable.status_code == 416
+        assert unsatisfiable.headers["content-range"] == f"bytes */{SMALL}"
+        assert unsatisfiable.json()["error"]
+        assert SendfileTally.bytes == before  # none of them sent file bytes
+        response = client.get(url, headers={"range": "bytes=5-9"})
+        assert response.status_code == 206 and response.content == data[5:10]
+        assert sent_since(before, 5) == 5
+
+
+def test_the_access_log_and_metrics_count_small_zero_copy_bodies(
+    files: MediaTree, serve: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "proxy.access")
+    server = serve(settings_for(files, "sync", access_log=True))
+    url = f"{server.url}/objects/small.bin"
+    before = bytes_metric()
+    single = httpx.get(url, headers={"range": "bytes=10-20009"})
+    assert single.status_code == 206 and len(single.content) == 20_000
+    multipart = httpx.get(url, headers={"range": "bytes=0-9,100-199"})
+    assert multipart.status_code == 206
+    length = int(multipart.headers["content-length"])
+    assert length == len(multipart.content) > 110  # the parts' bytes and their framing
+    assert wait_for(lambda: bytes_metric() - before >= 20_000 + length)
+    assert bytes_metric() - before == 20_000 + length
+    assert wait_for(lambda: f'"bytes_sent": {length},' in caplog.text, 5)
+    assert '"bytes_sent": 20000,' in caplog.text
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
@@ -151,6 +259,50 @@ async def test_a_server_without_the_extension_gets_the_chunks(
     assert response.status_code == 206
     assert sha(response.content) == sha(files.data("big.bin")[5:])
     assert SendfileTally.bytes == before
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_without_the_extension_small_bodies_are_read_whole(
+    files: MediaTree, flavor: str
+) -> None:
+    """Without the extension, a body of at most one chunk is read before the response starts
+    and sent as one message: single ranges, suffixes and multipart (a sync body's parts in one
+    worker-thread hop)."""
+    app = create_app(settings_for(files, flavor))
+    data = files.data("small.bin")
+    before = SendfileTally.bytes
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            single = await client.get("/objects/small.bin", headers={"range": "bytes=7-65542"})
+            suffix = await client.get("/objects/small.bin", headers={"range": "bytes=-999"})
+            multipart = await client.get(
+                "/objects/small.bin", headers={"range": "bytes=0-9,150000-150099"}
+            )
+    assert single.status_code == 206 and sha(single.content) == sha(data[7:65543])
+    assert suffix.status_code == 206 and sha(suffix.content) == sha(data[-999:])
+    assert multipart.status_code == 206
+    assert [sha(body) for body in multipart_bodies(multipart)] == [
+        sha(data[:10]),
+        sha(data[150000:150100]),
+    ]
+    assert SendfileTally.bytes == before
+
+
+def test_a_small_body_checks_its_file_before_it_starts(tmp_path: Path) -> None:
+    """What a small body sent at once checks before its response starts: a file that no longer
+    reaches the range (it shrank) is ``BodyTruncated`` there, an error status yet to be sent."""
+    path = tmp_path / "shrinks.bin"
+    path.write_bytes(os.urandom(SMALL))
+    body = LocalBody(os.open(path, os.O_RDONLY))
+    try:
+        body.cached(0, SMALL)  # reaches the end: no error, cached or not
+        os.truncate(path, 1000)
+        with pytest.raises(BodyTruncated):
+            body.cached(500, 1000)  # the last byte is past the end now
+    finally:
+        body.close()
 
 
 def get_head(sock: socket.socket, key: str, extra: str = "") -> tuple[int, int, bytes]:
@@ -203,6 +355,66 @@ def test_a_file_that_shrinks_while_sent_aborts_the_transfer(
         rest = read_to_end(sock, SIZE)
     received = len(body) + len(rest)
     assert received < SIZE  # cut, and the connection closed: not a short 200 taken as whole
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("http", PARSERS)
+def test_a_small_range_of_a_file_that_shrinks_after_it_started_is_cut(
+    tmp_path: Path, http: str, loop: str
+) -> None:
+    """The file shrinks between the checks and the send (the app's start message truncates
+    it): the head is out, the body cannot follow, the connection ends short."""
+    root = tmp_path / "root"
+    root.mkdir()
+    path = root / "shrinks.bin"
+    path.write_bytes(os.urandom(SMALL))
+    settings = settings_for(MediaTree(root, tmp_path), "async", http=http, loop=loop)
+    app = create_app(settings)
+
+    async def truncating(scope: dict[str, object], receive: object, send: object) -> None:
+        async def send_start(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":
+                os.truncate(path, 1000)
+            await send(message)  # type: ignore[operator]
+
+        await app(scope, receive, send_start if scope["type"] == "http" else send)  # type: ignore[arg-type]
+
+    config = uvicorn.Config(
+        truncating, host="127.0.0.1", port=0, log_level="critical", **uvicorn_options(settings)
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: server.started)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            status, length, body = get_head(sock, "shrinks.bin", "Range: bytes=2000-60000\r\n")
+            assert (status, length) == (206, 58_001)
+            rest = read_to_end(sock, length)
+        assert len(body) + len(rest) < length  # cut, and closed: not a short 206 taken as whole
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_small_ranges_close_their_files_when_clients_hang_up(
+    files: MediaTree, serve: StartServer, flavor: str
+) -> None:
+    server = serve(settings_for(files, flavor, local_open_files=0))
+    path = files.root / "small.bin"
+    baseline = open_fds_to(path)
+    for index in range(20):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            first = index * 5000
+            request = f"GET /objects/small.bin HTTP/1.1\r\nHost: x\r\nRange: bytes={first}-"
+            sock.sendall(f"{request}{first + 65535}\r\n\r\n".encode())
+            if index % 2:
+                assert sock.recv(100)  # some of it, then gone; or gone at once
+    assert wait_for(lambda: open_fds_to(path) == baseline, 5)  # every file closed
+    response = httpx.get(f"{server.url}/objects/small.bin", headers={"range": "bytes=3-5"})
+    assert response.content == files.data("small.bin")[3:6]
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -328,6 +540,14 @@ def test_over_tls_the_chunks_are_streamed(files: MediaTree, tmp_path: Path, loop
         )
         assert response.status_code == 206
         assert sha(response.content) == sha(files.data("big.bin")[3:])
+        small = httpx.get(
+            f"https://127.0.0.1:{port}/objects/small.bin",
+            headers={"range": "bytes=-4000"},
+            verify=ssl.create_default_context(cafile=str(pem)),
+            timeout=30,
+        )
+        assert small.status_code == 206
+        assert sha(small.content) == sha(files.data("small.bin")[-4000:])
         assert SendfileTally.bytes == before
     finally:
         server.should_exit = True
@@ -369,7 +589,7 @@ def test_a_cold_file_goes_out_whole(files: MediaTree, serve: StartServer, flavor
     response = httpx.get(f"{server.url}/objects/big.bin", timeout=30)
     assert response.status_code == 200
     assert sha(response.content) == sha(files.data("big.bin"))
-    assert SendfileTally.bytes - before == SIZE
+    assert sent_since(before, SIZE) == SIZE
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -416,7 +636,7 @@ def test_the_extension_frames_chunked_bodies_and_follows_the_file_position(
                 response = client.get(f"http://127.0.0.1:{port}/")
                 assert response.headers["transfer-encoding"] == "chunked"
                 assert sha(response.content) == sha(files.data("big.bin")[-100_000:] + b"end")
-        assert SendfileTally.bytes - before == 2 * 100_000
+        assert sent_since(before, 2 * 100_000) == 2 * 100_000
         assert seen == [{ZERO_COPY: {}}] * 2
     finally:
         server.should_exit = True

@@ -393,13 +393,16 @@ class _FileBody:
     def cached(self, offset: int, count: int) -> bool:
         """Whether a ``sendfile`` of ``[offset, offset + count)`` would find the bytes in the
         page cache (not wait for the disk on the event loop): its first and last byte are
-        there. False where ``RWF_NOWAIT`` is missing: then every range is ``load``-ed."""
+        there. False where ``RWF_NOWAIT`` is missing: then every range is ``load``-ed. A file
+        that no longer reaches the last byte (it shrank) raises ``BodyTruncated``."""
         probe = bytearray(1)
         for at in (offset, offset + count - 1):
             try:
-                os.preadv(self._fd, [probe], at, _RWF_NOWAIT)
+                got = os.preadv(self._fd, [probe], at, _RWF_NOWAIT)
             except OSError:
                 return False  # EAGAIN: not cached (EOPNOTSUPP, EBADF: load says what is wrong)
+            if got == 0:
+                raise BodyTruncated()
         return True
 
     def load(self, offset: int, count: int) -> None:
