@@ -427,7 +427,9 @@ async def test_a_stalled_listing_and_head_time_out_at_the_deadline(
             started = time.monotonic()
             with pytest.raises(BackendTimeout):
                 await call_once(settings, call)
-            assert time.monotonic() - started < DEADLINE + 1
+            # The time includes making the client (a second under a loaded suite): the bound
+            # still tells one deadline from the two a retry past it would take.
+            assert time.monotonic() - started < DEADLINE + 2
         assert 2 <= len(relay.requests) <= 6
 
 
