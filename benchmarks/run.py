@@ -82,7 +82,9 @@ MIB = 1024 * 1024
 Measured = dict[str, float | None]
 BUSY_NOTE_S = 1.0  # report a server that needed longer than this to become idle
 TOOLS = {"nginx": "nginx", "wrk": "wrk", "curl": "curl"}  # command: Debian package
-SCENARIOS_DEFAULT = "big,ranges,memory,fairness,disconnect,ttfb,ranges-cold,coalesce,listing,upload"
+SCENARIOS_DEFAULT = (
+    "big,ranges,memory,fairness,disconnect,ttfb,ranges-cold,coalesce,redirect,listing,upload"
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
