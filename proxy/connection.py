@@ -263,23 +263,13 @@ class ZeroCopyCycle:
             # First on the transport's own descriptor (open while the transport is not
             # closing, and nothing runs between here and the call): a socket with room takes
             # a small range whole, with no dup and no watcher.
-            try:
-                sent = os.sendfile(self._socket_fd, fd, offset, count)
-            except BlockingIOError:
-                sent = -1  # the socket is full
-            except ConnectionError:  # the client left (EPIPE, ECONNRESET)
-                self._gone()
-                transport.abort()
+            sent = self._sendfile_step(transport, self._socket_fd, fd, offset, count)
+            if sent is None:
                 return
-            if sent == 0:
-                raise FileEnded(f"the file ended {count} bytes early")
-            if sent > 0:
-                SendfileTally.bytes += sent
-                SendfileTally.calls += 1
-                offset += sent
-                count -= sent
-                if count == 0:
-                    return
+            offset += sent
+            count -= sent
+            if count == 0:
+                return
         loop = asyncio.get_running_loop()
         out = os.dup(self._socket_fd)
         waiter: asyncio.Future[None] | None = None
@@ -295,19 +285,10 @@ class ZeroCopyCycle:
                     self._gone()
                     return
                 if transport.get_write_buffer_size() == 0:
-                    try:
-                        sent = os.sendfile(out, fd, offset, count)
-                    except BlockingIOError:
-                        sent = -1  # the socket is full
-                    except ConnectionError:  # the client left (EPIPE, ECONNRESET)
-                        self._gone()
-                        transport.abort()
+                    sent = self._sendfile_step(transport, out, fd, offset, count)
+                    if sent is None:
                         return
-                    if sent == 0:
-                        raise FileEnded(f"the file ended {count} bytes early")
-                    if sent > 0:
-                        SendfileTally.bytes += sent
-                        SendfileTally.calls += 1
+                    if sent:
                         offset += sent
                         count -= sent
                         if count == 0:
@@ -329,6 +310,26 @@ class ZeroCopyCycle:
             if watching:
                 loop.remove_writer(out)
             os.close(out)
+
+    def _sendfile_step(
+        self, transport: asyncio.Transport, out: int, fd: int, offset: int, count: int
+    ) -> int | None:
+        """One ``sendfile`` of what is left on descriptor ``out``: the bytes sent (0: the socket
+        is full); None: the client left (the connection is aborted); ``FileEnded`` when the file
+        holds fewer bytes than the response promised."""
+        try:
+            sent = os.sendfile(out, fd, offset, count)
+        except BlockingIOError:
+            return 0
+        except ConnectionError:  # the client left (EPIPE, ECONNRESET)
+            self._gone()
+            transport.abort()
+            return None
+        if sent == 0:
+            raise FileEnded(f"the file ended {count} bytes early")
+        SendfileTally.bytes += sent
+        SendfileTally.calls += 1
+        return sent
 
     def _gone(self) -> None:
         """The bytes cannot go out: the app hears a disconnect (as from ``connection_lost``),
