@@ -6,6 +6,7 @@ S3 flavours on SeaweedFS; each proxy allows CORS from the page server's origin o
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import shutil
@@ -90,9 +91,9 @@ class PageServer:
     origin: str
 
 
-@pytest.fixture(scope="session")
-def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PageServer]:
-    root = tmp_path_factory.mktemp("pages")
+@contextlib.contextmanager
+def page_server(root: Path) -> Iterator[PageServer]:
+    """Static pages from ``root`` on an origin of their own, stopped on exit."""
 
     def handler(*args: object, **kwargs: object) -> _Quiet:
         return _Quiet(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
@@ -106,6 +107,12 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PageServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PageServer]:
+    with page_server(tmp_path_factory.mktemp("pages")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session", params=CLIENT_BACKENDS)

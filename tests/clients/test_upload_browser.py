@@ -12,11 +12,9 @@ preflight fails, the PUT is never sent and nothing is stored.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from html import escape
@@ -28,7 +26,7 @@ import pytest
 
 from proxy.auth import signed_url
 from proxy.testing.s3servers import BUCKET, S3Server, s3_client
-from tests.clients.conftest import PageServer, _Quiet, client_media, pages
+from tests.clients.conftest import PageServer, client_media, page_server, pages
 from tests.clients.test_browser import (
     MEDIA_SCRIPT,
     Tab,
@@ -133,20 +131,8 @@ def uploads(
 @pytest.fixture(scope="module")
 def other_pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PageServer]:
     """A second page server: an origin no upload proxy allows."""
-    root = tmp_path_factory.mktemp("other-pages")
-
-    def handler(*args: object, **kwargs: object) -> _Quiet:
-        return _Quiet(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield PageServer(root=root, origin=f"http://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with page_server(tmp_path_factory.mktemp("other-pages")) as server:
+        yield server
 
 
 def upload_from_page(
