@@ -92,12 +92,14 @@ def test_chromium_plays_and_seeks_through_a_redirecting_mount(
     # Every media request the player made reached the proxy first and was sent on by a 307.
     assert at_proxy and all(r.status == 307 for r in at_proxy), report
     assert all(r.headers["location"].startswith(s3_origin + "/") for r in at_proxy), report
-    # S3 answered the ranges: some 206 from past the middle (the seek near the end).
+    # S3 answered the ranges, and they reached past the middle: the seek near the end played
+    # bytes S3 sent as a 206. (Chromium may ask for the tail by a range of its own, or may
+    # already hold it from an open range such as bytes=65536-, so no particular start is due.)
     ranged = [r for r in at_s3 if r.status == 206]
     assert ranged, report
-    starts = []
+    ends = []
     for response in ranged:
         match = CONTENT_RANGE.match(response.headers["content-range"])
         assert match and int(match[3]) == size, report
-        starts.append(int(match[1]))
-    assert max(starts) > size // 2, report
+        ends.append(int(match[2]))
+    assert max(ends) > size // 2, report

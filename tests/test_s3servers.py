@@ -43,6 +43,9 @@ from proxy.testing.s3servers import (
 from tests import fake_s3
 
 ONE_REQUEST = {"total_max_attempts": 1}
+# moto's state is process-wide: a session fixture's moto of the same xdist worker serves BUCKET
+# with the suite's media tree, so what these tests write goes to a bucket of their own.
+OWN_BUCKET = "s3servers-tests"
 
 
 def sha256(data: bytes) -> str:
@@ -125,11 +128,13 @@ def make_tree(base: Path) -> dict[str, bytes]:
 
 def test_upload_tree_then_ranged_reads(s3: S3Server, client: Any, tmp_path: Path) -> None:
     files = make_tree(tmp_path)
-    keys = upload_tree(s3, tmp_path / "root", content_type={"video/clip.mp4": "video/mp4"}.get)
+    keys = upload_tree(
+        s3, tmp_path / "root", OWN_BUCKET, content_type={"video/clip.mp4": "video/mp4"}.get
+    )
     assert keys == sorted(files)
 
     for key, data in files.items():
-        whole = client.get_object(Bucket=BUCKET, Key=key)
+        whole = client.get_object(Bucket=OWN_BUCKET, Key=key)
         with contextlib.closing(whole["Body"]) as body:
             assert sha256(body.read()) == sha256(data), key
         assert whole["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
@@ -141,7 +146,7 @@ def test_upload_tree_then_ranged_reads(s3: S3Server, client: Any, tmp_path: Path
         ("bytes=-500", 299500, 299999),
         ("bytes=0-999999", 0, 299999),
     ]:
-        part = client.get_object(Bucket=BUCKET, Key="video/clip.mp4", Range=spec)
+        part = client.get_object(Bucket=OWN_BUCKET, Key="video/clip.mp4", Range=spec)
         with contextlib.closing(part["Body"]) as body:
             assert sha256(body.read()) == sha256(clip[first : last + 1]), spec
         assert part["ContentRange"] == f"bytes {first}-{last}/300000"
@@ -151,7 +156,7 @@ def test_upload_tree_then_ranged_reads(s3: S3Server, client: Any, tmp_path: Path
 
     for skipped in ["escape.txt", "escape-dir/secret.txt", "linked.mp4"]:
         with pytest.raises(ClientError) as caught:
-            client.head_object(Bucket=BUCKET, Key=skipped)
+            client.head_object(Bucket=OWN_BUCKET, Key=skipped)
         assert error_status(caught.value) == 404
 
 
@@ -165,15 +170,15 @@ DEFAULT_CONTENT_TYPE = {
 
 def test_put_object_content_type(s3: S3Server, client: Any) -> None:
     data = bytes(range(256)) * 4
-    etag = put_object(s3, "typed/no-extension", data, "video/mp4")
-    head = client.head_object(Bucket=BUCKET, Key="typed/no-extension")
+    etag = put_object(s3, "typed/no-extension", data, "video/mp4", bucket=OWN_BUCKET)
+    head = client.head_object(Bucket=OWN_BUCKET, Key="typed/no-extension")
     assert head["ContentType"] == "video/mp4"
     assert head["ETag"] == etag == f'"{hashlib.md5(data).hexdigest()}"'
     assert head["ContentLength"] == 1024
 
     for key, expected in DEFAULT_CONTENT_TYPE[s3.name].items():
-        put_object(s3, f"untyped/{key}", data, None)
-        head = client.head_object(Bucket=BUCKET, Key=f"untyped/{key}")
+        put_object(s3, f"untyped/{key}", data, None, bucket=OWN_BUCKET)
+        head = client.head_object(Bucket=OWN_BUCKET, Key=f"untyped/{key}")
         assert head["ContentType"] == expected, key
 
 
@@ -195,9 +200,9 @@ def test_limited_profile_is_denied_on_seaweedfs(seaweedfs_s3: S3Server) -> None:
 
 
 def test_moto_accepts_any_credentials(moto_s3: S3Server) -> None:
-    put_object(moto_s3, "limited/probe.bin", b"probe", None)
+    put_object(moto_s3, "limited/probe.bin", b"probe", None, bucket=OWN_BUCKET)
     with contextlib.closing(s3_client(moto_s3, LIMITED_PROFILE)) as limited:
-        response = limited.get_object(Bucket=BUCKET, Key="limited/probe.bin")
+        response = limited.get_object(Bucket=OWN_BUCKET, Key="limited/probe.bin")
         with contextlib.closing(response["Body"]) as body:
             assert body.read() == b"probe"
 

@@ -276,12 +276,18 @@ def put_object(
 # moto
 
 
+_MOTO_LOCK = threading.Lock()
+_MOTO_RUNNING = [0]  # moto servers of this process that are serving now
+
+
 @contextlib.contextmanager
 def start_moto() -> Iterator[S3Server]:
     """moto's ThreadedMotoServer on 127.0.0.1 (random port), in this process.
 
     moto keeps its state in process-wide backends: every moto server of a process sees the same
-    buckets. The state is reset at start. Any credentials are accepted.
+    buckets. The state is reset when the first of them starts, never under one already running
+    (that would wipe another fixture's objects); give a second server's objects their own
+    bucket. Any credentials are accepted.
     """
     from moto.server import ThreadedMotoServer  # a test dependency (moto[server])
 
@@ -298,10 +304,17 @@ def start_moto() -> Iterator[S3Server]:
             raise RuntimeError("moto server did not start within 30 s")
         host, port = moto.get_host_and_port()
         endpoint_url = f"http://{host}:{port}"
-        request = urllib.request.Request(f"{endpoint_url}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
-        yield S3Server(name="moto", endpoint_url=endpoint_url, supports_auth=False)
+        with _MOTO_LOCK:
+            if _MOTO_RUNNING[0] == 0:
+                request = urllib.request.Request(f"{endpoint_url}/moto-api/reset", method="POST")
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    response.read()
+            _MOTO_RUNNING[0] += 1
+        try:
+            yield S3Server(name="moto", endpoint_url=endpoint_url, supports_auth=False)
+        finally:
+            with _MOTO_LOCK:
+                _MOTO_RUNNING[0] -= 1
     finally:
         try:
             if moto._server is not None:
