@@ -37,6 +37,7 @@ def benchmark_module(name: str) -> ModuleType:
     return module
 
 
+@pytest.mark.timeout(660)  # a new venv with `pip install .`, then two scenarios: not 120 s
 def test_quick_benchmark_run(tmp_path: Path) -> None:
     for tool in ["nginx", "wrk", "curl"]:
         require_tool(tool)
