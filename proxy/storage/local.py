@@ -199,9 +199,9 @@ def stored_metadata(fd: int) -> tuple[str | None, str | None, str | None]:
         present = os.listxattr(fd)
         if not present:
             return None, None, None
-        media_type, disposition, cache_control = (
+        media_type, disposition, cache_control = [
             os.getxattr(fd, name) if name in present else None for name in _STORED_XATTRS
-        )
+        ]
     except OSError:
         return None, None, None  # ENOTSUP: no xattrs here; ENODATA: removed meanwhile
     return _stored_type(media_type), stored_field(disposition), stored_field(cache_control)
