@@ -47,6 +47,11 @@ USER 10001:10001
 WORKDIR /home/proxy
 EXPOSE 8000
 
+# With writes on, S3 upload parts are spooled here (PROXY_UPLOAD_SPOOL_DIR): a volume, so that a
+# read-only root filesystem (the ECS task) still has a place the proxy user may write.
+RUN mkdir /home/proxy/spool
+VOLUME ["/home/proxy/spool"]
+
 # No curl in slim images: the standard library asks /healthz.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PROXY_PORT', '8000'), timeout=4)"]

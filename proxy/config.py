@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import tempfile
 import tomllib
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -365,6 +366,12 @@ class Settings(BaseSettings):
         "to a temporary file, not held in memory)",
         json_schema_extra={"shown": "`16MiB`", "form": "a size between 5MiB and 5GiB"},
     )
+    upload_spool_dir: Path | None = Field(
+        default=None,
+        description="S3: the directory multipart upload parts are spooled to (unnamed files); "
+        "unset: the system's temporary directory (`TMPDIR`)",
+        json_schema_extra={"form": "an existing directory this process can write to"},
+    )
 
     # Access control: on as soon as any API key or signing key is configured.
     api_keys: list[ApiKey] = Field(
@@ -471,6 +478,18 @@ class Settings(BaseSettings):
             return [name.strip().lower() for name in value.split(",") if name.strip()]
         return value
 
+    @field_validator("upload_spool_dir")
+    @classmethod
+    def _writable_directory(cls, value: Path | None) -> Path | None:
+        # Checked by making a file there, as a spooled part will: a missing, read-only or
+        # forbidden directory is refused at start, not at the first multipart upload.
+        if value is not None:
+            try:
+                tempfile.TemporaryFile(dir=value).close()
+            except OSError:
+                raise ValueError("not a writable directory") from None
+        return value
+
     @field_validator("cache_control")
     @classmethod
     def _visible_ascii(cls, value: str) -> str:
@@ -557,6 +576,7 @@ class Settings(BaseSettings):
             cache=self.cache_options(),
             multipart_threshold=int(self.multipart_threshold),
             multipart_part_size=int(self.multipart_part_size),
+            spool_dir=self.upload_spool_dir,
         )
 
     def cache_options(self) -> CacheOptions | None:

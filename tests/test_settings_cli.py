@@ -95,6 +95,13 @@ def assert_refused(result: subprocess.CompletedProcess[str], *lines: str) -> Non
                 "visible ASCII"
             ],
         ),
+        (
+            {"PROXY_UPLOAD_SPOOL_DIR": "/nonexistent/spool"},
+            [
+                "PROXY_UPLOAD_SPOOL_DIR: '/nonexistent/spool' is not an existing directory this "
+                "process can write to"
+            ],
+        ),
         ({"PROXY_BACKEND": "s3"}, ["PROXY_S3_BUCKET: required with PROXY_BACKEND=s3"]),
         (  # every problem at once: unknown names first, then values in the settings' order
             {"PROXY_WORKERS": "0", "PROXY_S3_TIMEOUT": "5", "PROXY_ACCESS_LOG": "maybe"},

@@ -176,6 +176,78 @@ def test_stored_media_type(writable: Writable) -> None:
     assert get(writable, key).headers["content-type"] == "audio/mpeg"
 
 
+KEPT = {
+    "content-disposition": 'inline; filename="clip.mp4"',
+    "cache-control": "public, max-age=600",
+}
+
+
+def kept_fields(response: httpx.Response) -> dict[str, list[str]]:
+    return {name: response.headers.get_list(name) for name in KEPT}
+
+
+@pytest.mark.parametrize("size", [200_000, PART + 4321])  # one PutObject, a multipart upload
+def test_stored_header_fields_are_sent_back(writable: Writable, size: int) -> None:
+    data = os.urandom(size)
+    key = unique("kept") + ".mp4"
+    created = put(writable, key, data, **KEPT)
+    assert created.status_code == 201, created.text
+    url, etag, auth = writable.object_url(key), created.headers["etag"], as_writer()
+    stored = {name: [value] for name, value in KEPT.items()}
+    for _ in range(2):  # the second read from the slice cache's index, on the cached mount
+        full = httpx.get(url, headers=auth)
+        assert full.status_code == 200 and sha256(full.content) == sha256(data)
+        assert kept_fields(full) == stored  # the object's Cache-Control, not the no-cache set
+        head = httpx.head(url, headers=auth)
+        assert head.status_code == 200 and kept_fields(head) == stored
+        ranged = httpx.get(url, headers=auth | {"Range": "bytes=10-99999"})
+        assert ranged.status_code == 206 and sha256(ranged.content) == sha256(data[10:100000])
+        assert kept_fields(ranged) == stored
+        parts = httpx.get(url, headers=auth | {"Range": "bytes=0-9,1000-1099"})
+        assert parts.status_code == 206 and kept_fields(parts) == stored
+        assert parts.headers["content-type"].startswith("multipart/byteranges")
+        assert b"Content-Disposition" not in parts.content  # parts: Content-Type and -Range
+        assert b"Cache-Control" not in parts.content
+        same = httpx.get(url, headers=auth | {"If-None-Match": etag})
+        assert same.status_code == 304
+        assert kept_fields(same) == {
+            "content-disposition": [],
+            "cache-control": [KEPT["cache-control"]],
+        }
+    download = httpx.get(url, params={"download": "mine.mp4"}, headers=auth)
+    assert download.status_code == 200 and sha256(download.content) == sha256(data)
+    assert download.headers.get_list("content-disposition") == ['attachment; filename="mine.mp4"']
+    # Replaced without the fields: the configured Cache-Control again, and no disposition.
+    assert put(writable, key, data[:1000]).status_code == 200
+    plain = httpx.get(url, headers=auth)
+    assert sha256(plain.content) == sha256(data[:1000])
+    assert kept_fields(plain) == {"content-disposition": [], "cache-control": ["no-cache"]}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("Cache-Control", b"max-age=60\tno-transform", "invalid_request"),  # HTAB: a control
+        ("Cache-Control", b"max-age=60, " + b"x" * 1024, "invalid_request"),  # over 1024
+        ("Content-Disposition", b'attachment; filename="\xe9t\xe9.mp4"', "invalid_request"),
+        ("Content-Disposition", b"inline\x7f", "bad_request"),  # the HTTP parser's refusal
+    ],
+)
+def test_fields_no_response_could_send_are_refused(
+    writable: Writable, name: str, value: bytes, error: str
+) -> None:
+    key = unique("refused") + ".mp4"
+    answer = httpx.put(
+        writable.object_url(key),
+        content=b"x" * 10,
+        headers=[(b"Authorization", f"Bearer {WRITER}".encode()), (name.encode(), value)],
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == error
+    assert error == "bad_request" or name.lower() in answer.json()["detail"]
+    assert get(writable, key).status_code == 404
+
+
 def curl(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         ["curl", "-sS", "--max-time", "120", *args],

@@ -72,6 +72,12 @@ class Representation(Protocol):
     @property
     def last_modified(self) -> datetime | None: ...
 
+    @property
+    def content_disposition(self) -> str | None: ...
+
+    @property
+    def cache_control(self) -> str | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Part:
@@ -124,6 +130,14 @@ def _not_modified(validators: Headers, cache_control: str) -> Plan:
     return Plan(304, validators + cache)
 
 
+def _stored(meta: Representation, extra_headers: Headers) -> Headers:
+    """``extra_headers``, after the object's stored Content-Disposition unless they hold one."""
+    disposition = meta.content_disposition
+    if disposition is None or any(name == "content-disposition" for name, _ in extra_headers):
+        return extra_headers
+    return (("content-disposition", disposition), *extra_headers)
+
+
 def _select(request: ObjectRequest, meta: Representation) -> tuple[ByteRange, ...] | None:
     """The ranges to send with 206, ``()`` for 416, or None for the whole object (§14.2)."""
     if request.method != "GET" or request.range is None:  # Range is ignored on HEAD (§14.2)
@@ -163,9 +177,16 @@ def plan_response(
     """Decide the response to a GET or HEAD of ``meta`` (RFC 9110 §13.2.2 then §14).
 
     HEAD gets the status and headers GET without Range would get, and no body.
+
+    Header fields stored with the object: its own Cache-Control replaces ``cache_control`` (the
+    configured default), in a 304 too (§15.4.5); its Content-Disposition is sent unless
+    ``extra_headers`` hold one (``?download``, active content). Both describe the whole
+    response, so a multipart/byteranges 206 sends them once, at the top: a part's header holds
+    only Content-Type and Content-Range (§14.6).
     """
     head_only = request.method == "HEAD"
     validators = _validators(meta)
+    cache_control = meta.cache_control or cache_control
 
     if request.conditional:
         outcome = evaluate(request, meta.etag, meta.last_modified)
@@ -203,7 +224,7 @@ def plan_response(
         ("accept-ranges", "bytes"),
     )
     cache = (("cache-control", cache_control),) if cache_control else ()
-    all_headers = top + validators + cache + content_range + extra_headers
+    all_headers = top + validators + cache + content_range + _stored(meta, extra_headers)
     if head_only:
         return Plan(status, all_headers)
     return Plan(status, all_headers, parts, tail)

@@ -9,6 +9,7 @@ backends implements the same Protocol as what it wraps.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +40,27 @@ class ObjectMeta:
     media_type: str = DEFAULT_MEDIA_TYPE
     etag: str | None = None  # wire form, quoted: '"abc"' (strong) or 'W/"abc"' (weak)
     last_modified: datetime | None = None  # UTC, whole seconds
+    # Response header fields stored with the object (a PUT's, PROXY_WRITES_KEEP_HEADERS; S3's
+    # ContentDisposition and CacheControl), each a ``stored_field`` value, or None.
+    content_disposition: str | None = None
+    cache_control: str | None = None
+
+
+MAX_STORED_FIELD = 1024  # characters of a stored header field's value
+_FIELD_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: no CR, LF or other control
+
+
+def stored_field(value: str | bytes | None) -> str | None:
+    """A stored header field's value as a response may send it: printable ASCII, at most
+    ``MAX_STORED_FIELD`` characters, surrounding spaces removed; None when it is missing, empty
+    or no such value (then it is left out: a read never sends a broken header field). Checked
+    where a write takes it and again where a read finds it (a file's xattr, S3's answer, the
+    cache's index), since other tools write those too."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not value or len(value) > MAX_STORED_FIELD or not _FIELD_VALUE.fullmatch(value):
+        return None
+    return value.strip() or None
 
 
 @dataclass(frozen=True, slots=True)

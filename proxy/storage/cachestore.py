@@ -41,7 +41,7 @@ import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
 
 from proxy.metrics import CACHE_DISK_BYTES, CACHE_EVICTIONS, CACHE_FAULTS
-from proxy.storage.base import ObjectMeta
+from proxy.storage.base import ObjectMeta, stored_field
 from proxy.storage.options import CacheOptions
 
 logger = logging.getLogger("proxy.cache")
@@ -345,14 +345,35 @@ def _meta_record(meta: ObjectMeta, checked: float) -> str:
     """The metadata as the index keeps it: JSON text (a string is stored as it is; a pickle
     read back from a shared directory would run whatever it says)."""
     modified = None if meta.last_modified is None else meta.last_modified.timestamp()
-    return json.dumps([meta.key, meta.size, meta.media_type, meta.etag, modified, checked])
+    return json.dumps(
+        [
+            meta.key,
+            meta.size,
+            meta.media_type,
+            meta.etag,
+            modified,
+            checked,
+            meta.content_disposition,
+            meta.cache_control,
+        ]
+    )
 
 
 def _meta_of(record: Any) -> tuple[ObjectMeta, float] | None:
     try:
-        key, size, media_type, etag, modified, checked = json.loads(record)
+        key, size, media_type, etag, modified, checked, disposition, cache = json.loads(record)
         last_modified = None if modified is None else datetime.fromtimestamp(modified, UTC)
-        return ObjectMeta(key, int(size), media_type, etag, last_modified), float(checked)
+        # The stored fields are checked again: the directory may be shared with other processes.
+        meta = ObjectMeta(
+            key,
+            int(size),
+            media_type,
+            etag,
+            last_modified,
+            stored_field(disposition),
+            stored_field(cache),
+        )
+        return meta, float(checked)
     except (TypeError, ValueError, OverflowError):
         return None  # not this proxy's record (or an older proxy's): S3 is asked again
 

@@ -8,8 +8,8 @@ thread. A thread hop costs more than a cached 256 KiB read: doing every call in 
 a 64 KiB range at a third of the rate.
 
 A file written through the proxy carries the media type its upload gave in an extended
-attribute (``XATTR_MEDIA_TYPE``), read when the file is opened afresh; else the extension
-decides.
+attribute (``XATTR_MEDIA_TYPE``), and the Content-Disposition and Cache-Control it kept in two
+more, read when the file is opened afresh; else the extension decides the type.
 
 Listings walk the directories in S3's order (the UTF-8 bytes of the keys, a folder's name
 followed by ``/``) and show what a read could serve: regular files, through links only when
@@ -46,6 +46,7 @@ from proxy.storage.base import (
     aiter_blocking,
     aiter_ready,
     chunk_limit,
+    stored_field,
 )
 from proxy.storage.errors import (
     AccessDenied,
@@ -76,8 +77,6 @@ XATTR_MEDIA_TYPE = "user.mime_type"
 # A stored type is sent as Content-Type: printable ASCII of a sane length, else the extension.
 _STORED_TYPE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(;[ -~]*)?")
 _MAX_TYPE = 255
-_FIELD_VALUE = re.compile(rb"[ -~]*")  # printable ASCII: no CR, LF or other control
-_MAX_FIELD = 1024
 # Names of a write's temporary files (only where O_TMPFILE is missing, or for the instant
 # between a link and its rename): hidden, and never a key (``check_key`` refuses a backslash),
 # so no read or listing serves them.
@@ -154,7 +153,13 @@ def _open_under(root: str, path: str) -> int:
     return fd
 
 
-def _meta(key: str, st: os.stat_result, media_type: str | None = None) -> ObjectMeta:
+def _meta(
+    key: str,
+    st: os.stat_result,
+    media_type: str | None = None,
+    disposition: str | None = None,
+    cache_control: str | None = None,
+) -> ObjectMeta:
     return ObjectMeta(
         key=key,
         size=st.st_size,
@@ -163,6 +168,8 @@ def _meta(key: str, st: os.stat_result, media_type: str | None = None) -> Object
         # client takes it for an MD5 of the content.
         etag=f'"{st.st_size:x}-{st.st_mtime_ns:x}-{st.st_ino:x}"',
         last_modified=datetime.fromtimestamp(int(st.st_mtime), UTC),
+        content_disposition=disposition,
+        cache_control=cache_control,
     )
 
 
@@ -178,22 +185,30 @@ def _open_fresh(root: str, key: str, path: str) -> tuple[int, ObjectMeta, Signat
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise ObjectNotFound()  # a directory, FIFO or device is not an object
-    return fd, _meta(key, st, stored_media_type(fd)), signature(st)
+    return fd, _meta(key, st, *stored_metadata(fd)), signature(st)
 
 
-def stored_media_type(fd: int) -> str | None:
-    """The media type a write stored with the file (``XATTR_MEDIA_TYPE``), None when there is
-    none (or the filesystem keeps no extended attributes, or it is not a sane header value):
-    then the key's extension decides. Only a fresh open pays this: a ``flistxattr`` (~0.5 µs,
+def stored_metadata(fd: int) -> tuple[str | None, str | None, str | None]:
+    """The media type, Content-Disposition and Cache-Control a write stored with the file
+    (``XATTR_MEDIA_TYPE``, ``xattr_name``), each None when there is none (or the filesystem keeps
+    no extended attributes, or it is no sane header value): then the key's extension decides the
+    type, and the settings the caching. Only a fresh open pays this: a ``flistxattr`` (~0.5 µs,
     less than the ``fstat``; a ``getxattr`` that finds nothing costs 3x that in Python, for
-    the exception), and the ``fgetxattr`` where something is stored."""
+    the exception), and an ``fgetxattr`` for each one stored."""
     try:
-        if XATTR_MEDIA_TYPE not in os.listxattr(fd):
-            return None
-        value = os.getxattr(fd, XATTR_MEDIA_TYPE)
+        present = os.listxattr(fd)
+        if not present:
+            return None, None, None
+        media_type, disposition, cache_control = [
+            os.getxattr(fd, name) if name in present else None for name in _STORED_XATTRS
+        ]
     except OSError:
-        return None  # ENOTSUP: no xattrs here; ENODATA: removed meanwhile
-    if len(value) > _MAX_TYPE or not _STORED_TYPE.fullmatch(value):
+        return None, None, None  # ENOTSUP: no xattrs here; ENODATA: removed meanwhile
+    return _stored_type(media_type), stored_field(disposition), stored_field(cache_control)
+
+
+def _stored_type(value: bytes | None) -> str | None:
+    if value is None or len(value) > _MAX_TYPE or not _STORED_TYPE.fullmatch(value):
         return None
     return value.decode("ascii")
 
@@ -204,20 +219,8 @@ def xattr_name(field_name: str) -> str:
     return "user." + field_name.replace("-", "_")
 
 
-def stored_fields(fd: int, names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    """The header fields among ``names`` (lower-case) a write stored with the file, as
-    ``Reply.fields`` holds them; values that are no sane header value are left out. Not read
-    by ``open`` yet: the HTTP layer decides whether a stored field replaces its own."""
-    try:
-        present = os.listxattr(fd)
-        values = [(n, os.getxattr(fd, xattr_name(n))) for n in names if xattr_name(n) in present]
-    except OSError:
-        return ()  # ENOTSUP: no xattrs here; ENODATA: removed meanwhile
-    return tuple(
-        (name, value.decode("ascii"))
-        for name, value in values
-        if len(value) <= _MAX_FIELD and _FIELD_VALUE.fullmatch(value)
-    )
+# What ``stored_metadata`` reads, in its order.
+_STORED_XATTRS = (XATTR_MEDIA_TYPE, xattr_name("content-disposition"), xattr_name("cache-control"))
 
 
 def _open_object(root: str, key: str, files: OpenFiles) -> tuple[int, ObjectMeta]:

@@ -44,6 +44,7 @@ from proxy.storage.errors import (
     StorageError,
 )
 from proxy.storage.keys import check_key
+from proxy.storage.leftovers import NO_FLOCK, Sweeps, hold, start_sweep, sweep_folder
 from proxy.storage.local import (
     TEMPORARY_PREFIX,
     XATTR_MEDIA_TYPE,
@@ -221,10 +222,8 @@ def _enter(root: str, parent: int, part: str, path: str, create: bool) -> tuple[
     raise InvalidKey("a folder of the key is not a folder")
 
 
-# What flock fails with where the filesystem has none for folders (NFS emulates it with a
-# POSIX write lock, which a folder opened for reading cannot take).
-_NO_FLOCK = frozenset({errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP})
-# There, one lock of this process serialises its commits and deletes (other processes not).
+# Where a folder cannot be flocked (``NO_FLOCK``), one lock of this process serialises its
+# commits and deletes (other processes not).
 _PROCESS_LOCK = threading.Lock()
 
 
@@ -234,7 +233,7 @@ def _locked(folder: int) -> Iterator[None]:
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
     except OSError as exc:
-        if exc.errno not in _NO_FLOCK:
+        if exc.errno not in NO_FLOCK:
             raise
         with _PROCESS_LOCK:
             yield
@@ -345,9 +344,12 @@ def _remove_empty(parent: int, name: str) -> bool:
 class _Upload:
     """One upload's state and its blocking steps (both flavours' ``Upload`` call these)."""
 
-    def __init__(self, root: str, files: OpenFiles, key: str, new: NewObject) -> None:
+    def __init__(
+        self, root: str, files: OpenFiles, sweeps: Sweeps, key: str, new: NewObject
+    ) -> None:
         self._root = root
         self._files = files
+        self._sweeps = sweeps
         self._key = key
         self._new = new
         self._fd = -1
@@ -369,6 +371,7 @@ class _Upload:
                     _check_room(folder.fd, self._new.length)
                     try:
                         self._fd = self._open_temporary(folder.fd)
+                        hold(self._fd)  # a live upload's: no sweep removes its name
                         break
                     except FileNotFoundError:  # a delete's cleanup removed the folder
                         if attempt == _WALKS - 1:
@@ -423,6 +426,9 @@ class _Upload:
             os.fsync(folder.fd)
             for parent, _ in folder.created:
                 os.fsync(parent)
+        with suppress(OSError):  # what a crashed upload left here (``leftovers``), when due
+            if self._sweeps.due(folder.fd):
+                sweep_folder(folder.fd)
         self._release()
         return Written(
             _meta(self._key, st, self._new.media_type if self._xattrs else None), created
@@ -560,14 +566,15 @@ class AsyncLocalUpload:
 class LocalWriter:
     """Writes the files ``storage`` reads."""
 
-    __slots__ = ("_files", "_root")
+    __slots__ = ("_files", "_root", "_sweeps")
 
     def __init__(self, storage: LocalStorage) -> None:
         self._root = storage.root
         self._files = storage.open_files
+        self._sweeps = Sweeps()
 
     def begin(self, key: str, new: NewObject) -> LocalUpload:
-        upload = _Upload(self._root, self._files, key, new)
+        upload = _Upload(self._root, self._files, self._sweeps, key, new)
         upload.begin()
         return LocalUpload(upload)
 
@@ -578,14 +585,15 @@ class LocalWriter:
 class AsyncLocalWriter:
     """The async twin of ``LocalWriter``."""
 
-    __slots__ = ("_files", "_root")
+    __slots__ = ("_files", "_root", "_sweeps")
 
     def __init__(self, storage: AsyncLocalStorage) -> None:
         self._root = storage.root
         self._files = storage.open_files
+        self._sweeps = Sweeps()
 
     async def begin(self, key: str, new: NewObject) -> AsyncLocalUpload:
-        upload = _Upload(self._root, self._files, key, new)
+        upload = _Upload(self._root, self._files, self._sweeps, key, new)
         try:
             await anyio.to_thread.run_sync(upload.begin)
         except BaseException:  # cancelled after the thread began it: nothing may remain
@@ -601,11 +609,13 @@ class AsyncLocalWriter:
 def open_writer(
     options: StorageOptions, storage: Storage | AsyncStorage
 ) -> LocalWriter | AsyncLocalWriter:
-    """The writer of the local ``storage`` opened from ``options``, in its flavour."""
+    """The writer of the local ``storage`` opened from ``options``, in its flavour; what crashed
+    uploads left under its root is swept in the background meanwhile (``leftovers``)."""
     assert isinstance(options, LocalOptions)
     expected = LocalStorage if options.sync else AsyncLocalStorage
     if not isinstance(storage, expected):  # a wrapper would hide the root and the open files
         raise TypeError(f"local writes need the {expected.__name__} itself")
+    start_sweep(storage.root)
     if isinstance(storage, LocalStorage):
         return LocalWriter(storage)
     return AsyncLocalWriter(storage)

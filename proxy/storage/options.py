@@ -53,6 +53,7 @@ class S3Options:
     # one a multipart upload of parts this size.
     multipart_threshold: int = 16 * 1024 * 1024
     multipart_part_size: int = 16 * 1024 * 1024
+    spool_dir: Path | None = None  # where parts are spooled; None: the system's temporary directory
 
     @property
     def sync(self) -> bool:

@@ -28,7 +28,7 @@ from botocore.exceptions import (
 )
 
 from proxy.http.codec import ByteRange, ContentRange, parse_http_date, quote_etag
-from proxy.storage.base import ObjectMeta
+from proxy.storage.base import ObjectMeta, stored_field
 from proxy.storage.errors import (
     AccessDenied,
     BackendTimeout,
@@ -65,6 +65,8 @@ class S3Answer:
     etag: str | None = None
     last_modified: str | None = None
     stream: Any = None
+    content_disposition: str | None = None  # stored with the object, sent back as S3 does
+    cache_control: str | None = None
 
     @classmethod
     def from_headers(cls, headers: HeaderFields, stream: Any) -> S3Answer | None:
@@ -84,6 +86,8 @@ class S3Answer:
             headers.get("ETag"),
             headers.get("Last-Modified"),
             stream,
+            headers.get("Content-Disposition"),
+            headers.get("Cache-Control"),
         )
 
     @classmethod
@@ -97,6 +101,8 @@ class S3Answer:
             response.get("ETag"),
             response.get("LastModified"),
             response.get("Body"),
+            response.get("ContentDisposition"),
+            response.get("CacheControl"),
         )
 
     @property
@@ -135,6 +141,8 @@ def meta_from(key: str, answer: S3Answer) -> ObjectMeta:
         media_type=_media_type(answer.content_type, key),
         etag=quote_etag(answer.etag),
         last_modified=parse_http_date(modified) if modified else None,
+        content_disposition=stored_field(answer.content_disposition),
+        cache_control=stored_field(answer.cache_control),
     )
 
 

@@ -47,6 +47,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -91,8 +92,8 @@ class _Spool(io.BufferedRandom):
     """One part's bytes in an anonymous temporary file, and their sha256 as they came: the
     UploadPart's or PutObject's Body (botocore seeks it, to sign and on retries)."""
 
-    def __init__(self) -> None:
-        super().__init__(tempfile.TemporaryFile(buffering=0))
+    def __init__(self, directory: Path | None = None) -> None:
+        super().__init__(tempfile.TemporaryFile(buffering=0, dir=directory))
         self.length = 0
         self._sha256 = hashlib.sha256()
         self.payload_sha256: str | None = None  # set when sealed: what SigV4 signs
@@ -149,6 +150,7 @@ class _Parts:
         self.threshold = options.multipart_threshold
         self.part_size = options.multipart_part_size
         self.first_size = max(self.threshold, self.part_size)
+        self.spool_dir = options.spool_dir
         self.received = 0
         self.multipart = length is not None and length > self.threshold
         self.filled = 0  # parts filled so far (sealed)
@@ -158,7 +160,7 @@ class _Parts:
         """Spool what of ``data`` fits in the part filling (blocking: a file write): the bytes
         taken and the part they filled (sealed), if they did."""
         if self.filling is None:
-            self.filling = _Spool()
+            self.filling = _Spool(self.spool_dir)
         capacity = self.first_size if self.filled == 0 else self.part_size
         taken = min(len(data), capacity - self.filling.length)
         self.filling.add(data[:taken])
@@ -173,7 +175,7 @@ class _Parts:
         """The part filling, sealed (the body ended); None when it holds nothing and is not the
         only part."""
         if self.filling is None and self.filled == 0:
-            self.filling = _Spool()
+            self.filling = _Spool(self.spool_dir)
         if self.filling is None or (self.filling.length == 0 and self.filled > 0):
             self.close()
             return None

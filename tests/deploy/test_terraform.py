@@ -43,6 +43,15 @@ def statements(document: Body) -> Iterator[Body]:
             yield from block["statement"]["content"]
 
 
+def actions_of(statement: Body) -> list[str]:
+    """A statement's actions: its list, or the names quoted in the expression that makes it
+    (``concat(["kms:Decrypt"], var.enable_writes ? [...] : [])``)."""
+    actions = statement.get("actions", [])
+    if isinstance(actions, str):
+        return re.findall(r'"([^"]+)"', actions)
+    return list(actions)
+
+
 def dynamic_statements(document: Body) -> dict[str, Body]:
     """The ``dynamic "statement"`` blocks of a policy document by their statement's sid."""
     found = {}
@@ -171,7 +180,7 @@ def test_no_wildcard_actions_or_resources_in_allow_statements(module: Config) ->
             where = f"{name}/{statement.get('sid', '?')}"
             if statement.get("effect", "Allow") == "Deny":
                 continue  # a broad Deny (TLS only) narrows access
-            for action in statement.get("actions", []):
+            for action in actions_of(statement):
                 assert not WILDCARD_ACTION.match(action), f"{where}: action {action}"
                 assert "*" not in action, f"{where}: action pattern {action}"
             assert "not_actions" not in statement and "not_resources" not in statement, where
@@ -190,8 +199,10 @@ def test_no_wildcard_actions_or_resources_in_allow_statements(module: Config) ->
 def test_task_role_reads_only_below_the_prefix(module: Config) -> None:
     assert module.locals["object_arn"] == "${aws_s3_bucket.media.arn}/${local.object_prefix}*"
     task = module.data[("aws_iam_policy_document", "task")]
-    allowed = {a: s for s in task["statement"] for a in s["actions"]}
-    assert set(allowed) == {"s3:GetObject", "s3:ListBucket", "kms:Decrypt"}
+    allowed = {a: s for s in task["statement"] for a in actions_of(s)}
+    assert set(allowed) == {"s3:GetObject", "s3:ListBucket", "kms:Decrypt", "kms:GenerateDataKey"}
+    decrypt = allowed["kms:Decrypt"]["actions"]  # GenerateDataKey: only with writes (below)
+    assert decrypt == '${concat(["kms:Decrypt"], var.enable_writes ? ["kms:GenerateDataKey"] : [])}'
     assert allowed["s3:GetObject"]["resources"] == ["${local.object_arn}"]
     listing = allowed["s3:ListBucket"]
     assert listing["resources"] == [ref("aws_s3_bucket", "media", "arn")]
@@ -205,19 +216,53 @@ def test_task_role_reads_only_below_the_prefix(module: Config) -> None:
         action: block
         for block in dynamic_statements(task).values()
         for action in block["content"][0]["actions"]
+        if block["for_each"] == "${var.extra_mounts}"
     }
     assert set(mounts) == {"s3:GetObject", "s3:ListBucket"}
-    for block in mounts.values():
-        assert block["for_each"] == "${var.extra_mounts}"
     bucket = "${aws_s3_bucket.mounts[statement.key].arn}"
+    assert module.locals["mount_object_arns"] == (
+        '${{for name, mount in var.extra_mounts : name => "${aws_s3_bucket.mounts[name].arn}/'
+        '${mount.s3_prefix}*"}}'
+    )
     assert mounts["s3:GetObject"]["content"][0]["resources"] == [
-        bucket[:-1] + "}/${statement.value.s3_prefix}*"
+        "${local.mount_object_arns[statement.key]}"
     ]
     listing = mounts["s3:ListBucket"]["content"][0]
     assert listing["resources"] == [bucket]
     assert listing["condition"] == [
         {"test": "StringLike", "variable": "s3:prefix", "values": ["${statement.value.s3_prefix}*"]}
     ]
+
+
+def test_writes_are_opt_in_and_below_the_same_prefixes(module: Config) -> None:
+    assert module.variables["enable_writes"]["type"] == "bool"
+    assert module.variables["enable_writes"]["default"] is False
+    task = module.data[("aws_iam_policy_document", "task")]
+    writes = dynamic_statements(task)["WriteObjectsBelowThePrefixes"]
+    assert writes["for_each"] == "${var.enable_writes ? [local.writable_object_arns] : []}"
+    (content,) = writes["content"]
+    assert content["actions"] == ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+    assert content["resources"] == "${statement.value}"
+    assert module.locals["writable_object_arns"] == (
+        "${concat([local.object_arn], values(local.mount_object_arns))}"
+    )
+    # The container: PROXY_WRITES, and the parts spooled on a task volume (a read-only root).
+    guard = (
+        'var.enable_writes ? {PROXY_WRITES = "true", PROXY_UPLOAD_SPOOL_DIR = local.spool_path}'
+        " : {}"
+    )
+    assert guard in module.locals["environment"]
+    definition = module.of_type("aws_ecs_task_definition")["proxy"]
+    assert (
+        'mountPoints = var.enable_writes ? [{sourceVolume = "spool", containerPath = '
+        "local.spool_path, readOnly = false}] : []" in definition["container_definitions"]
+    )
+    (volume,) = definition["dynamic"]
+    assert volume["volume"]["for_each"] == '${var.enable_writes ? ["spool"] : []}'
+    assert volume["volume"]["content"] == [{"name": "${volume.value}"}]
+    assert module.locals["spool_path"] == "/home/proxy/spool"
+    # Fargate makes the volume the proxy user's only from the image's VOLUME at that path.
+    assert 'VOLUME ["/home/proxy/spool"]' in (TERRAFORM.parent / "Dockerfile").read_text()
 
 
 def test_extra_mounts_become_proxy_mounts(module: Config, example: Config) -> None:

@@ -105,6 +105,65 @@ def test_optional_headers() -> None:
     assert plan.headers == full_headers() + (("cache-control", "public, max-age=60"),) + extra
 
 
+STORED = ObjectMeta(
+    "v.mp4",
+    len(DATA),
+    "video/mp4",
+    '"v1"',
+    LM,
+    content_disposition='inline; filename="stored.mp4"',
+    cache_control="public, max-age=31536000, immutable",
+)
+STORED_FIELDS = (
+    ("cache-control", "public, max-age=31536000, immutable"),
+    ("content-disposition", 'inline; filename="stored.mp4"'),
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "status"),
+    [
+        ("GET", {}, 200),
+        ("HEAD", {}, 200),
+        ("GET", {"range": "bytes=2-5"}, 206),
+        ("HEAD", {"range": "bytes=2-5"}, 200),
+    ],
+)
+def test_stored_fields_replace_the_configured_cache_control(
+    method: str, headers: dict[str, str], status: int
+) -> None:
+    plan = plan_for(method, headers, STORED, cache_control="no-cache")
+    assert plan.status == status
+    fields = [(name, value) for name, value in plan.headers if name in dict(STORED_FIELDS)]
+    assert fields == list(STORED_FIELDS)  # each once: the configured no-cache is not sent
+
+
+def test_a_stored_cache_control_goes_with_a_304_but_no_disposition() -> None:
+    plan = plan_for("GET", {"if-none-match": '"v1"'}, STORED, cache_control="no-cache")
+    assert plan == Plan(304, VALIDATORS + (STORED_FIELDS[0],))
+
+
+def test_an_extra_disposition_overrides_the_stored_one() -> None:
+    download = (("content-disposition", 'attachment; filename="v.mp4"'),)
+    plan = plan_for("GET", {}, STORED, extra_headers=download)
+    assert [v for n, v in plan.headers if n == "content-disposition"] == [download[0][1]]
+
+
+def test_errors_send_no_stored_fields() -> None:
+    for headers in ({"if-match": '"other"'}, {"range": "bytes=50-"}):
+        plan = plan_for("GET", headers, STORED, cache_control="no-cache")
+        assert plan.status in (412, 416)
+        assert not {"cache-control", "content-disposition"} & {n for n, _ in plan.headers}
+
+
+def test_multipart_sends_the_stored_fields_at_the_top_only(fixed_boundary: str) -> None:
+    plan = plan_for("GET", {"range": "bytes=7-8,0-1"}, STORED, cache_control="private")
+    assert plan.status == 206
+    assert [(n, v) for n, v in plan.headers if n in dict(STORED_FIELDS)] == list(STORED_FIELDS)
+    parts = parse_multipart(assemble(plan, DATA), fixed_boundary, len(DATA))  # parts: 2 fields
+    assert [data for _, _, data in parts] == [b"01", b"78"]
+
+
 def test_bare_object_has_no_validators() -> None:
     plan = plan_for("GET", {}, BARE)
     assert plan.headers == (

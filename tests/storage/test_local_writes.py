@@ -41,7 +41,7 @@ from proxy.storage.local import (
     XATTR_MEDIA_TYPE,
     AsyncLocalStorage,
     LocalStorage,
-    stored_fields,
+    stored_metadata,
 )
 from proxy.storage.localwrite import AsyncLocalWriter, LocalWriter, open_writer
 from proxy.storage.options import LocalOptions
@@ -627,13 +627,18 @@ async def test_the_media_type_and_fields_are_stored_with_the_file(twin: Twin, ro
     assert os.getxattr(path, XATTR_MEDIA_TYPE) == b"video/mp4"
     assert os.getxattr(path, "user.content_disposition") == b'attachment; filename="a.mp4"'
     assert os.getxattr(path, "user.cache_control") == b"no-cache"
+    meta = (await twin.read("clip.bin"))[0]
+    assert meta.content_disposition == 'attachment; filename="a.mp4"'
+    assert meta.cache_control == "no-cache"
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert stored_fields(fd, ("cache-control", "content-language")) == (
-            ("cache-control", "no-cache"),
-        )
+        assert stored_metadata(fd) == ("video/mp4", 'attachment; filename="a.mp4"', "no-cache")
         os.setxattr(fd, "user.cache_control", b"no-cache\r\nx-evil: 1")
-        assert stored_fields(fd, ("cache-control",)) == ()
+        os.setxattr(fd, "user.content_disposition", b"inline" + b" " * 1024)
+        assert stored_metadata(fd) == ("video/mp4", None, None)  # no header value: left out
+        os.removexattr(fd, XATTR_MEDIA_TYPE)
+        os.setxattr(fd, "user.cache_control", b" max-age=60 ")
+        assert stored_metadata(fd) == (None, None, "max-age=60")
     finally:
         os.close(fd)
     assert await twin.listing("clip") == ["clip.bin"]

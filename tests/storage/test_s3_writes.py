@@ -301,6 +301,42 @@ async def test_spooled_parts_are_signed_with_the_hash_taken_as_they_filled(
         assert (sent if isinstance(sent, str) else sent.decode()) == body
 
 
+def spooled_in(directory: Path) -> list[str]:
+    """The files this process holds open in ``directory`` (unnamed: ``#123 (deleted)``)."""
+    inside = os.path.realpath(directory) + os.sep
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(f"/proc/self/fd/{fd}")).startswith(inside):
+                held.append(target)
+    return held
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_parts_are_spooled_in_the_spool_directory(
+    request: pytest.FixtureRequest, client: str, tmp_path: Path
+) -> None:
+    """PROXY_UPLOAD_SPOOL_DIR: the parts' files are made there, and gone after the commit."""
+    s3 = s3_server(request, "moto")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    key = f"writes/{client}/spooled.bin"
+    data = random.Random(5).randbytes(2 * PART + 100)
+    async with mounted(s3, client, spool_dir=spool, **SMALL) as mount:
+        upload = await mount.begin(key, NewObject("video/mp4"))
+        try:
+            await mount.run(upload.write, data[: PART + 100])  # a part full, the next filling
+            assert spooled_in(spool)
+            await mount.run(upload.write, data[PART + 100 :])
+            written = await mount.run(upload.commit)
+        except BaseException:
+            await mount.run(upload.abort)
+            raise
+        assert written.parts == 3 and sha256(await mount.read(key)) == sha256(data)
+    assert spooled_in(spool) == [] and os.listdir(spool) == []
+
+
 @pytest.mark.anyio
 async def test_an_abort_after_parts_leaves_no_upload_and_the_old_version(
     where: tuple[S3Server, str],

@@ -59,6 +59,7 @@ resource "aws_ecs_task_definition" "proxy" {
     readonlyRootFilesystem = true
     privileged             = false
     portMappings           = [{ containerPort = var.container_port, protocol = "tcp" }]
+    mountPoints            = var.enable_writes ? [{ sourceVolume = "spool", containerPath = local.spool_path, readOnly = false }] : []
     environment            = [for k in sort(keys(local.environment)) : { name = k, value = local.environment[k] }]
     secrets                = [for k in sort(keys(local.secrets)) : { name = k, valueFrom = local.secrets[k] }]
     # uvicorn lets running downloads finish for up to 30 s after SIGTERM.
@@ -79,6 +80,16 @@ resource "aws_ecs_task_definition" "proxy" {
       }
     }
   }])
+
+  # Writes: the spool's volume on the task's ephemeral storage (the image's VOLUME at the same
+  # path makes it the proxy user's).
+  dynamic "volume" {
+    for_each = var.enable_writes ? ["spool"] : []
+
+    content {
+      name = volume.value
+    }
+  }
 
   tags = var.tags
 }

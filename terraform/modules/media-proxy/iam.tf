@@ -1,7 +1,7 @@
 # Two roles. The execution role pulls the image and writes logs through the AWS managed policy
 # (ecr:GetAuthorizationToken only exists on "*", so no policy of ours names "*"), and reads the
 # access-control secrets (exactly those ARNs) when a task starts. The task role may only read
-# objects below the prefix and list that prefix.
+# objects below the prefix and list that prefix (with enable_writes, also put and delete there).
 
 data "aws_iam_policy_document" "ecs_assume" {
   statement {
@@ -119,7 +119,7 @@ data "aws_iam_policy_document" "task" {
       sid       = "ReadObjectsBelowThePrefixOf${title(replace(statement.key, "/[^A-Za-z0-9]/", ""))}"
       effect    = "Allow"
       actions   = ["s3:GetObject"]
-      resources = ["${aws_s3_bucket.mounts[statement.key].arn}/${statement.value.s3_prefix}*"]
+      resources = [local.mount_object_arns[statement.key]]
     }
   }
 
@@ -140,10 +140,24 @@ data "aws_iam_policy_document" "task" {
     }
   }
 
+  # With enable_writes: PUT (a PutObject, or a multipart upload, which s3:PutObject covers too)
+  # and DELETE, below the same prefixes as reads. The proxy never lists parts (no ListParts).
+  dynamic "statement" {
+    for_each = var.enable_writes ? [local.writable_object_arns] : []
+
+    content {
+      sid       = "WriteObjectsBelowThePrefixes"
+      effect    = "Allow"
+      actions   = ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+      resources = statement.value
+    }
+  }
+
+  # Reads decrypt; with enable_writes, S3 also asks the key for the new objects' data keys.
   statement {
     sid       = "DecryptObjectsThroughS3"
     effect    = "Allow"
-    actions   = ["kms:Decrypt"]
+    actions   = concat(["kms:Decrypt"], var.enable_writes ? ["kms:GenerateDataKey"] : [])
     resources = [aws_kms_key.this.arn]
 
     condition {

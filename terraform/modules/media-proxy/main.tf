@@ -13,6 +13,11 @@ locals {
   # The proxy joins prefix and key with one slash, so "media/" serves media/<key>.
   object_prefix = var.s3_prefix
   object_arn    = "${aws_s3_bucket.media.arn}/${local.object_prefix}*"
+  # Each extra mount's objects, below its prefix; with the media bucket's, where writes may land.
+  mount_object_arns    = { for name, mount in var.extra_mounts : name => "${aws_s3_bucket.mounts[name].arn}/${mount.s3_prefix}*" }
+  writable_object_arns = concat([local.object_arn], values(local.mount_object_arns))
+  # Where upload parts are spooled (PROXY_UPLOAD_SPOOL_DIR): a task volume (the root is read-only).
+  spool_path = "/home/proxy/spool"
 
   # With extra_mounts, every bucket is a mount (PROXY_MOUNTS): the media bucket at
   # /objects/<media_mount>/, each other at /objects/<its name>/.
@@ -50,6 +55,7 @@ locals {
     },
     var.signing_key_id == null ? {} : { PROXY_SIGNING_KEY_ID = var.signing_key_id },
     length(var.extra_mounts) == 0 ? {} : { PROXY_MOUNTS = jsonencode(local.mounts) },
+    var.enable_writes ? { PROXY_WRITES = "true", PROXY_UPLOAD_SPOOL_DIR = local.spool_path } : {},
   )
 
   # Access control: environment variable -> Secrets Manager ARN, read by the execution role.

@@ -125,6 +125,12 @@ variable "extra_mounts" {
   }
 }
 
+variable "enable_writes" {
+  description = "Accept PUT and DELETE of objects (PROXY_WRITES) from API keys with \"access\": \"write\" and URLs signed for the method: the task role may then also put and delete objects and abort multipart uploads below each mount's prefix, and parts are spooled on the task's ephemeral storage. CloudFront passes only GET and HEAD: writes go to domain_name."
+  type        = bool
+  default     = false
+}
+
 variable "s3_client" {
   description = "S3 client of the proxy (PROXY_S3_CLIENT): aiobotocore (async) or boto3 (threads)."
   type        = string
