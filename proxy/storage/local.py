@@ -220,9 +220,13 @@ def stored_fields(fd: int, names: tuple[str, ...]) -> tuple[tuple[str, str], ...
     )
 
 
+# The counter's child, looked up once: labels() per open cost a lock and a lookup.
+_OPENS = BACKEND_CALLS.labels("local", "open")
+
+
 def _open_object(root: str, key: str, files: OpenFiles) -> tuple[int, ObjectMeta]:
     """A descriptor of ``key`` under ``root`` (the caller's to close) and its metadata."""
-    BACKEND_CALLS.labels("local", "open").inc()
+    _OPENS.inc()
     path = os.path.join(root, check_key(key))
     try:
         return files.open(key, path, partial(_open_fresh, root, key, path))
