@@ -22,10 +22,9 @@ from typing import cast
 from fastapi import FastAPI, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import PathConvertor, register_url_convertor
-from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from proxy.auth import OBJECT_PARAMETERS, WRITE_METHODS, authorize, read_once
 from proxy.config import Settings
@@ -287,38 +286,6 @@ class ObjectRoute(Route):
         return match, child_scope
 
 
-class ObjectLane:
-    """Pure ASGI middleware, the app's innermost: a request the object route takes (the router's
-    first route, so the one the router would pick) goes straight to its endpoint, under the
-    app's exception handlers (Starlette's ``ExceptionMiddleware``, as in the app's own stack);
-    any other request goes on to the rest of the stack (FastAPI's exception middleware and
-    exit stack, the router). The same scope, handlers and answers, with three layers fewer
-    per object request (see docs/design.md, "Zero-copy local sends")."""
-
-    def __init__(self, app: ASGIApp, route: ObjectRoute, owner: FastAPI) -> None:
-        self.app = app
-        self.route = route
-        self.router = owner.router
-        # What Starlette's build_middleware_stack gives its ExceptionMiddleware: every handler
-        # but the 500 one (ServerErrorMiddleware's, outside the user middleware, as before).
-        handlers = {
-            key: value
-            for key, value in owner.exception_handlers.items()
-            if key not in (500, Exception)
-        }
-        self.endpoint = ExceptionMiddleware(route.app, handlers=handlers, debug=owner.debug)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.router.routes[0] is self.route:
-            match, child_scope = self.route.matches(scope)
-            if match is Match.FULL:
-                scope.setdefault("router", self.router)
-                scope.update(child_scope)
-                await self.endpoint(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def add_object_routes(app: FastAPI, settings: Settings) -> None:
     """GET (and HEAD, which Starlette adds to a GET route) of an object, served by the flavour's
     endpoint, and described in the app's OpenAPI document.
@@ -329,8 +296,6 @@ def add_object_routes(app: FastAPI, settings: Settings) -> None:
     writes = any(mount.settings.writes for mount in settings.mount_list())
     methods = ["GET", "PUT", "DELETE"] if writes else ["GET"]
     app.state.object_methods = WRITE_OBJECT_METHODS if writes else OBJECT_METHODS
-    route = ObjectRoute(OBJECT_PATH, endpoint, methods=methods, name="object")
-    app.router.routes.insert(0, route)
-    app.add_middleware(ObjectLane, route=route, owner=app)  # the first added: the innermost
+    app.router.routes.insert(0, ObjectRoute(OBJECT_PATH, endpoint, methods=methods, name="object"))
     mounts = [mount for mount in settings.mount_list() if mount.name]  # none: the root's
     document_object_routes(app, settings.listing, mounts, writes)
