@@ -358,6 +358,10 @@ class _H11ZeroCopyCycle(ZeroCopyCycle, H11Cycle):
 
 if HttpToolsCycle is not None:
 
+    # The bytes uvicorn's header regexes (character classes) refuse, for bytes.translate.
+    _NAME_BYTES_REFUSED = bytes(b for b in range(256) if HEADER_RE.search(bytes((b,))))
+    _VALUE_BYTES_REFUSED = bytes(b for b in range(256) if HEADER_VALUE_RE.search(bytes((b,))))
+
     class _HttpToolsZeroCopyCycle(ZeroCopyCycle, HttpToolsCycle):
         chunked_encoding: bool | None
         expected_content_length: int
@@ -379,17 +383,20 @@ if HttpToolsCycle is not None:
             await super().send(message)
 
         def _start(self, message: Any) -> None:
-            """uvicorn's head of a response, as its ``send`` writes it, with the header names
-            and values checked by one regex search each for all of them (uvicorn searches two
-            per field: ~4% of a 64 KiB range's instructions). Joined names hold a forbidden
-            byte exactly when one name does; values are joined by a tab, which they may hold."""
+            """uvicorn's head of a response, as its ``send`` writes it, with the bytes its two
+            regexes refuse in header names and values looked for in all names and all values
+            at once, by ``bytes.translate`` (uvicorn runs two regex searches per field: ~4% of
+            a 64 KiB range's instructions). Joined names hold a refused byte exactly when one
+            name does; values are joined by a tab, which they may hold."""
             self.response_started = True
             self.waiting_for_100_continue = False
             status_code = message["status"]
             headers = self.default_headers + list(message.get("headers", []))
-            if HEADER_RE.search(b"".join([name for name, _ in headers])):
+            names = b"".join([name for name, _ in headers])
+            if len(names.translate(None, _NAME_BYTES_REFUSED)) != len(names):
                 raise RuntimeError("Invalid HTTP header name.")
-            if HEADER_VALUE_RE.search(b"\t".join([value for _, value in headers])):
+            values = b"\t".join([value for _, value in headers])
+            if len(values.translate(None, _VALUE_BYTES_REFUSED)) != len(values):
                 raise RuntimeError("Invalid HTTP header value.")
             content = [STATUS_LINE[status_code]]
             has_connection_close = False

@@ -641,3 +641,75 @@ def test_the_extension_frames_chunked_bodies_and_follows_the_file_position(
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "sound"),
+    [
+        (b"x-fine", b"a\tb \x80\xff", True),  # a tab and obs-text are allowed in values
+        (b"x-bad", b"a\nb", False),
+        (b"x-bad", b"a\x7f", False),
+        (b"x bad", b"a", False),
+        (b"x-bad:", b"a", False),
+        (b"x-bad\x00", b"a", False),
+    ],
+)
+def test_the_connection_layer_checks_each_header_field(
+    files: MediaTree, name: bytes, value: bytes, sound: bool
+) -> None:
+    """The head of a response is checked as uvicorn checks it (one field is enough to refuse
+    it: the app's send raises, no byte of the head goes out and the connection closes), and
+    written as uvicorn writes it."""
+    errors: list[BaseException] = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-type", b"text/plain"), (name, value), (b"content-length", b"2")]
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
+        except RuntimeError as exc:
+            errors.append(exc)
+            raise
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    settings = settings_for(files, "async", http="httptools")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="critical",
+        lifespan="off",
+        **uvicorn_options(settings),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: server.started)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            if sound:  # the head and the body, which may come in two reads
+                answer = b""
+                while not answer.endswith(b"\r\n\r\nok") and (chunk := sock.recv(1 << 16)):
+                    answer += chunk
+            else:
+                answer = read_to_end(sock, 1 << 16)
+        if sound:
+            assert errors == []
+            head, body = answer.split(b"\r\n\r\n", 1)
+            lines = head.split(b"\r\n")
+            assert lines[0] == b"HTTP/1.1 200 OK"
+            assert lines[2:] == [
+                b"content-type: text/plain",
+                name + b": " + value,
+                b"content-length: 2",
+            ]
+            assert body == b"ok"
+        else:
+            assert answer == b""
+            assert len(errors) == 1 and "Invalid HTTP header" in str(errors[0])
+    finally:
+        server.should_exit = True
+        thread.join(10)
