@@ -357,7 +357,6 @@ class _H11ZeroCopyCycle(ZeroCopyCycle, H11Cycle):
 
 
 if HttpToolsCycle is not None:
-
     # The bytes uvicorn's header regexes (character classes) refuse, for bytes.translate.
     _NAME_BYTES_REFUSED = bytes(b for b in range(256) if HEADER_RE.search(bytes((b,))))
     _VALUE_BYTES_REFUSED = bytes(b for b in range(256) if HEADER_VALUE_RE.search(bytes((b,))))
