@@ -264,3 +264,35 @@ def test_shutdown_deadline_cuts_streams_that_take_too_long(shutdown_root: Path) 
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_observe_all_counts_as_one_observe_per_value() -> None:
+    """A batch's durations go into a histogram with one update per bucket: the exposition is
+    the one that an ``observe`` per value makes (bounds included, exactly on a bound too)."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from proxy.observability import observe_all
+
+    bounds = (0.001, 0.0025, 0.005, 0.01, 1)
+    values = [0.0004, 0.001, 0.0011, 0.0025, 0.003, 0.05, 0.2, 7.0, 0.0004, 0.001]
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    one, batched = (
+        Histogram("h", "h", ["route"], buckets=bounds, registry=registry).labels("r")
+        for registry in registries
+    )
+    for value in values:
+        one.observe(value)
+    observe_all(batched, values)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (sample.name, sample.labels.get("le", "")): sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    expected, got = samples(registries[0]), samples(registries[1])
+    assert got.pop(("h_sum", "")) == pytest.approx(expected.pop(("h_sum", "")))
+    assert got == expected
+    assert got[("h_bucket", "0.001")] == 4

@@ -8,6 +8,7 @@ tests' servers run in threads here) grew by its length: they never passed throug
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -15,7 +16,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +26,7 @@ import uvicorn
 from prometheus_client import REGISTRY
 
 from proxy.app import create_app
+from proxy.config import Settings
 from proxy.connection import ZERO_COPY, SendfileTally
 from proxy.server import uvicorn_options
 from proxy.storage.errors import BodyTruncated
@@ -69,6 +73,27 @@ def wait_for(condition: object, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(condition())  # type: ignore[operator]
+
+
+@contextlib.contextmanager
+def serving(app: Any, settings: Settings, **options: Any) -> Iterator[int]:
+    """``app`` on the connection layer ``settings`` configure (uvicorn in a thread): its port."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        **{"log_level": "warning", **options},
+        **uvicorn_options(settings),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: server.started)
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def sent_since(before: int, expected: int) -> int:
@@ -379,23 +404,12 @@ def test_a_small_range_of_a_file_that_shrinks_after_it_started_is_cut(
 
         await app(scope, receive, send_start if scope["type"] == "http" else send)  # type: ignore[arg-type]
 
-    config = uvicorn.Config(
-        truncating, host="127.0.0.1", port=0, log_level="critical", **uvicorn_options(settings)
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_for(lambda: server.started)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    with serving(truncating, settings, log_level="critical") as port:
         with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
             status, length, body = get_head(sock, "shrinks.bin", "Range: bytes=2000-60000\r\n")
             assert (status, length) == (206, 58_001)
             rest = read_to_end(sock, length)
         assert len(body) + len(rest) < length  # cut, and closed: not a short 206 taken as whole
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
@@ -517,20 +531,7 @@ def test_over_tls_the_chunks_are_streamed(files: MediaTree, tmp_path: Path, loop
     """TLS encrypts in Python's ssl module: no zero-copy send is offered, the chunks serve."""
     settings = settings_for(files, "async", loop=loop)
     pem = self_signed(tmp_path)
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        ssl_certfile=str(pem),
-        **uvicorn_options(settings),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_for(lambda: server.started)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    with serving(create_app(settings), settings, ssl_certfile=str(pem)) as port:
         before = SendfileTally.bytes
         response = httpx.get(
             f"https://127.0.0.1:{port}/objects/big.bin",
@@ -549,9 +550,6 @@ def test_over_tls_the_chunks_are_streamed(files: MediaTree, tmp_path: Path, loop
         assert small.status_code == 206
         assert sha(small.content) == sha(files.data("small.bin")[-4000:])
         assert SendfileTally.bytes == before
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def evict(path: Path) -> bool:
@@ -616,20 +614,7 @@ def test_the_extension_frames_chunked_bodies_and_follows_the_file_position(
             await send({"type": "http.response.body", "body": b"end", "more_body": False})  # type: ignore[operator]
 
     settings = settings_for(files, "async", http=http, loop=loop)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        lifespan="off",
-        **uvicorn_options(settings),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_for(lambda: server.started)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    with serving(app, settings, lifespan="off") as port:
         before = SendfileTally.bytes
         with httpx.Client(timeout=30) as client:
             for _ in range(2):  # and the connection is kept for the next request
@@ -638,6 +623,59 @@ def test_the_extension_frames_chunked_bodies_and_follows_the_file_position(
                 assert sha(response.content) == sha(files.data("big.bin")[-100_000:] + b"end")
         assert sent_since(before, 2 * 100_000) == 2 * 100_000
         assert seen == [{ZERO_COPY: {}}] * 2
-    finally:
-        server.should_exit = True
-        thread.join(10)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "sound"),
+    [
+        (b"x-fine", b"a\tb \x80\xff", True),  # a tab and obs-text are allowed in values
+        (b"x-bad", b"a\nb", False),
+        (b"x-bad", b"a\x7f", False),
+        (b"x bad", b"a", False),
+        (b"x-bad:", b"a", False),
+        (b"x-bad\x00", b"a", False),
+    ],
+)
+def test_the_connection_layer_checks_each_header_field(
+    files: MediaTree, name: bytes, value: bytes, sound: bool
+) -> None:
+    """The head of a response is checked as uvicorn checks it (one field is enough to refuse
+    it: the app's send raises, no byte of the head goes out and the connection closes), and
+    written as uvicorn writes it."""
+    errors: list[BaseException] = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-type", b"text/plain"), (name, value), (b"content-length", b"2")]
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
+        except RuntimeError as exc:
+            errors.append(exc)
+            raise
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    settings = settings_for(files, "async", http="httptools")
+    with serving(app, settings, log_level="critical", lifespan="off") as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            if sound:  # the head and the body, which may come in two reads
+                answer = b""
+                while not answer.endswith(b"\r\n\r\nok") and (chunk := sock.recv(1 << 16)):
+                    answer += chunk
+            else:
+                answer = read_to_end(sock, 1 << 16)
+        if sound:
+            assert errors == []
+            head, body = answer.split(b"\r\n\r\n", 1)
+            lines = head.split(b"\r\n")
+            assert lines[0] == b"HTTP/1.1 200 OK"
+            assert lines[2:] == [
+                b"content-type: text/plain",
+                name + b": " + value,
+                b"content-length: 2",
+            ]
+            assert body == b"ok"
+        else:
+            assert answer == b""
+            assert len(errors) == 1 and "Invalid HTTP header" in str(errors[0])

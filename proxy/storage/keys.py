@@ -31,7 +31,8 @@ def check_key(key: str) -> str:
         raise InvalidKey("the key is empty")
     if len(encoded) > MAX_KEY_BYTES:
         raise InvalidKey(f"the key is longer than {MAX_KEY_BYTES} bytes")
-    if _CONTROL.search(key):
+    # Printable ASCII holds no control character: the regex only for the rest (~2x faster).
+    if not (key.isascii() and key.isprintable()) and _CONTROL.search(key):
         raise InvalidKey("the key contains a control character")
     if "\\" in key:
         # A separator on Windows, and a common traversal disguise elsewhere.

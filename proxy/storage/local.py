@@ -223,9 +223,13 @@ def xattr_name(field_name: str) -> str:
 _STORED_XATTRS = (XATTR_MEDIA_TYPE, xattr_name("content-disposition"), xattr_name("cache-control"))
 
 
+# The counter's child, looked up once: labels() per open cost a lock and a lookup.
+_OPENS = BACKEND_CALLS.labels("local", "open")
+
+
 def _open_object(root: str, key: str, files: OpenFiles) -> tuple[int, ObjectMeta]:
     """A descriptor of ``key`` under ``root`` (the caller's to close) and its metadata."""
-    BACKEND_CALLS.labels("local", "open").inc()
+    _OPENS.inc()
     path = os.path.join(root, check_key(key))
     try:
         return files.open(key, path, partial(_open_fresh, root, key, path))
