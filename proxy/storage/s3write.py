@@ -81,11 +81,6 @@ T = TypeVar("T")
 # the deadline: a 16 MiB part may take deadline + 64 s.
 UPLOAD_RATE_FLOOR = 256 * 1024
 MAX_PARTS = 10_000  # S3's limit per multipart upload
-# The most a read of a spool returns: aiohttp (the aiobotocore flavour) reads a body file in
-# 256 KiB chunks, and held with its transport's copy of what the socket did not take, those
-# were 7.6 MB of 84 in tracemalloc during 20 concurrent uploads. 64 KiB: their peak RSS 12 MB
-# lower (aiobotocore), for an executor hop per 64 KiB (~1 CPU s per GB more).
-SPOOL_READ_SIZE = 64 * 1024
 _KEPT_FIELDS = {"content-disposition": "ContentDisposition", "cache-control": "CacheControl"}
 
 
@@ -106,13 +101,6 @@ class _Spool(io.BufferedRandom):
         self.write(data)
         self._sha256.update(data)
         self.length += len(data)
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        """At most ``SPOOL_READ_SIZE`` bytes when a size is given (fewer than asked for is
-        what a read may return; every reader of a body loops until b"")."""
-        if size is not None and size > SPOOL_READ_SIZE:
-            size = SPOOL_READ_SIZE
-        return super().read(size)
 
     def seal(self) -> _Spool:
         self.flush()

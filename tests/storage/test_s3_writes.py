@@ -36,7 +36,7 @@ from proxy.storage.errors import (
 )
 from proxy.storage.options import CacheOptions, S3Options
 from proxy.storage.s3 import aopen_s3, open_s3
-from proxy.storage.s3write import SPOOL_READ_SIZE, _Spool, open_writer
+from proxy.storage.s3write import open_writer
 from proxy.storage.writes import NO_CONDITIONS, NewObject, WriteConditions, Written
 from proxy.testing.s3servers import BUCKET, REGION, S3Server, put_object, s3_client
 from tests.conftest import s3_server, sha256
@@ -261,24 +261,6 @@ async def test_bodies_of_every_size_read_back_whole(where: tuple[S3Server, str])
     # The calls are counted as the read path's are.
     assert calls("PutObject") - puts == 3
     assert calls("UploadPart") - uploaded == 1 + 1 + 3 + 2
-
-
-def test_a_spool_is_read_in_short_reads_to_its_end() -> None:
-    """aiohttp asks for 256 KiB at a time; a spool gives at most SPOOL_READ_SIZE, and every
-    byte once (what a retry reads again after its seek, too)."""
-    data = random.randbytes(3 * SPOOL_READ_SIZE + 5)
-    spool = _Spool()
-    try:
-        spool.add(memoryview(data))
-        spool.seal()
-        for _ in range(2):  # the first attempt, then a retry from the start
-            reads = list(iter(partial(spool.read, 256 * 1024), b""))
-            assert max(map(len, reads)) == SPOOL_READ_SIZE
-            assert sha256(b"".join(reads)) == sha256(data)
-            spool.seek(0)
-        assert sha256(spool.read()) == sha256(data)  # no size: everything
-    finally:
-        spool.close()
 
 
 @pytest.mark.anyio
