@@ -39,6 +39,7 @@ from typing import Any
 from procs import LOOPBACK, Sampler, rss_bytes, tree_pids
 from scenarios import Config, Measurement, NoData, Scenario
 from servers import (
+    BASELINE,
     BIG,
     BUCKET,
     DATA_DIR,
@@ -170,7 +171,7 @@ def measure_upload(config: Config, server: Server, run_index: int) -> Measuremen
         )
         _vacuum()
         return {"upload_mbps": config.size / result["seconds"] / MB}
-    if server.pid is None or server.target.name not in _NAMES:
+    if server.pid is None or not _upload_proxy(server.target):
         raise NoData("upload: not an upload proxy started by the benchmark")
     pids = tree_pids(server.pid)
     measured: Measurement = {}
@@ -226,8 +227,13 @@ def _check(result: dict[str, Any], clients: int, size: int) -> None:
         raise NoData(f"upload: stored sizes {result['sizes']}, sent {size}")
 
 
+def _upload_proxy(target: Target) -> bool:
+    """One of UPLOAD_TARGETS, today's build or --baseline's."""
+    return target.name.removesuffix(BASELINE) in _NAMES
+
+
 def _applies(target: Target) -> bool:
-    return target.name in _NAMES or target.name == "s3-direct"
+    return _upload_proxy(target) or target.name == "s3-direct"
 
 
 UPLOAD_SCENARIOS = [

@@ -219,6 +219,38 @@ def test_sessions_keep_only_the_endpoints_of_the_services_they_use(
             assert ours == theirs
 
 
+def test_sessions_keep_service_models_without_their_documentation() -> None:
+    """S3's model without its documentation strings: 3.4 MB of dicts held per session, 0.75 MB
+    so. Every other value is the same, in the same order."""
+    full = botocore.session.Session().get_component("data_loader")
+    tuned = _tune(botocore.session.Session()).get_component("data_loader")
+    for service in ("s3", "sts"):
+        theirs = full.load_service_model(service, "service-2")
+        ours = tuned.load_service_model(service, "service-2")
+        assert _documentation(theirs) and not _documentation(ours)
+        assert json.dumps(ours) == json.dumps(_documentation_emptied(theirs))
+
+
+def _documentation(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        found = [v for k, v in value.items() if k == "documentation" and v]
+        return found + [d for v in value.values() for d in _documentation(v)]
+    if isinstance(value, list):
+        return [d for v in value for d in _documentation(v)]
+    return []
+
+
+def _documentation_emptied(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: "" if k == "documentation" and isinstance(v, str) else _documentation_emptied(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_documentation_emptied(v) for v in value]
+    return value
+
+
 def test_a_data_path_of_the_user_is_still_searched(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
