@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -87,9 +88,16 @@ def serve(settings: Settings, reload: bool = False) -> None:
         print(f"created a sample in ./{root}/", flush=True)
         for key in keys:
             print(f"  http://{settings.host}:{settings.port}/objects/{key}", flush=True)
-    if settings.workers > 1 and settings.metrics:
-        _share_metrics_between_workers()
+    made = _share_metrics_between_workers() if settings.workers > 1 and settings.metrics else None
     _exit_cleanly_on(signal.SIGTERM, signal.SIGINT)
+    try:
+        _run(settings, reload)
+    finally:
+        if made is not None:  # the directory this process made: nothing of it is left behind
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _run(settings: Settings, reload: bool) -> None:
     uvicorn.run(
         "proxy.app:create_app",
         factory=True,  # each worker builds its own app (and its own storage client)
@@ -105,15 +113,17 @@ def serve(settings: Settings, reload: bool = False) -> None:
     )
 
 
-def _share_metrics_between_workers() -> None:
-    """prometheus-client's multiprocess mode: each worker writes its samples to one directory."""
+def _share_metrics_between_workers() -> Path | None:
+    """prometheus-client's multiprocess mode: each worker writes its samples to one directory.
+    Returns the directory when this process made it (the caller removes it at exit)."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         for stale in directory.glob("*.db"):  # from an earlier run: would be counted again
             stale.unlink()
-    else:
-        directory = Path(tempfile.mkdtemp(prefix="media-proxy-metrics-"))
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="media-proxy-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return directory
 
 
 def _port(value: str) -> int:

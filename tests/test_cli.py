@@ -111,11 +111,14 @@ def test_a_stop_drains_the_download_in_flight_and_exits_0(
     data = os.urandom(32 * 1024 * 1024)
     (root / "big.bin").write_bytes(data)
     port = free_port()
+    temporary = tmp_path / "tmp"  # where two workers' metrics directory is made
+    temporary.mkdir()
     env = clean_env(
         PROXY_PORT=str(port),
         PROXY_LOCAL_ROOT=str(root),
         PROXY_LOG_LEVEL="warning",
         PROXY_WORKERS=workers,
+        TMPDIR=str(temporary),
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy"], cwd=tmp_path, env=env, start_new_session=True
@@ -136,6 +139,7 @@ def test_a_stop_drains_the_download_in_flight_and_exits_0(
         assert hashlib.sha256(b"".join(received)).digest() == hashlib.sha256(data).digest()
         assert process.wait(timeout=30) == 0
         assert [pid for pid in started if running(pid)] == []  # the parent went last
+        assert list(temporary.glob("media-proxy-metrics-*")) == []  # removed at exit
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
