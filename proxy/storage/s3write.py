@@ -557,6 +557,9 @@ class AsyncS3Writer:
     here, more under writeback pressure."""
 
     def __init__(self, options: S3Options, storage: Any) -> None:
+        from proxy.storage import spoolpayload  # aiohttp: the aiobotocore flavour's only
+
+        spoolpayload.register(_Spool)
         self._target = _Target(options, storage)
 
     async def head(self, key: str) -> str | None:

@@ -301,6 +301,33 @@ async def test_spooled_parts_are_signed_with_the_hash_taken_as_they_filled(
         assert (sent if isinstance(sent, str) else sent.decode()) == body
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("server", ["moto", "seaweedfs"])
+async def test_aiobotocore_sends_spooled_parts_as_spool_payloads(
+    request: pytest.FixtureRequest, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp sends each spooled part through ``SpoolPayload`` (proxy/storage/spoolpayload.py),
+    not its own file payload: every byte of a PutObject and of three UploadParts."""
+    from proxy.storage import spoolpayload
+
+    sent: list[int] = []
+    write = spoolpayload.SpoolPayload.write_with_length
+
+    async def counted(self: Any, writer: Any, content_length: int | None) -> None:
+        sent.append(self.size)
+        await write(self, writer, content_length)
+
+    monkeypatch.setattr(spoolpayload.SpoolPayload, "write_with_length", counted)
+    s3 = s3_server(request, server)
+    async with mounted(s3, "aiobotocore", **SMALL) as mount:
+        for size in [1000, 2 * PART + 3]:
+            key = f"writes/aiobotocore/payload-{size}.bin"
+            data = os.urandom(size)
+            await mount.upload(key, data)
+            assert sha256(await mount.read(key)) == sha256(data)
+    assert sent == [1000, PART, PART, 3]
+
+
 def spooled_in(directory: Path) -> list[str]:
     """The files this process holds open in ``directory`` (unnamed: ``#123 (deleted)``)."""
     inside = os.path.realpath(directory) + os.sep
