@@ -18,7 +18,6 @@ before the body was read whole closes the connection: the rest of the body is no
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -175,12 +174,14 @@ def _new_object(
 
 class _Body:
     """Reads the request body on the event loop and hands each message to an upload as it
-    came, one written while the next is received; counts and hashes what it passes on.
+    came, the next received once it is written; counts and hashes what it passes on.
 
-    No batches: joined into 256 KiB batches, the messages and the joined copies (two per
-    upload, one written, one waiting) were the largest Python objects of 20 concurrent uploads
-    (12.6 MB of 84 in tracemalloc); uvicorn's messages are 64-320 KiB already (it pauses reading
-    past 64 KiB, and a read takes up to 256 KiB)."""
+    One message at a time: while it is written, uvicorn buffers what comes next (it pauses
+    reading past 64 KiB, and a read takes up to 256 KiB), so the next is there when the write
+    ends. Receiving it meanwhile held a third message per upload (docs/design.md, "Uploads:
+    memory"). No batches either: joined into 256 KiB batches, the messages and the joined
+    copies were the largest Python objects of 20 concurrent uploads (12.6 MB of 84 in
+    tracemalloc)."""
 
     def __init__(
         self,
@@ -195,7 +196,6 @@ class _Body:
         self.digests = digests
         self.received = 0
         self.ended = False  # the whole body was received
-        self._pending: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
         while not self.ended:
@@ -208,29 +208,10 @@ class _Body:
                 self.received += len(chunk)
                 if self.received > self.limit:
                     raise Refused(413, "too_large", "the body is larger than this proxy stores")
-                await self._hand_over(chunk)
-        await self._wait()
-
-    async def _hand_over(self, data: bytes) -> None:
-        await self._wait()
-        self._pending = asyncio.ensure_future(self._digest_and_write(data))
-
-    async def _digest_and_write(self, data: bytes) -> None:
-        if self.digests:
-            await anyio.to_thread.run_sync(_update, self.digests, data)
-        await self.write(data)
-
-    async def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
-
-    async def settle(self) -> None:
-        """After a failure: let a write in flight end (its thread cannot be stopped)."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(pending, return_exceptions=True)
+                if self.digests:
+                    await anyio.to_thread.run_sync(_update, self.digests, chunk)
+                await self.write(chunk)
+            del message, chunk  # not held while the next message is awaited
 
     def check_digests(self) -> None:
         for digest, expected, name in self.digests:
@@ -390,7 +371,6 @@ class WriteEndpoint:
             outcome = "stored"
         finally:
             if not stored:
-                await body.settle()
                 await flavour.abort(upload)
             metrics.UPLOADS.labels(outcome).inc()
         metrics.UPLOAD_PARTS.inc(written.parts)
