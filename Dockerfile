@@ -26,8 +26,8 @@ FROM python:3.11-slim-bookworm AS runtime
 LABEL org.opencontainers.image.title="media-object-proxy" \
       org.opencontainers.image.description="Streams S3 or local objects with HTTP Range support"
 
-# Listen on every interface inside the container; uvloop and httptools come with
-# uvicorn[standard] and are required explicitly here (PROXY_LOOP, PROXY_HTTP).
+# Listen on every interface inside the container; uvloop and httptools are dependencies
+# of the proxy and are required explicitly here (PROXY_LOOP, PROXY_HTTP).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
