@@ -8,12 +8,13 @@ credentials, the key, the declared length against ``PROXY_MAX_UPLOAD_SIZE``, mal
 or preconditions, and a precondition the storage already sees failing (``Writer.begin``).
 
 The body is read on the event loop and each received message is handed to the mount's
-``Upload`` as it came (no copy); the next message is received while the previous one is written
-(in a worker thread for the blocking flavour), so at most two messages are held. ``Content-MD5`` and
-``x-amz-checksum-sha256`` are verified over the received bytes before the commit; any failure
-(the client gone, a digest mismatch, the body past the limit, the storage failing) aborts the
-upload, so nothing half-written is ever visible (``proxy.storage.writes``). A refusal sent
-before the body was read whole closes the connection: the rest of the body is not read.
+``Upload`` as it came (no copy), the next received once it is written (in a worker thread for
+the blocking flavour): one message held per upload, besides what uvicorn buffers.
+``Content-MD5`` and ``x-amz-checksum-sha256`` are verified over the received bytes before the
+commit; any failure (the client gone, a digest mismatch, the body past the limit, the storage
+failing) aborts the upload, so nothing half-written is ever visible (``proxy.storage.writes``).
+A refusal sent before the body was read whole closes the connection: the rest of the body is
+not read.
 """
 
 from __future__ import annotations

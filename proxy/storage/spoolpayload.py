@@ -13,18 +13,15 @@ aiohttp. Measured in docs/design.md, "Uploads: memory".
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import anyio.to_thread
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Order, Payload, register_payload
 
-from proxy.storage.errors import BodyTruncated
+from proxy.storage.local import _read_cached, _read_step
 
 READ_SIZE = 256 * 1024  # bytes per read (aiohttp's own chunk size for file payloads)
-# preadv2(RWF_NOWAIT): Linux >= 4.14. Elsewhere -1, an invalid flag: every read takes a thread.
-_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", -1)
 
 
 class SpoolPayload(Payload):
@@ -45,37 +42,17 @@ class SpoolPayload(Payload):
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
+        """The local backend's reads (``_read_cached`` on the loop, ``_read_step`` in a
+        thread), which raise ``BodyTruncated`` should the part end early."""
         size = self._length if content_length is None else min(self._length, content_length)
         fd = self._value.fileno()
         offset = 0
         while offset < size:
-            count = min(READ_SIZE, size - offset)
-            chunk: bytes | bytearray | None = _read_ready(fd, offset, count)
+            chunk = _read_cached(fd, offset, size, READ_SIZE)
             if chunk is None:
-                chunk = await anyio.to_thread.run_sync(_read, fd, offset, count)
+                chunk = await anyio.to_thread.run_sync(_read_step, fd, offset, size, READ_SIZE)
             await writer.write(chunk)
             offset += len(chunk)
-
-
-def _read_ready(fd: int, offset: int, count: int) -> bytearray | None:
-    """Up to ``count`` bytes at ``offset`` that the page cache holds; None when the read would
-    wait (or the filesystem cannot tell). A fresh buffer each time: the transport may keep it."""
-    buffer = bytearray(count)
-    try:
-        got = os.preadv(fd, [buffer], offset, _RWF_NOWAIT)
-    except OSError:
-        return None
-    if got == 0:
-        raise BodyTruncated("a spooled part ended early")
-    del buffer[got:]
-    return buffer
-
-
-def _read(fd: int, offset: int, count: int) -> bytes:
-    chunk = os.pread(fd, count, offset)
-    if not chunk:
-        raise BodyTruncated("a spooled part ended early")
-    return chunk
 
 
 def register(spool_type: type) -> None:

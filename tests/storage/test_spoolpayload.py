@@ -14,7 +14,7 @@ import pytest
 from aiobotocore._endpoint_helpers import _IOBaseWrapper
 from aiohttp import web
 
-from proxy.storage import spoolpayload
+from proxy.storage import local, spoolpayload
 from proxy.storage.s3write import _Spool
 
 DATA = os.urandom(3 * spoolpayload.READ_SIZE + 12_345)
@@ -89,14 +89,15 @@ def test_reads_the_page_cache_cannot_answer_go_to_a_thread(
     """An invalid flag fails every ``RWF_NOWAIT`` read, as a filesystem that cannot tell does:
     every read then takes the thread, and the bytes are the same."""
     threaded: list[int] = []
-    read = spoolpayload._read
+    read = local._read_step
 
-    def counted(fd: int, offset: int, count: int) -> bytes:
-        threaded.append(count)
-        return read(fd, offset, count)
+    def counted(fd: int, offset: int, stop: int, chunk_size: int) -> bytes:
+        chunk = read(fd, offset, stop, chunk_size)
+        threaded.append(len(chunk))
+        return chunk
 
-    monkeypatch.setattr(spoolpayload, "_RWF_NOWAIT", -1)
-    monkeypatch.setattr(spoolpayload, "_read", counted)
+    monkeypatch.setattr(local, "_RWF_NOWAIT", -1)
+    monkeypatch.setattr(spoolpayload, "_read_step", counted)
     with sealed(DATA) as spool:
         assert sha256(asyncio.run(_send(spool))) == sha256(DATA)
     assert sum(threaded) == len(DATA)
