@@ -45,6 +45,9 @@ from uvicorn.protocols.http.h11_impl import RequestResponseCycle as H11Cycle
 from uvicorn.server import ServerState
 
 from proxy.http.plan import error_body
+from proxy.sendfile import FileEnded, SendfileTally, send_file, socket_fd, wake_all
+
+__all__ = ["ZERO_COPY", "FileEnded", "SendfileTally", "ZeroCopyCycle", "protocol_factory"]
 
 try:
     from uvicorn.protocols.http.httptools_impl import (
@@ -172,19 +175,6 @@ def _warn_at_capacity(open_connections: int) -> None:
 ZERO_COPY = "http.response.zerocopysend"
 
 
-class SendfileTally:
-    """What this process sent by ``sendfile`` (the tests' proof that a body took the zero-copy
-    path: its bytes never pass through an ``http.response.body`` message)."""
-
-    bytes = 0
-    calls = 0
-
-
-class FileEnded(EOFError):
-    """A zero-copy send met the end of the file before its ``count``: the file shrank since its
-    size was read. What was sent is out, so the response can only be aborted."""
-
-
 class _FileSpan:
     """What h11 is given as a zero-copy send's data (``send_with_data_passthrough``): it frames
     ``len()`` bytes and hands the span back among the pieces to write."""
@@ -198,27 +188,17 @@ class _FileSpan:
         return self.count
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 class ZeroCopyCycle:
     """Mixed into uvicorn's ``RequestResponseCycle`` (of either parser): ``send`` also takes
     the ASGI "Zero Copy Send" message, ``{"type": "http.response.zerocopysend", "file": a
     descriptor or an object with fileno(), "offset", "count", "more_body"}`` (no offset: from
     the file's position, which then moves on; no count: to the end of the file).
 
-    The bytes go by ``os.sendfile`` from the file to the socket, after what the transport
-    holds has gone out (so nothing overtakes it), as far as the socket takes them: first on
-    the transport's own descriptor (a 64 KiB range usually goes whole, with no dup). A socket
-    that is full is waited for on the event loop (a writer callback on a ``dup`` of the
-    socket's descriptor: the transport owns the descriptor itself, and uvloop's libuv allows
-    one watcher per descriptor), so a slow reader holds no thread and no buffer. The dup also
-    keeps a closed transport's descriptor number from naming another connection meanwhile.
-    A client gone (``EPIPE``, ``ECONNRESET``) ends the send quietly, as uvicorn's body sends
-    do after a disconnect, and aborts the transport; a file that ends early raises
-    ``FileEnded``; a cancellation (the app's disconnect watcher) stops at once."""
+    The bytes go by ``proxy.sendfile.send_file`` (waiting for room on the event loop, so a
+    slow reader holds no thread and no buffer). A client gone (``EPIPE``, ``ECONNRESET``)
+    ends the send quietly, as uvicorn's body sends do after a disconnect, and aborts the
+    transport; a file that ends early raises ``FileEnded``; a cancellation (the app's
+    disconnect watcher) stops at once."""
 
     # Set by uvicorn's cycles and by _Guard._adopt (declared here for the type checker).
     transport: asyncio.Transport
@@ -260,81 +240,16 @@ class ZeroCopyCycle:
         raise NotImplementedError
 
     async def _sendfile(self, fd: int, offset: int, count: int) -> None:
-        transport = self.transport
-        if transport.is_closing():
+        if not await send_file(
+            self.transport,
+            self._socket_fd,
+            fd,
+            offset,
+            count,
+            stopped=lambda: self.disconnected,
+            waiters=self._waiters,
+        ):
             self._gone()
-            return
-        if transport.get_write_buffer_size() == 0:
-            # First on the transport's own descriptor (open while the transport is not
-            # closing, and nothing runs between here and the call): a socket with room takes
-            # a small range whole, with no dup and no watcher.
-            sent = self._sendfile_step(transport, self._socket_fd, fd, offset, count)
-            if sent is None:
-                return
-            offset += sent
-            count -= sent
-            if count == 0:
-                return
-        loop = asyncio.get_running_loop()
-        out = os.dup(self._socket_fd)
-        waiter: asyncio.Future[None] | None = None
-
-        def room() -> None:  # the writer callback: stays on while this send lasts
-            if waiter is not None:
-                _wake(waiter)
-
-        watching = False
-        try:
-            while not self.disconnected:
-                if transport.is_closing():  # closed meanwhile: what is left will not go out
-                    self._gone()
-                    return
-                if transport.get_write_buffer_size() == 0:
-                    sent = self._sendfile_step(transport, out, fd, offset, count)
-                    if sent is None:
-                        return
-                    if sent:
-                        offset += sent
-                        count -= sent
-                        if count == 0:
-                            return
-                        continue  # the socket took part: what is left may fit too
-                # Until the socket has room (or fails), or the connection is lost. The writer
-                # stays registered until the send ends: one epoll_ctl pair per send, not per wait.
-                waiter = loop.create_future()
-                if not watching:
-                    loop.add_writer(out, room)
-                    watching = True
-                self._waiters.add(waiter)
-                try:
-                    await waiter
-                finally:
-                    self._waiters.discard(waiter)
-                    waiter = None
-        finally:
-            if watching:
-                loop.remove_writer(out)
-            os.close(out)
-
-    def _sendfile_step(
-        self, transport: asyncio.Transport, out: int, fd: int, offset: int, count: int
-    ) -> int | None:
-        """One ``sendfile`` of what is left on descriptor ``out``: the bytes sent (0: the socket
-        is full); None: the client left (the connection is aborted); ``FileEnded`` when the file
-        holds fewer bytes than the response promised."""
-        try:
-            sent = os.sendfile(out, fd, offset, count)
-        except BlockingIOError:
-            return 0
-        except ConnectionError:  # the client left (EPIPE, ECONNRESET)
-            self._gone()
-            transport.abort()
-            return None
-        if sent == 0:
-            raise FileEnded(f"the file ended {count} bytes early")
-        SendfileTally.bytes += sent
-        SendfileTally.calls += 1
-        return sent
 
     def _gone(self) -> None:
         """The bytes cannot go out: the app hears a disconnect (as from ``connection_lost``),
@@ -487,16 +402,15 @@ class _Guard(asyncio.Protocol):
             return
         super().connection_made(transport)
         if self._zero_copy:
-            sock = transport.get_extra_info("socket")
-            if transport.get_extra_info("sslcontext") is not None or sock is None:
+            out = socket_fd(transport)
+            if out is None:
                 self._zero_copy = False  # TLS: the bytes must pass through Python's ssl
             else:
-                self._socket_fd = sock.fileno()
+                self._socket_fd = out
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for waiter in self._waiters:  # a zero-copy send waiting for room: it ends
-            _wake(waiter)
+        wake_all(self._waiters)  # a zero-copy send waiting for room: it ends
         self._stop_header_timer()
         if self._linger_timer is not None:
             self._linger_timer.cancel()

@@ -1,13 +1,17 @@
 """How aiohttp sends a spooled part (``s3write._Spool``) for the aiobotocore flavour's PutObject
-and UploadPart: read on the event loop while the page cache holds it, the same way
-``proxy.storage.local`` reads files, instead of aiohttp's ``IOBasePayload``, which reads every
-256 KiB in a thread of the loop's default executor.
+and UploadPart: by ``sendfile`` from the spool to the connection's socket on plain TCP, as the
+proxy's zero-copy responses go (``proxy.sendfile``); else read on the event loop while the page
+cache holds it, the same way ``proxy.storage.local`` reads files. Either replaces aiohttp's
+``IOBasePayload``, which reads every 256 KiB in a thread of the loop's default executor.
 
-A part was just written, so its pages are in the page cache: a ``preadv`` with ``RWF_NOWAIT``
-copies them without waiting (a thread hop costs more than the copy); a read that would wait
-for the disk (evicted under memory pressure, or a filesystem that cannot tell) runs in a worker
-thread. Registered with aiohttp's payload registry (``aiohttp.payload.register_payload``) for
-the spool type only; imported by the aiobotocore writer, so the boto3 flavour never imports
+``sendfile`` needs aiohttp's plain request writer (no chunking, compression or tracing, which
+must see the bytes) and a socket without TLS: the writer's buffered head goes first, then the
+part from the page cache to the socket, waiting on the event loop while S3 is slow to read.
+Otherwise, a part was just written, so its pages are in the page cache: a ``preadv`` with
+``RWF_NOWAIT`` copies them without waiting (a thread hop costs more than the copy); a read that
+would wait for the disk (evicted under memory pressure, or a filesystem that cannot tell) runs
+in a worker thread. Registered with aiohttp's payload registry (``register_payload``) for the
+spool type only; imported by the aiobotocore writer, so the boto3 flavour never imports
 aiohttp. Measured in docs/design.md, "Uploads: memory".
 """
 
@@ -17,8 +21,11 @@ from typing import Any
 
 import anyio.to_thread
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.client_exceptions import ClientConnectionResetError
+from aiohttp.http_writer import StreamWriter
 from aiohttp.payload import Order, Payload, register_payload
 
+from proxy.sendfile import send_file, socket_fd
 from proxy.storage.local import _read_cached, _read_step
 
 READ_SIZE = 256 * 1024  # bytes per read (aiohttp's own chunk size for file payloads)
@@ -46,6 +53,8 @@ class SpoolPayload(Payload):
         thread), which raise ``BodyTruncated`` should the part end early."""
         size = self._length if content_length is None else min(self._length, content_length)
         fd = self._value.fileno()
+        if size and await _sent_by_sendfile(writer, fd, size):
+            return
         offset = 0
         while offset < size:
             chunk = _read_cached(fd, offset, size, READ_SIZE)
@@ -53,6 +62,31 @@ class SpoolPayload(Payload):
                 chunk = await anyio.to_thread.run_sync(_read_step, fd, offset, size, READ_SIZE)
             await writer.write(chunk)
             offset += len(chunk)
+
+
+async def _sent_by_sendfile(writer: AbstractStreamWriter, fd: int, size: int) -> bool:
+    """``size`` bytes of ``fd`` from its start sent by ``sendfile``, the request's buffered head
+    first; False (nothing written) when this writer or connection cannot take them that way."""
+    if (
+        type(writer) is not StreamWriter
+        or writer.chunked
+        or getattr(writer, "_compress", None) is not None
+        or getattr(writer, "_on_chunk_sent", None) is not None
+        or getattr(writer, "on_body_write", None) is not None
+        or (writer.length is not None and writer.length < size)
+    ):
+        return False
+    transport = writer.transport
+    out = None if transport is None else socket_fd(transport)
+    if transport is None or out is None:
+        return False
+    writer.send_headers()
+    if writer.length is not None:
+        writer.length -= size
+    writer.output_size += size
+    if not await send_file(transport, out, fd, 0, size):
+        raise ClientConnectionResetError("the connection to S3 closed while a part was sent")
+    return True
 
 
 def register(spool_type: type) -> None:

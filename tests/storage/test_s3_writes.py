@@ -25,6 +25,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from proxy.http.codec import ByteRange
+from proxy.sendfile import SendfileTally
 from proxy.storage.base import WHOLE
 from proxy.storage.cache import open_cache
 from proxy.storage.errors import (
@@ -307,7 +308,8 @@ async def test_aiobotocore_sends_spooled_parts_as_spool_payloads(
     request: pytest.FixtureRequest, server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """aiohttp sends each spooled part through ``SpoolPayload`` (proxy/storage/spoolpayload.py),
-    not its own file payload: every byte of a PutObject and of three UploadParts."""
+    not its own file payload: every byte of a PutObject and of three UploadParts, by
+    ``sendfile`` (the endpoint is plain HTTP)."""
     from proxy.storage import spoolpayload
 
     sent: list[int] = []
@@ -319,6 +321,7 @@ async def test_aiobotocore_sends_spooled_parts_as_spool_payloads(
 
     monkeypatch.setattr(spoolpayload.SpoolPayload, "write_with_length", counted)
     s3 = s3_server(request, server)
+    before = SendfileTally.bytes
     async with mounted(s3, "aiobotocore", **SMALL) as mount:
         for size in [1000, 2 * PART + 3]:
             key = f"writes/aiobotocore/payload-{size}.bin"
@@ -326,6 +329,7 @@ async def test_aiobotocore_sends_spooled_parts_as_spool_payloads(
             await mount.upload(key, data)
             assert sha256(await mount.read(key)) == sha256(data)
     assert sent == [1000, PART, PART, 3]
+    assert SendfileTally.bytes - before == sum(sent)  # plain HTTP: every part by sendfile
 
 
 def spooled_in(directory: Path) -> list[str]:
