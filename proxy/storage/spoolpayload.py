@@ -6,7 +6,10 @@ cache holds it, the same way ``proxy.storage.local`` reads files. Either replace
 
 ``sendfile`` needs aiohttp's plain request writer (no chunking, compression or tracing, which
 must see the bytes) and a socket without TLS: the writer's buffered head goes first, then the
-part from the page cache to the socket, waiting on the event loop while S3 is slow to read.
+part from the page cache to the socket, waiting on the event loop while S3 is slow to read, in
+4 MiB steps whose pages are checked first (``_FileBody.cached``, as the local backend's
+downloads do): a step the page cache lost is loaded in a worker thread, so that ``sendfile``
+never waits for the disk on the event loop.
 Otherwise, a part was just written, so its pages are in the page cache: a ``preadv`` with
 ``RWF_NOWAIT`` copies them without waiting (a thread hop costs more than the copy); a read that
 would wait for the disk (evicted under memory pressure, or a filesystem that cannot tell) runs
@@ -26,9 +29,10 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.payload import Order, Payload, register_payload
 
 from proxy.sendfile import send_file, socket_fd
-from proxy.storage.local import _read_cached, _read_step
+from proxy.storage.local import _FileBody, _read_cached, _read_step
 
 READ_SIZE = 256 * 1024  # bytes per read (aiohttp's own chunk size for file payloads)
+SEND_STEP = 4 * 1024 * 1024  # bytes per sendfile step, its pages checked first (as downloads)
 
 
 class SpoolPayload(Payload):
@@ -84,8 +88,15 @@ async def _sent_by_sendfile(writer: AbstractStreamWriter, fd: int, size: int) ->
     if writer.length is not None:
         writer.length -= size
     writer.output_size += size
-    if not await send_file(transport, out, fd, 0, size):
-        raise ClientConnectionResetError("the connection to S3 closed while a part was sent")
+    pages = _FileBody(fd)
+    offset = 0
+    while offset < size:
+        count = min(SEND_STEP, size - offset)
+        if not pages.cached(offset, count):  # sendfile would wait for the disk on the loop
+            await anyio.to_thread.run_sync(pages.load, offset, count)
+        if not await send_file(transport, out, fd, offset, count):
+            raise ClientConnectionResetError("the connection to S3 closed while a part was sent")
+        offset += count
     return True
 
 

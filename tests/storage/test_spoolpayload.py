@@ -50,7 +50,7 @@ async def _origin(pem: Path | None = None) -> AsyncIterator[tuple[str, list[byte
         received.append(await request.read())
         return web.Response(status=200)
 
-    app = web.Application(client_max_size=len(DATA) * 2)
+    app = web.Application(client_max_size=len(BIG) * 2)
     app.router.add_put("/part", put)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -252,3 +252,36 @@ def test_an_origin_that_hangs_up_mid_part_fails_the_send() -> None:
 def test_an_empty_part_sends_nothing() -> None:
     with sealed(b"") as spool:
         assert asyncio.run(_send(spool)) == b""
+
+
+def test_a_part_the_page_cache_lost_is_loaded_in_a_thread_before_sendfile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The spool's pages dropped (synced, then ``POSIX_FADV_DONTNEED``): each step is loaded
+    by ``_FileBody.load`` in a worker thread, so sendfile never waits for the disk on the
+    event loop; the part arrives whole, by sendfile."""
+    loaded: list[tuple[int, int, bool]] = []
+    load = local._FileBody.load
+
+    def counted(self: local._FileBody, offset: int, count: int) -> None:
+        on_loop = True
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            on_loop = False
+        loaded.append((offset, count, on_loop))
+        load(self, offset, count)
+
+    monkeypatch.setattr(local._FileBody, "load", counted)
+    before = SendfileTally.bytes
+    with sealed(BIG) as spool:
+        os.fsync(spool.fileno())
+        os.posix_fadvise(spool.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        if local._FileBody(spool.fileno()).cached(len(BIG) // 2, 4096):
+            pytest.skip("this filesystem keeps the spool's pages")
+        assert sha256(asyncio.run(_send(spool))) == sha256(BIG)
+    assert SendfileTally.bytes - before == len(BIG)
+    steps = -(-len(BIG) // spoolpayload.SEND_STEP)
+    assert [(offset, on_loop) for offset, _, on_loop in loaded] == [
+        (step * spoolpayload.SEND_STEP, False) for step in range(steps)
+    ]
