@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -352,8 +353,62 @@ if HttpToolsCycle is not None:
             await self._sendfile(fd, offset, count)
 
 
+READ_SIZE = 64 * 1024  # the most one read of a connection takes (uvicorn pauses past 64 KiB)
+_read_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _read_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
+    """The buffer every connection of ``loop`` reads into (``_Reads``): what a read brings is
+    copied out before the loop reads anything else, so one per loop serves all."""
+    buffer = _read_buffers.get(loop)
+    if buffer is None:
+        buffer = _read_buffers[loop] = memoryview(bytearray(READ_SIZE))
+    return buffer
+
+
+class _Reads(asyncio.BufferedProtocol):
+    """What a connection's transport calls instead of its protocol (``transport.set_protocol``):
+    each read takes at most ``READ_SIZE`` bytes into the loop's one buffer, and a copy goes to
+    the protocol's ``data_received``, as the loop would hand it; the other callbacks pass
+    through. A separate object because uvloop reads into a protocol's buffer only when the
+    protocol is not an ``asyncio.Protocol``, which uvicorn's are. With plain ``data_received``
+    both loops read up to 256 KiB at once, and uvicorn buffers a request body until it passes
+    64 KiB: up to 320 KiB held per upload while the app writes the message before, besides
+    that message (docs/design.md, "Uploads: memory")."""
+
+    __slots__ = ("_protocol", "_buffer")
+
+    def __init__(self, protocol: asyncio.Protocol, buffer: memoryview) -> None:
+        self._protocol = protocol
+        self._buffer = buffer
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._protocol.data_received(self._buffer[:nbytes].tobytes())
+
+    def eof_received(self) -> bool | None:
+        return self._protocol.eof_received()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._protocol.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._protocol.resume_writing()
+
+
 class _Guard(asyncio.Protocol):
     """What both protocols add to uvicorn's; the parser-specific hooks are in the subclasses.
+    Their transports read through ``_Reads`` (at most ``READ_SIZE`` bytes at a time).
 
     State of the head being read: ``_head_left`` is None while no head is read (a request body,
     or a request waiting for its answer): then ``data_received`` is uvicorn's. Otherwise it is
@@ -401,6 +456,7 @@ class _Guard(asyncio.Protocol):
             self._reject(503, "too many open connections; retry shortly")
             return
         super().connection_made(transport)
+        transport.set_protocol(_Reads(self, _read_buffer(self.loop)))
         if self._zero_copy:
             out = socket_fd(transport)
             if out is None:
