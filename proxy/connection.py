@@ -34,7 +34,6 @@ import logging
 import os
 import re
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -353,94 +352,8 @@ if HttpToolsCycle is not None:
             await self._sendfile(fd, offset, count)
 
 
-READ_SIZE = 256 * 1024  # one read while few connections stream bodies (what both loops read)
-SMALL_READ_SIZE = 64 * 1024  # one read while more do (uvicorn pauses a body past 64 KiB)
-STREAMING_CONNECTIONS = 4  # more connections than this streaming bodies: small reads
-
-
-class _ReadBuffer:
-    """A loop's one read buffer, and how many of its connections stream a body (their last
-    read filled what it was given)."""
-
-    __slots__ = ("whole", "small", "streaming")
-
-    def __init__(self) -> None:
-        self.whole = memoryview(bytearray(READ_SIZE))
-        self.small = self.whole[:SMALL_READ_SIZE]
-        self.streaming = 0
-
-
-_read_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadBuffer] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _read_buffer(loop: asyncio.AbstractEventLoop) -> _ReadBuffer:
-    """The buffer every connection of ``loop`` reads into (``_Reads``): what a read brings is
-    copied out before the loop reads anything else, so one per loop serves all."""
-    buffer = _read_buffers.get(loop)
-    if buffer is None:
-        buffer = _read_buffers[loop] = _ReadBuffer()
-    return buffer
-
-
-class _Reads(asyncio.BufferedProtocol):
-    """What a connection's transport calls instead of its protocol (``transport.set_protocol``):
-    reads go into the loop's one buffer and a copy to the protocol's ``data_received``, as the
-    loop would hand it; the other callbacks pass through. A separate object because uvloop
-    reads into a protocol's buffer only when the protocol is not an ``asyncio.Protocol``, which
-    uvicorn's are.
-
-    The size of a read follows the load: ``READ_SIZE`` (what both loops read by themselves)
-    while at most ``STREAMING_CONNECTIONS`` connections stream request bodies, else
-    ``SMALL_READ_SIZE``. uvicorn buffers a body until it passes 64 KiB, and the app holds the
-    message it is writing: up to 2 x 320 KiB per upload with 256 KiB reads, 2 x 128 KiB with
-    64 KiB ones; but four times the reads, messages and hops cost a single upload ~10 % of its
-    throughput (docs/design.md, "Uploads: memory")."""
-
-    __slots__ = ("_protocol", "_shared", "_given", "_streaming")
-
-    def __init__(self, protocol: asyncio.Protocol, shared: _ReadBuffer) -> None:
-        self._protocol = protocol
-        self._shared = shared
-        self._given = 0
-        self._streaming = False  # counted in shared.streaming
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        shared = self._shared
-        view = shared.whole if shared.streaming <= STREAMING_CONNECTIONS else shared.small
-        self._given = len(view)
-        return view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        streaming = nbytes >= self._given
-        if streaming is not self._streaming:
-            self._streaming = streaming
-            self._shared.streaming += 1 if streaming else -1
-        self._protocol.data_received(self._shared.whole[:nbytes].tobytes())
-
-    def eof_received(self) -> bool | None:
-        return self._protocol.eof_received()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._protocol.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._streaming:
-            self._streaming = False
-            self._shared.streaming -= 1
-        self._protocol.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._protocol.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._protocol.resume_writing()
-
-
 class _Guard(asyncio.Protocol):
     """What both protocols add to uvicorn's; the parser-specific hooks are in the subclasses.
-    Their transports read through ``_Reads`` (reads sized by how many connections stream).
 
     State of the head being read: ``_head_left`` is None while no head is read (a request body,
     or a request waiting for its answer): then ``data_received`` is uvicorn's. Otherwise it is
@@ -488,7 +401,6 @@ class _Guard(asyncio.Protocol):
             self._reject(503, "too many open connections; retry shortly")
             return
         super().connection_made(transport)
-        transport.set_protocol(_Reads(self, _read_buffer(self.loop)))
         if self._zero_copy:
             out = socket_fd(transport)
             if out is None:
