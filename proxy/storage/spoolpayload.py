@@ -53,8 +53,9 @@ class SpoolPayload(Payload):
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
-        """The local backend's reads (``_read_cached`` on the loop, ``_read_step`` in a
-        thread), which raise ``BodyTruncated`` should the part end early."""
+        """By ``sendfile`` where the writer and connection allow it; else the local backend's
+        reads (``_read_cached`` on the loop, ``_read_step`` in a thread). Either raises
+        ``BodyTruncated`` should the part end early."""
         size = self._length if content_length is None else min(self._length, content_length)
         fd = self._value.fileno()
         if size and await _sent_by_sendfile(writer, fd, size):

@@ -8,6 +8,7 @@ or hangs up mid-body."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -146,7 +147,7 @@ def test_tls_reads_the_part_on_the_loop(tmp_path: Path) -> None:
 @contextmanager
 def _raw_origin(serve: Any, connections: int = 1) -> Iterator[int]:
     """An origin on 127.0.0.1 whose thread runs ``serve(connection)`` for each of the first
-    ``connections`` connections (within 10 s each)."""
+    ``connections`` connections (within 10 s each; a connection silent for 10 s is dropped)."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(10)
     port = listener.getsockname()[1]
@@ -158,7 +159,8 @@ def _raw_origin(serve: Any, connections: int = 1) -> Iterator[int]:
                     connection, _ = listener.accept()
                 except TimeoutError:
                     return
-                with connection:
+                connection.settimeout(10)  # a stalled client ends the origin, never hangs it
+                with connection, contextlib.suppress(TimeoutError):
                     serve(connection)
 
     thread = threading.Thread(target=run, daemon=True)
