@@ -14,6 +14,7 @@ relay's stop, a stall's ``HOLD_S``, the sockets' timeouts).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import select
 import socket
 import struct
@@ -83,11 +84,15 @@ class FaultyRelay:
     port: int = 0  # the relay's
     requests: list[S3Request] = field(default_factory=list)
     applied: list[Kind] = field(default_factory=list)  # faults applied so far, in order
+    # One line per exchange (its connection's number, request, reply and fault), for the
+    # messages of failed assertions.
+    trace: list[str] = field(default_factory=list)
     _faults: list[Fault] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _down: bool = False
     _stop: threading.Event = field(default_factory=threading.Event)
     _release: threading.Event = field(default_factory=threading.Event)
+    _connections: Iterator[int] = field(default_factory=itertools.count)
 
     @property
     def endpoint_url(self) -> str:
@@ -123,6 +128,12 @@ class FaultyRelay:
         with self._lock:
             self.requests.clear()
             self.applied.clear()
+            self.trace.clear()
+
+    def _note(self, connection: int, request: S3Request, reply: str) -> None:
+        line = f"#{connection} {request.method} {request.target} range={request.range}: {reply}"
+        with self._lock:
+            self.trace.append(line)
 
     def _record(self, request: S3Request) -> Fault | None:
         """Record ``request``; the first armed fault it matches, not taken yet."""
@@ -153,12 +164,18 @@ class FaultyRelay:
             with socket.create_connection(("127.0.0.1", self.port_up), timeout=5) as upstream:
                 upstream.settimeout(IO_TIMEOUT_S)
                 down, up = _Reader(client, self._stop), _Reader(upstream, self._stop)
+                connection = next(self._connections)
                 for _ in range(MAX_EXCHANGES):
-                    if not self._exchange(client, upstream, down, up):
+                    if not self._exchange(client, upstream, down, up, connection):
                         return
 
     def _exchange(
-        self, client: socket.socket, upstream: socket.socket, down: _Reader, up: _Reader
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        down: _Reader,
+        up: _Reader,
+        connection: int,
     ) -> bool:
         """Relay one request and its reply; False: the connection is done."""
         head = down.until(b"\r\n\r\n")
@@ -176,15 +193,19 @@ class FaultyRelay:
             return False
         reply_head = up.until(b"\r\n\r\n")
         if reply_head is None:
+            self._note(connection, request, "no reply")
             return False
         client.sendall(reply_head)
         status, fields = _reply(reply_head)
-        if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-            return True
+        bodyless = request.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         # A body fault applies to a 200 or 206 only: an error's short body, which the client
         # retries, leaves it armed for the retry.
-        if fault is not None and (status not in (200, 206) or not self._take(fault)):
+        if bodyless or fault is None or status not in (200, 206) or not self._take(fault):
             fault = None
+        framing = fields.get("transfer-encoding") or f"length {fields.get('content-length')}"
+        self._note(connection, request, f"{status} {framing}, fault {fault and fault.kind}")
+        if bodyless:
+            return True
         keep = "close" not in fields.get("connection", "").lower()
         if fields.get("transfer-encoding", "").lower() == "chunked":
             return self._chunked(client, up, fault) and keep

@@ -205,14 +205,15 @@ def test_a_body_changed_between_the_cut_and_the_resume_is_cut_never_mixed(
                 received += chunk
         except httpx.RemoteProtocolError:
             cut = True
-    assert relay.applied == ["fin"]
+    trace = "\n".join(relay.trace)  # what went through the relay, should an assertion fail
+    assert relay.applied == ["fin"], trace
     assert bytes(received) == DATA[: len(received)]  # not one byte of the new version
     if cut:  # S3 answered the resume with 412: the overwrite was visible
         assert 0 < len(received) < SIZE
-        assert resumes("changed") == before + 1
+        assert resumes("changed") == before + 1, trace
     else:  # SeaweedFS, once in a CI run, still served the old version to the resume: whole
         assert len(received) == SIZE
-        assert resumes("resumed") == resumed + 1
+        assert resumes("resumed") == resumed + 1, trace
     # The new version is served whole afterwards.
     after = httpx.get(setup.url(key), timeout=30)
     assert sha256(after.content) == sha256(OTHER)
