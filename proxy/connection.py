@@ -89,14 +89,37 @@ NOT_ASCII = re.compile(rb"[\x80-\xff]")
 HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.vV]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 
 
+# What the connection layer tells of each refusal it answers: (status, the request's method
+# when its line began, seconds since its head began, bytes of the answer). The app never sees
+# these requests, so its access log and metrics hear of them from here.
+Refused = Callable[[int, "str | None", float, int], None]
+
+
+def _not_reported(status: int, method: str | None, seconds: float, sent: int) -> None:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What the connection layer enforces (from ``PROXY_MAX_REQUEST_HEAD``,
-    ``PROXY_HEADER_TIMEOUT`` and ``PROXY_MAX_CONNECTIONS``)."""
+    ``PROXY_HEADER_TIMEOUT`` and ``PROXY_MAX_CONNECTIONS``), and whom it tells of a refusal
+    (``proxy.observability.report_refusal``; module-level, so that it pickles for workers)."""
 
     max_head: int
     header_timeout: float
     max_connections: int
+    refused: Refused = _not_reported
+
+
+# The longest method the log takes from a refused head's first bytes (RFC 9110's are at most 7).
+METHOD_PEEK = 16
+METHOD = re.compile(rb"([A-Z][A-Z-]{0,14}) ")
+
+
+def _method(head_start: bytes) -> str | None:
+    """The method a request line begins with, when it begins with one."""
+    match = METHOD.match(head_start)
+    return None if match is None else match[1].decode("ascii")
 
 
 def head_problem(version: str, headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, str] | None:
@@ -390,6 +413,8 @@ class _Guard(asyncio.Protocol):
         self._dropped = 0
         self._client_done = False  # the client half-closed after a complete request
         self._head_request = False  # the head being read asks HEAD: a refusal has no body
+        self._head_start = b""  # its first bytes (the method, for the log of a refusal)
+        self._head_began: float | None = None  # when its first byte came (loop time)
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -464,6 +489,8 @@ class _Guard(asyncio.Protocol):
         self._feeding_fresh = left == self._max_head
         if self._feeding_fresh:
             self._head_request = data.startswith(b"HEAD ")
+            self._head_start = data[:METHOD_PEEK]
+            self._head_began = self.loop.time()
         if self._line_open:
             end = data.find(b"\n")
             if (
@@ -612,7 +639,9 @@ class _Guard(asyncio.Protocol):
         left = self._head_left
         if left is not None and left < self._limits.max_head:  # part of a head came
             detail = f"the request head took longer than {self._limits.header_timeout:g} s"
-            self.transport.write(error_response(408, detail, self.server_state.default_headers))
+            answer = error_response(408, detail, self.server_state.default_headers)
+            self.transport.write(answer)
+            self._report(408, len(answer))
         self.transport.close()  # no lingering: the client had its time
 
     # -- refusals -----------------------------------------------------------------------------
@@ -639,11 +668,11 @@ class _Guard(asyncio.Protocol):
             if cycle.response_started:  # nothing can be said after its answer began
                 transport.close()
                 return
-        transport.write(
-            error_response(
-                status, detail, self.server_state.default_headers, head=self._head_request
-            )
+        answer = error_response(
+            status, detail, self.server_state.default_headers, head=self._head_request
         )
+        transport.write(answer)
+        self._report(status, len(answer))
         if transport.can_write_eof():
             transport.write_eof()  # our FIN after the answer; the client may still send
         if self.flow is not None:
@@ -651,6 +680,12 @@ class _Guard(asyncio.Protocol):
         else:
             transport.resume_reading()
         self._linger_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+
+    def _report(self, status: int, sent: int) -> None:
+        """Tell ``Limits.refused`` of a refusal answered (a request the app never saw)."""
+        began = self._head_began
+        seconds = 0.0 if began is None else self.loop.time() - began
+        self._limits.refused(status, _method(self._head_start), seconds, sent)
 
     def _drop(self, size: int) -> None:
         self._dropped += size

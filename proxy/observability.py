@@ -140,7 +140,8 @@ class _Exchange:
 # How a transfer ended, in the access log.
 COMPLETE, CLIENT_CLOSED, BACKEND_ERROR = "complete", "client_closed", "backend_error"
 CANCELLED, ERROR = "cancelled", "error"
-OUTCOMES = (COMPLETE, CLIENT_CLOSED, BACKEND_ERROR, CANCELLED, ERROR)
+REFUSED = "refused"  # by the connection layer, before the app (``report_refusal``)
+OUTCOMES = (COMPLETE, CLIENT_CLOSED, BACKEND_ERROR, CANCELLED, ERROR, REFUSED)
 
 
 def outcome(exchange: _Exchange, error: type[BaseException] | None) -> str:
@@ -200,9 +201,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+UNMATCHED = "unmatched"  # the route label of requests no route took
+
+
 def _route(scope: Scope) -> str:
     route = scope.get("route")
-    return str(getattr(route, "path", "unmatched"))  # templates only: bounded label values
+    return str(getattr(route, "path", UNMATCHED))  # templates only: bounded label values
 
 
 class _RouteMetrics(NamedTuple):
@@ -489,6 +493,52 @@ class Observability:
 
 _OBSERVERS: weakref.WeakSet[Observability] = weakref.WeakSet()
 
+# The methods a refused request is counted under (others: "other"); a refused head may hold
+# any token, and each label value is a child kept for the process's life.
+_COUNTED_METHODS = frozenset(("GET", "HEAD", "PUT", "DELETE", "POST", "OPTIONS", "PATCH"))
+
+
+def report_refusal(
+    status: int,
+    method: str | None,
+    seconds: float,
+    sent: int,
+    *,
+    access_log: bool,
+    metrics_on: bool,
+) -> None:
+    """A request the connection layer refused (``proxy.connection``: 400, 408, 414, 431, 503,
+    505) before the app saw it: one access-log line, outcome ``refused``, and the request
+    counters under the route ``unmatched``, as nginx logs the 400s and 408s it answers itself.
+    At once, not batched: refusals are rare, and the connection closes after each."""
+    if metrics_on:
+        label = method if method in _COUNTED_METHODS else "other"
+        _requests(UNMATCHED, label, status).inc()
+        route = _route_metrics(UNMATCHED)
+        route.bytes_sent.inc(sent)
+        route.duration.observe(seconds)
+    if access_log:
+        line = access_line(
+            request_id=f"{_ID_PREFIX}{next(_ID_COUNTER):x}",
+            method=method,
+            path=None,
+            key=None,
+            byte_range=None,
+            status=status,
+            bytes_sent=sent,
+            duration_ms=round(seconds * 1000, 3),
+            ttfb_ms=None,
+            client_aborted=False,
+            aborted=False,
+            outcome=REFUSED,
+            s3_resumes=0,
+        )
+        handler = _direct_line_handler()
+        if handler is None:
+            access_logger.info(line)
+        else:
+            handler.write_line(line)
+
 
 def record_waiting() -> None:
     """Log and count every request that waits for its batch (at shutdown: no line is lost)."""
@@ -514,7 +564,7 @@ def _text(value: str | None) -> str:
 def access_line(
     *,
     request_id: str,
-    method: str,
+    method: str | None,
     path: str | None,
     key: str | None,
     byte_range: str | None,
@@ -538,7 +588,7 @@ def access_line(
     mount_field = "" if mount is None else f'"mount": {_quote(mount)}, '
     received = "" if bytes_received is None else f', "bytes_received": {int(bytes_received)}'
     return (
-        f'{{"request_id": {_quote(request_id)}, "method": {_quote(method)}, '
+        f'{{"request_id": {_quote(request_id)}, "method": {_text(method)}, '
         f'"path": {_text(path)}, "key": {_text(key)}, {mount_field}'
         f'"range": {_text(byte_range)}, '
         f'"status": {int(status)}, "bytes_sent": {int(bytes_sent)}, '

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from proxy.config import Settings
 from proxy.connection import Limits, protocol_factory
+from proxy.observability import report_refusal
 
 
 def limits(settings: Settings) -> Limits:
-    """The connection layer's limits (``proxy.connection``) from the settings."""
+    """The connection layer's limits (``proxy.connection``) from the settings, and its refusals
+    reported to the access log and metrics as the app's requests are."""
     return Limits(
         max_head=int(settings.max_request_head),
         header_timeout=settings.header_timeout,
         max_connections=settings.max_connections,
+        refused=partial(
+            report_refusal, access_log=settings.access_log, metrics_on=settings.metrics
+        ),
     )
 
 

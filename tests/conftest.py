@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import os
 import random
 import re
@@ -301,3 +303,19 @@ def pytest_terminal_summary(
             report_file.writelines(f"{item}\n" for item in items)
     else:
         terminalreporter.write_line(f"optional tools: {'; '.join(items)}")
+
+
+@pytest.fixture
+def access_lines() -> Iterator[list[dict[str, object]]]:
+    """The access log's lines, parsed, while the test runs."""
+    lines: list[dict[str, object]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(record.getMessage()))
+
+    handler = Collect()
+    logger = logging.getLogger("proxy.access")
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)

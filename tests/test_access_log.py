@@ -395,7 +395,7 @@ FLOATS = st.floats(allow_nan=False, allow_infinity=False)
 @settings(max_examples=500, deadline=None)
 @given(
     request_id=TEXT,
-    method=TEXT,
+    method=OPTIONAL_TEXT,
     path=OPTIONAL_TEXT,
     key=OPTIONAL_TEXT,
     byte_range=OPTIONAL_TEXT,

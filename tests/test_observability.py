@@ -4,7 +4,6 @@ content, graceful shutdown — on real servers."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import signal
@@ -36,22 +35,6 @@ OBJECT_ROUTE = "/objects/{key:objectkey}"
 @pytest.fixture(scope="module", params=["sync", "async"])
 def proxy(request: pytest.FixtureRequest, media: MediaTree, serve: StartServer) -> RunningServer:
     return serve(settings_for(media, request.param))
-
-
-@pytest.fixture
-def access_lines() -> Iterator[list[dict[str, object]]]:
-    """The access log's lines, parsed, while the test runs."""
-    lines: list[dict[str, object]] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(json.loads(record.getMessage()))
-
-    handler = Collect()
-    logger = logging.getLogger("proxy.access")
-    logger.addHandler(handler)
-    yield lines
-    logger.removeHandler(handler)
 
 
 def metric(text: str, name: str, **labels: str) -> float:
