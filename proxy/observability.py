@@ -202,6 +202,10 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 UNMATCHED = "unmatched"  # the route label of requests no route took
+# The method label's values (others: "other"). A request line may carry any token as its method
+# (h11 takes them all, httptools some 30), and each label value is a child kept for the life of
+# the process: a client sending made-up methods would grow the metrics without bound.
+_COUNTED_METHODS = frozenset(("GET", "HEAD", "PUT", "DELETE", "POST", "OPTIONS", "PATCH"))
 
 
 def _route(scope: Scope) -> str:
@@ -449,7 +453,8 @@ class Observability:
         if self.metrics_on:
             status = exchange.status or 500
             requests = tally.requests
-            label = (route, scope["method"], status)
+            method = scope["method"]
+            label = (route, method if method in _COUNTED_METHODS else "other", status)
             requests[label] = requests.get(label, 0) + 1
             route_bytes = tally.route_bytes
             route_bytes[route] = route_bytes.get(route, 0) + exchange.bytes
@@ -493,9 +498,6 @@ class Observability:
 
 _OBSERVERS: weakref.WeakSet[Observability] = weakref.WeakSet()
 
-# The methods a refused request is counted under (others: "other"); a refused head may hold
-# any token, and each label value is a child kept for the process's life.
-_COUNTED_METHODS = frozenset(("GET", "HEAD", "PUT", "DELETE", "POST", "OPTIONS", "PATCH"))
 
 
 def report_refusal(

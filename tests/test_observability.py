@@ -279,3 +279,22 @@ def test_observe_all_counts_as_one_observe_per_value() -> None:
     assert got.pop(("h_sum", "")) == pytest.approx(expected.pop(("h_sum", "")))
     assert got == expected
     assert got[("h_bucket", "0.001")] == 4
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_made_up_methods_are_counted_as_other(
+    media: MediaTree, serve: StartServer, http: str
+) -> None:
+    """Each label value is kept for the process's life: methods a client makes up (h11 takes
+    any token) must not grow the metrics."""
+    server = serve(settings_for(media, "async", http=http))
+    methods = [f"MADEUP{index}" for index in range(40)]
+    with httpx.Client(timeout=10) as client:
+        statuses = {
+            client.request(method, f"{server.url}/objects/hello.txt").status_code
+            for method in methods
+        }
+    assert statuses <= {400, 405}
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert "MADEUP" not in text
+    assert metric(text, "proxy_requests_total", method="other") >= len(methods)
