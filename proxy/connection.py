@@ -40,6 +40,7 @@ from typing import Any, cast
 
 import h11
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.h11_impl import RequestResponseCycle as H11Cycle
 from uvicorn.server import ServerState
@@ -375,6 +376,22 @@ if HttpToolsCycle is not None:
             await self._sendfile(fd, offset, count)
 
 
+class _BodyFlow(FlowControl):
+    """uvicorn's flow control, reading a request body one read at a time: while the app has
+    not taken what came (``cycle.body``), the connection reads no more, so what follows waits
+    in the kernel's socket buffer instead of the process's memory. uvicorn reads on until 64 KiB
+    are buffered, and a read takes up to 256 KiB: while an upload wrote one message, up to
+    320 KiB more waited in the process (docs/design.md, "Uploads: memory")."""
+
+    def __init__(self, transport: asyncio.Transport, connection: _Guard) -> None:
+        super().__init__(transport)
+        self._connection = connection
+
+    def resume_reading(self) -> None:
+        if not self._connection._body_waits():
+            super().resume_reading()
+
+
 class _Guard(asyncio.Protocol):
     """What both protocols add to uvicorn's; the parser-specific hooks are in the subclasses.
 
@@ -426,6 +443,7 @@ class _Guard(asyncio.Protocol):
             self._reject(503, "too many open connections; retry shortly")
             return
         super().connection_made(transport)
+        self.flow = _BodyFlow(self.transport, self)
         if self._zero_copy:
             out = socket_fd(transport)
             if out is None:
@@ -472,8 +490,21 @@ class _Guard(asyncio.Protocol):
         left = self._head_left
         if left is None:  # a request body, or a request waiting for its answer
             super().data_received(data)
+            if self._body_waits():
+                self.flow.pause_reading()
             return
         self._head_data(data, left)
+
+    def _body_waits(self) -> bool:
+        """Whether request body bytes wait for the app to take them (``_BodyFlow``)."""
+        cycle = self.cycle
+        return (
+            cycle is not None
+            and bool(cycle.body)
+            and not cycle.response_complete
+            and not cycle.disconnected
+            and not self._rejected
+        )
 
     def _head_data(self, data: bytes, left: int) -> None:
         if self._rejected:  # lingering after a refusal
@@ -512,6 +543,8 @@ class _Guard(asyncio.Protocol):
         super().data_received(data)
         if self._rejected or self.transport.is_closing():
             return
+        if self._body_waits():  # the head's read brought body bytes too
+            self.flow.pause_reading()
         self._after_feed()
         if self._heads == heads and self._head_left == 0:  # the head did not end within the limit
             if self._line_open:
