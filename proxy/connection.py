@@ -14,6 +14,8 @@ same under both parsers and both event loops:
   itself (whitespace before a colon, conflicting lengths...) also gets the proxy's answer;
 - a raw UTF-8 request target (curl sends one as typed) read as its percent-encoded form;
 - a half-closed client (its FIN after its request) still gets the whole response;
+- a request body read one read at a time, as the app takes it (``_BodyFlow``): what follows
+  waits in the kernel's socket buffer, not in the process;
 - the ASGI "Zero Copy Send" extension (``http.response.zerocopysend``) on plain TCP
   connections (not TLS): a file's bytes go from the page cache to the socket by ``sendfile``,
   never through Python (``ZeroCopyCycle``).
@@ -21,8 +23,8 @@ same under both parsers and both event loops:
 Every refusal is the proxy's JSON error (``proxy.http.plan.error_body``) with ``Connection:
 close``, then a lingering close: our side is shut, what the client still sends is read and
 dropped for a moment (``LINGER_SECONDS``, ``LINGER_BYTES``) so that it reads the answer instead
-of a reset. All of it runs per connection or per request head; the hot path (the response's
-body, a request body's chunks) is uvicorn's own code, reached through one attribute test.
+of a reset. All of it runs per connection, per request head or per read of a request body;
+the response's body is uvicorn's own code, reached through one attribute test.
 """
 
 from __future__ import annotations

@@ -499,7 +499,6 @@ class Observability:
 _OBSERVERS: weakref.WeakSet[Observability] = weakref.WeakSet()
 
 
-
 def report_refusal(
     status: int,
     method: str | None,

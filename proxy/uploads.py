@@ -177,12 +177,12 @@ class _Body:
     """Reads the request body on the event loop and hands each message to an upload as it
     came, the next received once it is written; counts and hashes what it passes on.
 
-    One message at a time: while it is written, uvicorn buffers what comes next (it pauses
-    reading past 64 KiB, and a read takes up to 256 KiB), so the next is there when the write
-    ends. Receiving it meanwhile held a third message per upload (docs/design.md, "Uploads:
-    memory"). No batches either: joined into 256 KiB batches, the messages and the joined
-    copies were the largest Python objects of 20 concurrent uploads (12.6 MB of 84 in
-    tracemalloc)."""
+    One message at a time: while it is written, the connection layer reads no more
+    (``proxy.connection._BodyFlow``: the rest waits in the kernel's socket buffer), and the next
+    read follows the next ``receive``. Receiving it meanwhile held another message per upload
+    (docs/design.md, "Uploads: memory"). No batches either: joined into 256 KiB batches, the
+    messages and the joined copies were the largest Python objects of 20 concurrent uploads
+    (12.6 MB of 84 in tracemalloc)."""
 
     def __init__(
         self,
