@@ -390,8 +390,13 @@ class _BodyFlow(FlowControl):
         self._connection = connection
 
     def resume_reading(self) -> None:
-        if not self._connection._body_waits():
-            super().resume_reading()
+        # Per request (uvicorn resumes after each response): the common case tested inline.
+        cycle = self._connection.cycle
+        if cycle is not None and cycle.body and self._connection._body_waits():
+            return
+        if self.read_paused:
+            self.read_paused = False
+            self._transport.resume_reading()
 
 
 class _Guard(asyncio.Protocol):
@@ -545,7 +550,8 @@ class _Guard(asyncio.Protocol):
         super().data_received(data)
         if self._rejected or self.transport.is_closing():
             return
-        if self._body_waits():  # the head's read brought body bytes too
+        cycle = self.cycle
+        if cycle is not None and cycle.body and self._body_waits():  # body bytes came too
             self.flow.pause_reading()
         self._after_feed()
         if self._heads == heads and self._head_left == 0:  # the head did not end within the limit
