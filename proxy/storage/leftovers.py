@@ -5,10 +5,11 @@ temporary (``local.TEMPORARY_PREFIX``: the body where there is no ``O_TMPFILE``,
 
 Every upload holds a shared ``flock`` on its body's file from its open to its end
 (``hold``); the lock dies with the process, so a temporary that can be locked exclusively is no
-live upload's (where the filesystem has no ``flock``, the age alone decides). A writing mount sweeps
-its whole tree once, in a thread, when it starts (``start_sweep``), and a commit sweeps its folder
-at most once per ``SWEEP_AGE`` (``Sweeps.due``). They were never served or listed: the prefix's
-backslash is no key (``check_key``) and listings skip it.
+live upload's (where the filesystem has no ``flock``, the age alone decides). A writing mount
+sweeps its whole tree in a thread when it starts and every ``SWEEP_EVERY`` after
+(``start_sweep``), and a commit sweeps its folder at most once per ``SWEEP_AGE`` (``Sweeps.due``).
+They were never served or listed: the prefix's backslash is no key (``check_key``) and listings
+skip it.
 """
 
 from __future__ import annotations
@@ -99,22 +100,38 @@ def sweep_tree(root: str, now: float | None = None) -> int:
     return removed
 
 
-def _sweep_in_background(root: str) -> None:
-    removed = 0
-    with suppress(OSError):  # the root gone or unreadable: the reads will say so
-        removed = sweep_tree(root)
-    if removed:
-        logger.info("removed %d upload temporaries a stopped process left", removed)
+class Sweeper(threading.Thread):
+    """Sweeps the tree under a root now and then every ``SWEEP_EVERY`` seconds, in a thread of
+    its own (a large tree takes a while; nothing waits for it), until ``stop`` is set: a crash's
+    temporary in a folder no upload writes to again goes too, without a restart."""
+
+    def __init__(self, root: str, every: float) -> None:
+        super().__init__(name="proxy-sweep", daemon=True)
+        self.root = root
+        self.every = every
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while True:  # until stopped: the writer's end (open_writer), or the process's
+            removed = 0
+            with suppress(OSError):  # the root gone or unreadable: the reads will say so
+                removed = sweep_tree(self.root)
+            if removed:
+                logger.info("removed %d upload temporaries a stopped process left", removed)
+            if self.stop.wait(self.every):
+                return
 
 
-def start_sweep(root: str) -> threading.Thread:
-    """Sweep the tree under ``root`` in a thread of its own (a large tree takes a while; nothing
-    waits for it)."""
-    thread = threading.Thread(
-        target=_sweep_in_background, args=(root,), name="proxy-sweep", daemon=True
-    )
-    thread.start()
-    return thread
+# How often a writing mount sweeps its whole tree (seconds): a crash's temporary is removed
+# within SWEEP_AGE + SWEEP_EVERY of its last write.
+SWEEP_EVERY = SWEEP_AGE
+
+
+def start_sweep(root: str) -> Sweeper:
+    """A ``Sweeper`` of the tree under ``root``, started."""
+    sweeper = Sweeper(root, SWEEP_EVERY)
+    sweeper.start()
+    return sweeper
 
 
 class Sweeps:

@@ -25,6 +25,7 @@ import re
 import secrets
 import stat
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -566,7 +567,7 @@ class AsyncLocalUpload:
 class LocalWriter:
     """Writes the files ``storage`` reads."""
 
-    __slots__ = ("_files", "_root", "_sweeps")
+    __slots__ = ("__weakref__", "_files", "_root", "_sweeps")  # weak: open_writer's sweeps
 
     def __init__(self, storage: LocalStorage) -> None:
         self._root = storage.root
@@ -585,7 +586,7 @@ class LocalWriter:
 class AsyncLocalWriter:
     """The async twin of ``LocalWriter``."""
 
-    __slots__ = ("_files", "_root", "_sweeps")
+    __slots__ = ("__weakref__", "_files", "_root", "_sweeps")
 
     def __init__(self, storage: AsyncLocalStorage) -> None:
         self._root = storage.root
@@ -610,12 +611,17 @@ def open_writer(
     options: StorageOptions, storage: Storage | AsyncStorage
 ) -> LocalWriter | AsyncLocalWriter:
     """The writer of the local ``storage`` opened from ``options``, in its flavour; what crashed
-    uploads left under its root is swept in the background meanwhile (``leftovers``)."""
+    uploads left under its root is swept in the background meanwhile, and again every
+    ``leftovers.SWEEP_EVERY`` while the writer lives."""
     assert isinstance(options, LocalOptions)
     expected = LocalStorage if options.sync else AsyncLocalStorage
     if not isinstance(storage, expected):  # a wrapper would hide the root and the open files
         raise TypeError(f"local writes need the {expected.__name__} itself")
-    start_sweep(storage.root)
+    sweeper = start_sweep(storage.root)
+    writer: LocalWriter | AsyncLocalWriter
     if isinstance(storage, LocalStorage):
-        return LocalWriter(storage)
-    return AsyncLocalWriter(storage)
+        writer = LocalWriter(storage)
+    else:
+        writer = AsyncLocalWriter(storage)
+    weakref.finalize(writer, sweeper.stop.set)  # the sweeps end with the writer
+    return writer

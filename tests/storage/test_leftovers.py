@@ -3,6 +3,7 @@ set with ``os.utime``, locks held by this process or by a writer process killed 
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.storage import localwrite
+from proxy.storage import leftovers, localwrite
 from proxy.storage.leftovers import SWEEP_AGE, Sweeps, hold, sweep_folder, sweep_tree
 from proxy.storage.local import TEMPORARY_PREFIX, AsyncLocalStorage, LocalStorage
 from proxy.storage.localwrite import LocalWriter, open_writer
@@ -125,12 +126,34 @@ def test_a_writing_mount_sweeps_its_tree_when_it_starts(root: Path, sync: bool) 
     left = temporary(root / "a" / "b", "7" * 16, 2 * SWEEP_AGE)
     storage = LocalStorage(root) if sync else AsyncLocalStorage(root)
 
-    open_writer(LocalOptions(root, sync=sync), storage)
+    before = set(threading.enumerate())
+    open_writer(LocalOptions(root, sync=sync), storage)  # dropped at once: one sweep, then stop
 
-    for thread in threading.enumerate():
-        if thread.name == "proxy-sweep":
-            thread.join(timeout=30)
+    [sweeper] = [t for t in threading.enumerate() if t.name == "proxy-sweep" and t not in before]
+    sweeper.join(timeout=30)
+    assert not sweeper.is_alive()
     assert not left.exists()
+
+
+def test_a_writing_mount_sweeps_again_while_it_lives(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash's temporary in a folder no upload writes to again goes without a restart."""
+    monkeypatch.setattr(leftovers, "SWEEP_EVERY", 0.1)
+    before = set(threading.enumerate())
+    writer = open_writer(LocalOptions(root, sync=False), AsyncLocalStorage(root))
+    [sweeper] = [t for t in threading.enumerate() if t.name == "proxy-sweep" and t not in before]
+    time.sleep(0.3)  # the first sweep is done
+    left = temporary(root / "a" / "b", "e" * 16, 2 * SWEEP_AGE)
+    deadline = time.monotonic() + 10
+    while left.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left.exists()
+    assert sweeper.is_alive()
+    del writer  # the sweeps end with the writer
+    gc.collect()
+    sweeper.join(timeout=10)
+    assert not sweeper.is_alive()
 
 
 def test_a_commit_sweeps_its_folder_when_due(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
