@@ -208,6 +208,24 @@ UNMATCHED = "unmatched"  # the route label of requests no route took
 _COUNTED_METHODS = frozenset(("GET", "HEAD", "PUT", "DELETE", "POST", "OPTIONS", "PATCH"))
 
 
+def _method_label(method: str) -> str:
+    return method if method in _COUNTED_METHODS else "other"
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+
+
+def _write_lines(lines: list[str]) -> None:
+    """Access-log lines, straight to the log's own handler when that is what logging would do."""
+    handler = _direct_line_handler()
+    if handler is None:
+        for line in lines:
+            access_logger.info(line)
+    else:
+        handler.write_lines(lines)
+
+
 def _route(scope: Scope) -> str:
     route = scope.get("route")
     return str(getattr(route, "path", UNMATCHED))  # templates only: bounded label values
@@ -328,7 +346,7 @@ class Observability:
         if incoming and _REQUEST_ID.fullmatch(incoming):
             request_id = incoming
         else:
-            request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+            request_id = _new_request_id()
         exchange = _Exchange()
         streaming = False
 
@@ -430,12 +448,7 @@ class Observability:
             _mount_requests(mount, status).inc(count)
             _mount_bytes(mount).inc(sent)
         if lines:
-            handler = _direct_line_handler()
-            if handler is None:
-                for line in lines:
-                    access_logger.info(line)
-            else:
-                handler.write_lines(lines)
+            _write_lines(lines)
 
     def _record(
         self,
@@ -453,8 +466,7 @@ class Observability:
         if self.metrics_on:
             status = exchange.status or 500
             requests = tally.requests
-            method = scope["method"]
-            label = (route, method if method in _COUNTED_METHODS else "other", status)
+            label = (route, _method_label(scope["method"]), status)
             requests[label] = requests.get(label, 0) + 1
             route_bytes = tally.route_bytes
             route_bytes[route] = route_bytes.get(route, 0) + exchange.bytes
@@ -513,14 +525,13 @@ def report_refusal(
     counters under the route ``unmatched``, as nginx logs the 400s and 408s it answers itself.
     At once, not batched: refusals are rare, and the connection closes after each."""
     if metrics_on:
-        label = method if method in _COUNTED_METHODS else "other"
-        _requests(UNMATCHED, label, status).inc()
+        _requests(UNMATCHED, "other" if method is None else _method_label(method), status).inc()
         route = _route_metrics(UNMATCHED)
         route.bytes_sent.inc(sent)
         route.duration.observe(seconds)
     if access_log:
         line = access_line(
-            request_id=f"{_ID_PREFIX}{next(_ID_COUNTER):x}",
+            request_id=_new_request_id(),
             method=method,
             path=None,
             key=None,
@@ -534,11 +545,7 @@ def report_refusal(
             outcome=REFUSED,
             s3_resumes=0,
         )
-        handler = _direct_line_handler()
-        if handler is None:
-            access_logger.info(line)
-        else:
-            handler.write_line(line)
+        _write_lines([line])
 
 
 def record_waiting() -> None:
