@@ -251,7 +251,7 @@ class ObjectEndpoint:
         if scope["method"] in WRITE_METHODS:  # routed here only where some mount writes
             if mount.writer is None:
                 raise HTTPException(405, headers={"allow": OBJECT_METHODS})
-            return await self.writes.get_response(request, mount, within, storage)
+            return await self.writes.get_response(request, mount, within)
         if mount.listing and (not within or within[-1] == "/"):
             return await self.listing.get_response(request, key, mount.mount, storage, mount.sync)
         if mount.auth:

@@ -40,8 +40,8 @@ from proxy.auth import WRITE_METHODS, authorize_write
 from proxy.http.codec import parse_etag
 from proxy.http.plan import error_body
 from proxy.mounts import ServedMount
-from proxy.storage.base import MAX_STORED_FIELD, METADATA_ONLY, AsyncStorage, Storage, stored_field
-from proxy.storage.errors import InvalidKey, PreconditionFailed
+from proxy.storage.base import MAX_STORED_FIELD, stored_field
+from proxy.storage.errors import InvalidKey, ObjectNotFound, PreconditionFailed
 from proxy.storage.keys import check_key
 from proxy.storage.mediatypes import media_type_for
 from proxy.storage.notes import CURRENT
@@ -120,16 +120,16 @@ def _digests(fields: dict[bytes, bytes]) -> list[tuple[Any, bytes, str]]:
     return wanted
 
 
-def _conditions(fields: dict[bytes, bytes], method: str) -> tuple[WriteConditions, bool]:
-    """The write's preconditions, and whether ``If-Match: *`` asks for an existing object."""
+def _conditions(fields: dict[bytes, bytes], method: str) -> WriteConditions:
+    """The write's preconditions (``If-Match: *`` too goes to the backend, which checks it with
+    the commit as it checks a tag)."""
     if_match = fields.get(b"if-match")
     if_none_match = fields.get(b"if-none-match")
     tag = None
-    exists = False
     if if_match is not None:
         value = if_match.decode("latin-1").strip()
         if value == "*":
-            exists = True
+            tag = value
         else:
             parsed = parse_etag(value)
             if parsed is None:
@@ -142,9 +142,9 @@ def _conditions(fields: dict[bytes, bytes], method: str) -> tuple[WriteCondition
         if method != "PUT" or if_none_match.strip() != b"*":
             raise Refused(400, "invalid_request", "a write takes If-None-Match: * only (on PUT)")
         create_only = True
-    if create_only and (tag is not None or exists):
+    if create_only and tag is not None:
         raise Refused(412, "precondition_failed", "If-Match and If-None-Match: * never both hold")
-    return WriteConditions(if_match=tag, if_none_match=create_only), exists
+    return WriteConditions(if_match=tag, if_none_match=create_only)
 
 
 def _new_object(
@@ -266,20 +266,6 @@ class _Flavour:
             await cast(AsyncWriter, self.writer).delete(key, conditions)
 
 
-async def _exists(served: ServedMount, storage: Storage | AsyncStorage, key: str) -> bool:
-    """Whether an object is stored at ``key`` (for ``If-Match: *``)."""
-    try:
-        if served.sync:
-            reply = await anyio.to_thread.run_sync(cast(Storage, storage).open, key, METADATA_ONLY)
-            await anyio.to_thread.run_sync(reply.body.close)
-        else:
-            areply = await cast(AsyncStorage, storage).open(key, METADATA_ONLY)
-            await areply.body.aclose()
-    except FileNotFoundError:  # ObjectNotFound
-        return False
-    return True
-
-
 def _location(scope: Scope) -> str:
     """The written object's URL path: the request's own, as the client sent it."""
     raw = scope.get("raw_path")
@@ -293,9 +279,7 @@ def error_response(status: int, code: str, detail: str) -> Response:
 class WriteEndpoint:
     """PUT and DELETE of one mount's key (``ObjectEndpoint`` found the mount)."""
 
-    async def get_response(
-        self, request: Request, served: ServedMount, key: str, storage: Storage | AsyncStorage
-    ) -> Response:
+    async def get_response(self, request: Request, served: ServedMount, key: str) -> Response:
         scope = request.scope
         notes = CURRENT.get()
         if notes is not None and scope["method"] == "PUT":
@@ -306,12 +290,17 @@ class WriteEndpoint:
                 raise InvalidKey("a key ending in '/' names a folder, not an object")
             key = check_key(key)
             fields = _fields(scope)
-            conditions, exists = _conditions(fields, scope["method"])
-            if exists and not await _exists(served, storage, key):
-                raise PreconditionFailed()
+            conditions = _conditions(fields, scope["method"])
             flavour = _Flavour(served)
             if scope["method"] == "DELETE":
-                await flavour.delete(key, conditions)
+                try:
+                    await flavour.delete(key, conditions)
+                except ObjectNotFound:
+                    if conditions.if_match is None:
+                        raise
+                    # RFC 9110 §13.1.1: If-Match is false where nothing is stored; it is
+                    # evaluated before the method, so 412 rather than 404.
+                    raise PreconditionFailed() from None
                 return Response(status_code=204)
             return await self._put(request, served, key, fields, conditions, flavour)
         except Refused as refused:

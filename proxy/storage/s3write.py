@@ -214,11 +214,12 @@ def _write_errors(if_match: bool = False) -> Iterator[None]:
 
 def _check(conditions: WriteConditions, etag: str | None) -> None:
     """Raise ``PreconditionFailed`` unless ``conditions`` hold for the stored version's ``etag``
-    (None: nothing stored). If-Match compares strongly (RFC 9110 §13.1.1)."""
+    (None: nothing stored). If-Match compares strongly (RFC 9110 §13.1.1); ``*`` takes any."""
     if conditions.if_none_match and etag is not None:
         raise PreconditionFailed()
-    if conditions.if_match is not None and (
-        etag is None or etag.startswith("W/") or etag != conditions.if_match
+    wanted = conditions.if_match
+    if wanted is not None and (
+        etag is None or (wanted != "*" and (etag.startswith("W/") or etag != wanted))
     ):
         raise PreconditionFailed()
 
@@ -227,12 +228,20 @@ def _conditional(conditions: WriteConditions) -> bool:
     return conditions.if_none_match or conditions.if_match is not None
 
 
-def _condition_args(conditions: WriteConditions) -> dict[str, str]:
-    args = {}
+def _if_match(conditions: WriteConditions, etag: str | None) -> dict[str, str]:
+    """S3's IfMatch for ``conditions`` once ``_check`` passed against ``etag``, the version
+    stored now: ``*`` becomes that version's tag, so S3 refuses the write (412) if it was
+    deleted or replaced since the look, from any process."""
+    wanted = conditions.if_match
+    if wanted is None:
+        return {}
+    return {"IfMatch": etag if wanted == "*" and etag is not None else wanted}
+
+
+def _condition_args(conditions: WriteConditions, etag: str | None) -> dict[str, str]:
+    args = _if_match(conditions, etag)
     if conditions.if_none_match:
         args["IfNoneMatch"] = "*"
-    if conditions.if_match is not None:
-        args["IfMatch"] = conditions.if_match
     return args
 
 
@@ -375,8 +384,7 @@ class S3Writer:
                     raise ObjectNotFound()
                 _check(conditions, etag)
                 args = {"Bucket": target.bucket, "Key": target.s3_key(key)}
-                if conditions.if_match is not None:
-                    args["IfMatch"] = conditions.if_match
+                args |= _if_match(conditions, etag)
                 with deadline(target.deadline), _write_errors(if_match=True):
                     target.client.delete_object(**args)
         finally:
@@ -487,7 +495,7 @@ class S3Upload:
             with self._writer.serialised(self._key, new.conditions):
                 before = self._writer.head(self._key)
                 _check(new.conditions, before)
-                args = {**_put_args(new), **_condition_args(new.conditions)}
+                args = {**_put_args(new), **_condition_args(new.conditions, before)}
                 with _write_errors(if_match=new.conditions.if_match is not None):
                     response = self._writer.call(
                         "put_object",
@@ -515,7 +523,7 @@ class S3Upload:
                     Key=target.s3_key(self._key),
                     UploadId=self._upload_id,
                     MultipartUpload={"Parts": parts},
-                    **_condition_args(new.conditions),
+                    **_condition_args(new.conditions, before),
                 )
         self._done = True
         meta = _meta(self._key, new, self._parts.received, response.get("ETag"))
@@ -609,8 +617,7 @@ class AsyncS3Writer:
                     raise ObjectNotFound()
                 _check(conditions, etag)
                 args = {"Bucket": target.bucket, "Key": target.s3_key(key)}
-                if conditions.if_match is not None:
-                    args["IfMatch"] = conditions.if_match
+                args |= _if_match(conditions, etag)
                 with _write_errors(if_match=True):
                     async with asyncio.timeout(target.deadline):
                         await target.client.delete_object(**args)
@@ -735,7 +742,7 @@ class AsyncS3Upload:
                     Key=target.s3_key(self._key),
                     Body=spool,
                     **_put_args(new),
-                    **_condition_args(new.conditions),
+                    **_condition_args(new.conditions, before),
                 )
         finally:
             await _close(spool)
@@ -757,7 +764,7 @@ class AsyncS3Upload:
                 Key=target.s3_key(self._key),
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": parts},
-                **_condition_args(new.conditions),
+                **_condition_args(new.conditions, before),
             )
         self._done = True
         meta = _meta(self._key, new, self._parts.received, response.get("ETag"))

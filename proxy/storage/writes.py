@@ -29,7 +29,10 @@ class WriteConditions:
     can (S3's conditional PutObject/CompleteMultipartUpload, a hard link that fails when the
     name exists) and under a per-key lock of the process where it cannot."""
 
-    if_match: str | None = None  # the entity tag (wire form, quoted) the stored object must have
+    # The entity tag (wire form, quoted) the stored object must have; "*": any stored version
+    # (If-Match: *), checked with the commit like a tag, so a write never recreates an object
+    # deleted while its body streamed.
+    if_match: str | None = None
     if_none_match: bool = False  # If-None-Match: * -- only when no object is stored at the key
 
 
