@@ -320,6 +320,66 @@ def _meta(key: str, new: NewObject, size: int, etag: str | None) -> ObjectMeta:
     return ObjectMeta(key=key, size=size, media_type=new.media_type, etag=quote_etag(etag))
 
 
+class _Upload:
+    """What both upload flavours hold and the calls they make, built the same: the body cut
+    into parts, a full part held until the body goes on past it (or ends there: one
+    PutObject), the multipart upload's id and its parts' ETags."""
+
+    def __init__(self, target: _Target, key: str, new: NewObject) -> None:
+        self._target = target
+        self._key = key
+        self._new = new
+        self._parts = _Parts(target.options, new.length)
+        self._full: _Spool | None = None  # a full part not uploaded yet (the body may end there)
+        self._upload_id: str | None = None
+        self._etags: list[str] = []
+        self._done = False
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise StorageError("the upload is over")
+
+    def _object(self) -> dict[str, str]:
+        return {"Bucket": self._target.bucket, "Key": self._target.s3_key(self._key)}
+
+    def _create_args(self) -> dict[str, str]:
+        return self._object() | _put_args(self._new)
+
+    def _part_args(self, spool: _Spool) -> dict[str, Any]:
+        """The next UploadPart's arguments (the upload is started)."""
+        number = len(self._etags) + 1
+        if number > MAX_PARTS:
+            raise StorageError("the body has more parts than S3 takes")
+        return {**self._object(), "UploadId": self._upload_id, "PartNumber": number, "Body": spool}
+
+    def _put_object_args(self, spool: _Spool, before: str | None) -> dict[str, Any]:
+        """PutObject's arguments, once the conditions held for ``before``."""
+        conditions = _condition_args(self._new.conditions, before)
+        return {**self._object(), "Body": spool, **_put_args(self._new), **conditions}
+
+    def _complete_args(self, before: str | None) -> dict[str, Any]:
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(self._etags, 1)]
+        return {
+            **self._object(),
+            "UploadId": self._upload_id,
+            "MultipartUpload": {"Parts": parts},
+            **_condition_args(self._new.conditions, before),
+        }
+
+    def _if_match(self) -> bool:
+        return self._new.conditions.if_match is not None
+
+    def _put_written(self, spool: _Spool, response: Any, before: str | None) -> Written:
+        self._done = True
+        meta = _meta(self._key, self._new, spool.length, response.get("ETag"))
+        return Written(meta, created=before is None)
+
+    def _complete_written(self, response: Any, before: str | None) -> Written:
+        self._done = True
+        meta = _meta(self._key, self._new, self._parts.received, response.get("ETag"))
+        return Written(meta, created=before is None, parts=len(self._etags))
+
+
 # --- boto3 ---------------------------------------------------------------------------------------
 
 _EXECUTOR_LOCK = threading.Lock()
@@ -398,24 +458,16 @@ class S3Writer:
         return _uploads().submit(getattr(self._target.client, name), **args)
 
 
-class S3Upload:
+class S3Upload(_Upload):
     """One object being written with boto3 (see the module's docstring)."""
 
     def __init__(self, writer: S3Writer, key: str, new: NewObject) -> None:
+        super().__init__(writer._target, key, new)
         self._writer = writer
-        self._target = writer._target
-        self._key = key
-        self._new = new
-        self._parts = _Parts(self._target.options, new.length)
-        self._full: _Spool | None = None  # a full part not uploaded yet (the body may end there)
-        self._upload_id: str | None = None
         self._uploading: tuple[Future[Any], _Spool] | None = None
-        self._etags: list[str] = []
-        self._done = False
 
     def write(self, data: bytes) -> None:
-        if self._done:
-            raise StorageError("the upload is over")
+        self._check_open()
         view = memoryview(data)
         while view:  # bounded: each turn takes at least one byte
             if self._full is not None:  # the body goes on past a full part: multipart
@@ -435,26 +487,14 @@ class S3Upload:
         try:
             if self._upload_id is None:
                 with deadline(target.deadline), _write_errors():
-                    response = target.client.create_multipart_upload(
-                        Bucket=target.bucket, Key=target.s3_key(self._key), **_put_args(self._new)
-                    )
+                    response = target.client.create_multipart_upload(**self._create_args())
                 self._upload_id = response["UploadId"]
             self._wait()
-            number = len(self._etags) + 1
-            if number > MAX_PARTS:
-                raise StorageError("the body has more parts than S3 takes")
+            args = self._part_args(spool)
         except BaseException:
             spool.close()
             raise
-        future = self._writer.submit(
-            "upload_part",
-            Bucket=target.bucket,
-            Key=target.s3_key(self._key),
-            UploadId=self._upload_id,
-            PartNumber=number,
-            Body=spool,
-        )
-        self._uploading = (future, spool)
+        self._uploading = (self._writer.submit("upload_part", **args), spool)
 
     def _wait(self) -> None:
         """Wait for the UploadPart under way, if any; its spool is closed."""
@@ -470,8 +510,7 @@ class S3Upload:
         self._etags.append(response["ETag"])
 
     def commit(self) -> Written:
-        if self._done:
-            raise StorageError("the upload is over")
+        self._check_open()
         try:
             if self._upload_id is None and not self._parts.multipart:
                 return self._put()
@@ -487,47 +526,32 @@ class S3Upload:
             self._target.forget(self._key)
 
     def _put(self) -> Written:
-        target, new = self._target, self._new
+        conditions = self._new.conditions
         spool = self._full if self._full is not None else self._parts.last()
         self._full = None
         assert spool is not None
         try:
-            with self._writer.serialised(self._key, new.conditions):
+            with self._writer.serialised(self._key, conditions):
                 before = self._writer.head(self._key)
-                _check(new.conditions, before)
-                args = {**_put_args(new), **_condition_args(new.conditions, before)}
-                with _write_errors(if_match=new.conditions.if_match is not None):
+                _check(conditions, before)
+                with _write_errors(self._if_match()):
                     response = self._writer.call(
-                        "put_object",
-                        Bucket=target.bucket,
-                        Key=target.s3_key(self._key),
-                        Body=spool,
-                        **args,
+                        "put_object", **self._put_object_args(spool, before)
                     )
         finally:
             spool.close()
-        self._done = True
-        meta = _meta(self._key, new, spool.length, response.get("ETag"))
-        return Written(meta, created=before is None)
+        return self._put_written(spool, response, before)
 
     def _complete(self) -> Written:
-        target, new = self._target, self._new
-        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(self._etags, 1)]
-        with self._writer.serialised(self._key, new.conditions):
+        conditions = self._new.conditions
+        with self._writer.serialised(self._key, conditions):
             before = self._writer.head(self._key)
-            _check(new.conditions, before)
-            with _write_errors(if_match=new.conditions.if_match is not None):
+            _check(conditions, before)
+            with _write_errors(self._if_match()):
                 response = self._writer.call(
-                    "complete_multipart_upload",
-                    Bucket=target.bucket,
-                    Key=target.s3_key(self._key),
-                    UploadId=self._upload_id,
-                    MultipartUpload={"Parts": parts},
-                    **_condition_args(new.conditions, before),
+                    "complete_multipart_upload", **self._complete_args(before)
                 )
-        self._done = True
-        meta = _meta(self._key, new, self._parts.received, response.get("ETag"))
-        return Written(meta, created=before is None, parts=len(parts))
+        return self._complete_written(response, before)
 
     def abort(self) -> None:
         if self._done:
@@ -547,9 +571,7 @@ class S3Upload:
         target = self._target
         try:
             with deadline(target.deadline), map_client_errors():
-                target.client.abort_multipart_upload(
-                    Bucket=target.bucket, Key=target.s3_key(self._key), UploadId=upload_id
-                )
+                target.client.abort_multipart_upload(**self._object(), UploadId=upload_id)
         except StorageError as exc:
             logger.warning("S3 multipart upload not aborted: %s", type(exc).__name__)
 
@@ -636,24 +658,16 @@ class AsyncS3Writer:
                 return await call(**args)
 
 
-class AsyncS3Upload:
+class AsyncS3Upload(_Upload):
     """The async twin of ``S3Upload``."""
 
     def __init__(self, writer: AsyncS3Writer, key: str, new: NewObject) -> None:
+        super().__init__(writer._target, key, new)
         self._writer = writer
-        self._target = writer._target
-        self._key = key
-        self._new = new
-        self._parts = _Parts(self._target.options, new.length)
-        self._full: _Spool | None = None
-        self._upload_id: str | None = None
         self._uploading: tuple[asyncio.Task[Any], _Spool] | None = None
-        self._etags: list[str] = []
-        self._done = False
 
     async def write(self, data: bytes) -> None:
-        if self._done:
-            raise StorageError("the upload is over")
+        self._check_open()
         view = memoryview(data)
         while view:  # bounded: each turn takes at least one byte
             if self._full is not None:  # the body goes on past a full part: multipart
@@ -674,27 +688,15 @@ class AsyncS3Upload:
                 with _write_errors():
                     async with asyncio.timeout(target.deadline):
                         response = await target.client.create_multipart_upload(
-                            Bucket=target.bucket,
-                            Key=target.s3_key(self._key),
-                            **_put_args(self._new),
+                            **self._create_args()
                         )
                 self._upload_id = response["UploadId"]
             await self._wait()
-            number = len(self._etags) + 1
-            if number > MAX_PARTS:
-                raise StorageError("the body has more parts than S3 takes")
+            args = self._part_args(spool)
         except BaseException:
             await _close(spool)
             raise
-        upload = self._writer.call(
-            "upload_part",
-            spool.length,
-            Bucket=target.bucket,
-            Key=target.s3_key(self._key),
-            UploadId=self._upload_id,
-            PartNumber=number,
-            Body=spool,
-        )
+        upload = self._writer.call("upload_part", spool.length, **args)
         self._uploading = (asyncio.ensure_future(upload), spool)
 
     async def _wait(self) -> None:
@@ -707,8 +709,7 @@ class AsyncS3Upload:
         self._etags.append(response["ETag"])
 
     async def commit(self) -> Written:
-        if self._done:
-            raise StorageError("the upload is over")
+        self._check_open()
         try:
             if self._upload_id is None and not self._parts.multipart:
                 return await self._put()
@@ -724,51 +725,32 @@ class AsyncS3Upload:
             self._target.forget(self._key)
 
     async def _put(self) -> Written:
-        target, new, writer = self._target, self._new, self._writer
+        conditions, writer = self._new.conditions, self._writer
         spool = self._full
         self._full = None
         if spool is None:
             spool = await anyio.to_thread.run_sync(self._parts.last)
         assert spool is not None
         try:
-            async with writer.serialised(self._key, new.conditions):
+            async with writer.serialised(self._key, conditions):
                 before = await writer.head(self._key)
-                _check(new.conditions, before)
-                response = await writer.call(
-                    "put_object",
-                    spool.length,
-                    new.conditions.if_match is not None,
-                    Bucket=target.bucket,
-                    Key=target.s3_key(self._key),
-                    Body=spool,
-                    **_put_args(new),
-                    **_condition_args(new.conditions, before),
-                )
+                _check(conditions, before)
+                args = self._put_object_args(spool, before)
+                response = await writer.call("put_object", spool.length, self._if_match(), **args)
         finally:
             await _close(spool)
-        self._done = True
-        meta = _meta(self._key, new, spool.length, response.get("ETag"))
-        return Written(meta, created=before is None)
+        return self._put_written(spool, response, before)
 
     async def _complete(self) -> Written:
-        target, new, writer = self._target, self._new, self._writer
-        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(self._etags, 1)]
-        async with writer.serialised(self._key, new.conditions):
+        conditions, writer = self._new.conditions, self._writer
+        async with writer.serialised(self._key, conditions):
             before = await writer.head(self._key)
-            _check(new.conditions, before)
+            _check(conditions, before)
+            args = self._complete_args(before)
             response = await writer.call(
-                "complete_multipart_upload",
-                None,
-                new.conditions.if_match is not None,
-                Bucket=target.bucket,
-                Key=target.s3_key(self._key),
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": parts},
-                **_condition_args(new.conditions, before),
+                "complete_multipart_upload", None, self._if_match(), **args
             )
-        self._done = True
-        meta = _meta(self._key, new, self._parts.received, response.get("ETag"))
-        return Written(meta, created=before is None, parts=len(parts))
+        return self._complete_written(response, before)
 
     async def abort(self) -> None:
         """Shielded: the cleanup runs to its end even when the caller is cancelled."""
@@ -800,9 +782,7 @@ class AsyncS3Upload:
         try:
             with map_client_errors():
                 async with asyncio.timeout(target.deadline):
-                    await target.client.abort_multipart_upload(
-                        Bucket=target.bucket, Key=target.s3_key(self._key), UploadId=upload_id
-                    )
+                    await target.client.abort_multipart_upload(**self._object(), UploadId=upload_id)
         except StorageError as exc:
             logger.warning("S3 multipart upload not aborted: %s", type(exc).__name__)
 
