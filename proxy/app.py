@@ -23,7 +23,7 @@ from proxy import metrics
 from proxy.config import Settings
 from proxy.docs import add_docs_routes
 from proxy.errorhandlers import RETRY_AFTER_SECONDS, add_error_handlers
-from proxy.idle import TrimWhenIdle, malloc_trim
+from proxy.idle import TrimWhenIdle, cap_malloc_arenas, malloc_trim
 from proxy.landing import add_landing_route
 from proxy.mounts import MountTable, open_mounts
 from proxy.observability import LineHandler, Observability, access_logger, record_waiting
@@ -166,6 +166,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CloseUnreadBodies)
     if (trim := malloc_trim()) is not None:
         app.add_middleware(TrimWhenIdle, trim=trim)
+    if any(mount.settings.sync for mount in mounts):  # threads read bodies: docs/design.md
+        cap_malloc_arenas()
     # Outermost: sees every answer, CORS preflights and errors included.
     app.add_middleware(Observability, access_log=settings.access_log, metrics_on=settings.metrics)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,68 @@ def test_malloc_trim_gives_freed_heap_back() -> None:
     )
     before, after = map(int, done.stdout.split())
     assert before - after > 40  # of the 60 MB freed
+
+
+ARENA_PROBE = """
+import ctypes, os, sys, threading
+from proxy.idle import cap_malloc_arenas
+capped = cap_malloc_arenas() if sys.argv[1] == "cap" else False
+if sys.argv[1].startswith("app-"):  # the app decides, by its flavour
+    from pathlib import Path
+    from proxy.app import create_app
+    from proxy.config import Settings
+    create_app(Settings(local_root=Path(sys.argv[2]), flavor=sys.argv[1][4:]))
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+started, go = threading.Barrier(8), threading.Event()
+def allocate():
+    started.wait()  # all eight at once: each would take an arena of its own
+    for _ in range(200):
+        block = libc.malloc(100_000)
+        ctypes.memset(block, 1, 100_000)
+        libc.free(block)
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+# A thread arena is a heap of its own: a 64 MiB reservation (HEAP_MAX_SIZE), aligned to it.
+heaps = 0
+for line in open("/proc/self/maps"):
+    first, last = (int(x, 16) for x in line.split()[0].split("-"))
+    if first % (64 << 20) == 0 and len(line.split()) == 5:
+        heaps += 1
+print(capped, heaps)
+"""
+
+
+def probe_arenas(*args: str, **env: str) -> tuple[str, int]:
+    """Eight threads allocating at once in a new process (``ARENA_PROBE``): whether it capped
+    the arenas itself, and how many thread arenas there are then."""
+    environment = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env
+    done = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=environment,
+    )
+    capped, heaps = done.stdout.split()
+    return capped, int(heaps)
+
+
+@pytest.mark.skipif(malloc_trim() is None, reason="glibc only")
+def test_capped_arenas_are_shared_by_threads() -> None:
+    assert probe_arenas("cap") == ("True", 1)  # the main arena and one shared by all threads
+    capped, heaps = probe_arenas("free")
+    assert capped == "False" and heaps > 1  # a thread arena each (up to 8 per core)
+    assert probe_arenas("cap", MALLOC_ARENA_MAX="4")[0] == "False"  # the operator's value stands
+
+
+@pytest.mark.skipif(malloc_trim() is None, reason="glibc only")
+def test_a_blocking_flavour_caps_the_arenas(tmp_path: Path) -> None:
+    assert probe_arenas("app-sync", str(tmp_path))[1] == 1
+    assert probe_arenas("app-async", str(tmp_path))[1] > 1
