@@ -165,9 +165,14 @@ class FaultyRelay:
                 upstream.settimeout(IO_TIMEOUT_S)
                 down, up = _Reader(client, self._stop), _Reader(upstream, self._stop)
                 connection = next(self._connections)
-                for _ in range(MAX_EXCHANGES):
-                    if not self._exchange(client, upstream, down, up, connection):
-                        return
+                try:
+                    for _ in range(MAX_EXCHANGES):
+                        if not self._exchange(client, upstream, down, up, connection):
+                            return
+                except BaseException as exc:  # traced (an OSError is then dropped, as before)
+                    with self._lock:
+                        self.trace.append(f"#{connection} ended by {type(exc).__name__}: {exc}")
+                    raise
 
     def _exchange(
         self,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -158,12 +160,16 @@ for thread in threads:
     thread.start()
 for thread in threads:
     thread.join()
-# A thread arena is a heap of its own: a 64 MiB reservation (HEAP_MAX_SIZE), aligned to it.
-heaps = 0
-for line in open("/proc/self/maps"):
-    first, last = (int(x, 16) for x in line.split()[0].split("-"))
-    if first % (64 << 20) == 0 and len(line.split()) == 5:
-        heaps += 1
+# glibc's malloc_info lists each arena as a <heap nr="N">, the main arena included.
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+path = os.path.join(os.environ["PROBE_DIR"], "malloc-info.xml")
+stream = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, stream)
+libc.fclose(stream)
+heaps = open(path).read().count("<heap nr=") - 1  # the thread arenas
 print(capped, heaps)
 """
 
@@ -172,6 +178,7 @@ def probe_arenas(*args: str, **env: str) -> tuple[str, int]:
     """Eight threads allocating at once in a new process (``ARENA_PROBE``): whether it capped
     the arenas itself, and how many thread arenas there are then."""
     environment = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env
+    environment["PROBE_DIR"] = tempfile.mkdtemp(prefix="arena-probe-")
     done = subprocess.run(
         [sys.executable, "-c", ARENA_PROBE, *args],
         capture_output=True,
@@ -180,6 +187,7 @@ def probe_arenas(*args: str, **env: str) -> tuple[str, int]:
         check=True,
         env=environment,
     )
+    shutil.rmtree(environment["PROBE_DIR"])
     capped, heaps = done.stdout.split()
     return capped, int(heaps)
 

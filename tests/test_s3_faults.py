@@ -205,7 +205,10 @@ def test_a_body_changed_between_the_cut_and_the_resume_is_cut_never_mixed(
                 received += chunk
         except httpx.RemoteProtocolError:
             cut = True
-    trace = "\n".join(relay.trace)  # what went through the relay, should an assertion fail
+    # What went through the relay, should an assertion fail: each exchange, then every request
+    # it saw (one that never got its reply has no exchange line).
+    asked = [f"{r.method} {r.target} range={r.range} if-match={r.if_match}" for r in relay.requests]
+    trace = "\n".join([*relay.trace, "requests:", *asked])
     assert relay.applied == ["fin"], trace
     assert bytes(received) == DATA[: len(received)]  # not one byte of the new version
     if cut:  # S3 answered the resume with 412: the overwrite was visible

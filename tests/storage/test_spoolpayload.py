@@ -283,7 +283,11 @@ def test_a_part_the_page_cache_lost_is_loaded_in_a_thread_before_sendfile(
             pytest.skip("this filesystem keeps the spool's pages")
         assert sha256(asyncio.run(_send(spool))) == sha256(BIG)
     assert SendfileTally.bytes - before == len(BIG)
-    steps = -(-len(BIG) // spoolpayload.SEND_STEP)
-    assert [(offset, on_loop) for offset, _, on_loop in loaded] == [
-        (step * spoolpayload.SEND_STEP, False) for step in range(steps)
-    ]
+    # The kernel may keep some pages despite the advice (it did for the first steps once, in a
+    # loaded CI run): each step it dropped is loaded, in a worker thread, never on the loop.
+    step = spoolpayload.SEND_STEP
+    steps = {n * step for n in range(-(-len(BIG) // step))}
+    middle = len(BIG) // 2 // step * step  # found dropped above
+    offsets = [offset for offset, _, _ in loaded]
+    assert middle in offsets and set(offsets) <= steps and len(set(offsets)) == len(offsets)
+    assert not any(on_loop for _, _, on_loop in loaded)
