@@ -141,6 +141,10 @@ class FaultyRelay:
             self.requests.append(request)
             return next((fault for fault in self._faults if fault.match(request)), None)
 
+    def _armed(self, fault: Fault) -> bool:
+        with self._lock:
+            return any(armed is fault for armed in self._faults)
+
     def _take(self, fault: Fault) -> bool:
         """Apply ``fault`` once (counted in ``applied``); False when it is no longer armed."""
         with self._lock:
@@ -204,8 +208,10 @@ class FaultyRelay:
         status, fields = _reply(reply_head)
         bodyless = request.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         # A body fault applies to a 200 or 206 only: an error's short body, which the client
-        # retries, leaves it armed for the retry.
-        if bodyless or fault is None or status not in (200, 206) or not self._take(fault):
+        # retries, leaves it armed for the retry. It is taken once its bytes went down
+        # (``_apply``): a client that leaves before (a kept connection it dropped, then retried
+        # on a new one) leaves it armed for its retry.
+        if bodyless or fault is None or status not in (200, 206) or not self._armed(fault):
             fault = None
         framing = fields.get("transfer-encoding") or f"length {fields.get('content-length')}"
         self._note(connection, request, f"{status} {framing}, fault {fault and fault.kind}")
@@ -224,7 +230,10 @@ class FaultyRelay:
 
     def _apply(self, fault: Fault, client: socket.socket, rest: Callable[[], bool]) -> bool:
         """Apply a body ``fault`` once its ``after`` bytes went down; ``rest`` sends the rest of
-        the reply (after a lasting stall) and says whether the connection goes on."""
+        the reply (after a lasting stall, or when another exchange took the fault meanwhile)
+        and says whether the connection goes on."""
+        if not self._take(fault):
+            return rest()
         if fault.then is not None:
             fault.then()
         if fault.kind == "reset":
