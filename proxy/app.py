@@ -67,6 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; settings come from the environment unless given (a bad one:
     one line per problem on stderr and exit status 2, also in a uvicorn worker)."""
     settings = settings or settings_or_exit()
+    if any(mount.settings.sync for mount in settings.mount_list()):
+        # Threads read bodies (docs/design.md). First: glibc reads the cap when it makes a
+        # thread's arena, so one made before it (a client library's thread) would stay.
+        cap_malloc_arenas()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -166,8 +170,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CloseUnreadBodies)
     if (trim := malloc_trim()) is not None:
         app.add_middleware(TrimWhenIdle, trim=trim)
-    if any(mount.settings.sync for mount in mounts):  # threads read bodies: docs/design.md
-        cap_malloc_arenas()
     # Outermost: sees every answer, CORS preflights and errors included.
     app.add_middleware(Observability, access_log=settings.access_log, metrics_on=settings.metrics)
     return app
