@@ -58,12 +58,14 @@ from servers import (
     COALESCE_SIZE,
     TARGETS,
     TINY,
+    Interpreter,
     Server,
     Site,
     Target,
     compared,
     deploy_python,
     has_cache,
+    interpreters,
     start,
     start_proxy,
     uses_mounts,
@@ -326,9 +328,10 @@ def has_mounts(revision: str) -> bool:
     return found.returncode == 0
 
 
-def baseline_python(work_dir: Path, revision: str) -> str:
+def baseline_python(work_dir: Path, revision: str, bases: list[Interpreter]) -> str:
     """A virtual environment with the proxy as of git revision `revision` (git archive, then
-    pip install); raises SystemExit when either step fails."""
+    pip install), made from the first of ``bases`` that can (as the measured build's was);
+    raises SystemExit when either step fails."""
     source = work_dir / "baseline-src"
     source.mkdir()
     archive = subprocess.run(
@@ -339,7 +342,7 @@ def baseline_python(work_dir: Path, revision: str) -> str:
     if archive.returncode != 0:
         raise SystemExit(f"--baseline {revision}: {archive.stderr.decode(errors='replace')}")
     subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
-    python, how = deploy_python(work_dir / "baseline-venv", source)
+    python, how = deploy_python(work_dir / "baseline-venv", source, bases)
     if python == sys.executable:
         raise SystemExit(f"--baseline {revision}: {how}")
     return python
@@ -380,18 +383,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         work_dir = Path(tmp)
         print(f"writing {args.size_mib} MiB of random data to {work_dir}", flush=True)
         files, coalesce_sha256 = write_data(work_dir / "data", size)
+        bases = interpreters() if args.baseline or args.proxy_python is None else []
         if args.proxy_python is not None:
             python, how = args.proxy_python, f"--proxy-python {args.proxy_python}"
         elif any(t.role == "proxy" for t in targets):
             print("installing the proxy into a new virtual environment (pip install .)", flush=True)
-            python, how = deploy_python(work_dir / "deploy-venv")
+            python, how = deploy_python(work_dir / "deploy-venv", bases=bases)
         else:
             python, how = sys.executable, "no proxy measured"
         settings["proxy_python"] = how
         baseline = None
         if args.baseline:
             print(f"installing the proxy as of {args.baseline} (--baseline)", flush=True)
-            baseline = baseline_python(work_dir, args.baseline)
+            baseline = baseline_python(work_dir, args.baseline, bases)
         need_s3 = any(t.backend == "s3" for t in targets)
         site = stack.enter_context(environment(work_dir, files, need_s3, python, baseline))
         prepare_uploads(site)

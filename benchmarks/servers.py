@@ -253,10 +253,70 @@ def start_proxy(target: Target, site: Site, s3_port: int | None = None) -> Serve
     return _ready(Server(target, port, process, fresh_dir), log)
 
 
-def deploy_python(venv: Path, source: Path = ROOT) -> tuple[str, str]:
+# A pure-Python loop (calls, attributes, dicts, f-strings): what an interpreter build changes.
+CALIBRATION = """
+import platform, time
+class Box:
+    __slots__ = ("value",)
+    def __init__(self, value): self.value = value
+def step(box, table, index):
+    table[index % 97] = f"{box.value}-{index}"
+    return box.value + len(table)
+best = None
+for _ in range(3):
+    started = time.process_time()
+    box, table, total = Box(1), {}, 0
+    for index in range(150_000):
+        total += step(box, table, index)
+    spent = time.process_time() - started
+    best = spent if best is None else min(best, spent)
+print(best, platform.python_version())
+"""
+CALIBRATION_TIMEOUT_S = 60.0
+
+
+Interpreter = tuple[str, float, str]  # its path, its seconds on CALIBRATION, its version
+
+
+def interpreters() -> list[Interpreter]:
+    """The builds of this Python version found here (the running one, the distribution's),
+    fastest first, each with its seconds on ``CALIBRATION`` and its version.
+
+    The deployed proxy runs the image's CPython, built with profile-guided and link-time
+    optimization (``python:3.11-slim``); a development machine's own build may be a plain one
+    (pyenv's default), ~25% slower on a 64 KiB range (docs/design.md, "The benchmark's
+    interpreter"). The fastest build stands for the deployed one."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [sys.executable]
+    found = shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")
+    if found is not None and os.path.realpath(found) != os.path.realpath(sys.executable):
+        candidates.append(found)
+    timed = []
+    for python in candidates:
+        try:
+            done = subprocess.run(
+                [python, "-I", "-c", CALIBRATION],
+                capture_output=True,
+                text=True,
+                timeout=CALIBRATION_TIMEOUT_S,
+                check=True,
+            )
+            seconds, version = done.stdout.split()
+            timed.append((python, float(seconds), version))
+        except (OSError, ValueError, subprocess.SubprocessError):
+            continue  # not runnable here: not a candidate
+    running = (sys.executable, float("nan"), ".".join(map(str, sys.version_info[:3])))
+    return sorted(timed, key=lambda item: item[1]) or [running]
+
+
+def deploy_python(
+    venv: Path, source: Path = ROOT, bases: Sequence[Interpreter] | None = None
+) -> tuple[str, str]:
     """The proxy's interpreter: a new virtual environment `venv` with the proxy (from source)
     installed as the README's run command installs it (`pip install .`: the runtime
-    dependencies only).
+    dependencies only), made from the first of ``bases`` (default: ``interpreters()``) that
+    can make one. The Python peers (Starlette, aiohttp) run on it too: their ratios compare
+    the same build.
 
     The test environment also holds the test tools, and aiobotocore imports httpx when it is
     installed (with rich and click: ~6 MB more in the proxy's process, which a deployed proxy
@@ -264,16 +324,26 @@ def deploy_python(venv: Path, source: Path = ROOT) -> tuple[str, str]:
     """
     python = venv / "bin" / "python"
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    steps = [[sys.executable, "-m", "venv", str(venv)], [*pip, str(source)]]
-    try:
-        for step in steps:
-            subprocess.run(
-                step, check=True, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT_S
-            )
-    except (OSError, subprocess.SubprocessError) as error:
-        reason = getattr(error, "stderr", None) or str(error)
-        return sys.executable, f"the running Python (pip install . failed: {reason[-200:]})"
-    return str(python), "pip install . in a new virtual environment"
+    timed = list(bases) if bases is not None else interpreters()
+    reason = ""
+    for base, seconds, version in timed:
+        shutil.rmtree(venv, ignore_errors=True)
+        steps = [[base, "-m", "venv", str(venv)], [*pip, str(source)]]
+        try:
+            for step in steps:
+                subprocess.run(
+                    step, check=True, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT_S
+                )
+        except (OSError, subprocess.SubprocessError) as error:
+            reason = getattr(error, "stderr", None) or str(error)
+            continue
+        others = "; ".join(f"{path} {spent:.2f} s" for path, spent, _ in timed if path != base)
+        built = f"{base} (Python {version}; calibration {seconds:.2f} s"
+        return str(python), (
+            f"pip install . in a new virtual environment of {built}"
+            + (f"; also found: {others})" if others else ")")
+        )
+    return sys.executable, f"the running Python (pip install . failed: {reason[-200:]})"
 
 
 def nginx_config(root: Path, prefix: Path, port: int) -> str:
@@ -315,7 +385,8 @@ def _start_script(script: str) -> Callable[[Target, Site], Server]:
     def start(target: Target, site: Site) -> Server:
         port = free_port()
         log = site.work_dir / f"{target.name}.log"
-        command = [sys.executable, str(HERE / "peers" / script), str(site.data_dir), str(port)]
+        # The proxies' interpreter (deploy_python): the same build for every Python server.
+        command = [site.python, str(HERE / "peers" / script), str(site.data_dir), str(port)]
         return _ready(Server(target, port, spawn(command, log)), log)
 
     return start
