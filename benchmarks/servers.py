@@ -286,9 +286,9 @@ def interpreters() -> list[Interpreter]:
     optimization (``python:3.11-slim``); a development machine's own build may be a plain one
     (pyenv's default), ~25% slower on a 64 KiB range (docs/design.md, "The benchmark's
     interpreter"). The fastest build stands for the deployed one."""
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    name = f"python{sys.version_info.major}.{sys.version_info.minor}"
     candidates = [sys.executable]
-    found = shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")
+    found = shutil.which(name, path="/usr/local/bin:/usr/bin:/bin")
     if found is not None and os.path.realpath(found) != os.path.realpath(sys.executable):
         candidates.append(found)
     timed = []
