@@ -8,9 +8,12 @@ are measured: ``local-copy`` (the local backend with PROXY_ZERO_COPY=false: the 
 connection takes, read and sent in chunks), ``s3-aio`` and ``s3-boto3`` (the two S3 flavours
 on SeaweedFS, as benchmarks/run.py starts it).
 
-Usage: python benchmarks/chunk_size.py [--size-mib 512] [--runs 3] [--slow 20]
-                                       [--paths local-copy,s3-aio,s3-boto3]
-Starts one proxy process per (path, chunk size) on 127.0.0.1, measures, stops it by PID.
+Usage: python benchmarks/chunk_size.py [--size-mib 512] [--runs 3] [--slow 20] [--slow-seconds 5]
+                                       [--paths local-copy,s3-aio,s3-boto3] [--proxy-python PY]
+Starts one proxy process per (path, chunk size) on 127.0.0.1, measures, stops it by PID. The
+proxy runs as benchmarks/run.py runs it: installed by `pip install .` into a new virtual
+environment of the fastest build of this Python version found here (servers.deploy_python),
+unless --proxy-python names an interpreter that has it.
 Figures are only comparable within one run (shared, noisy machines); the first line names the
 CPU, since the best size moves with it (its L2 cache, its copy speed).
 """
@@ -24,7 +27,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from report import cpu_model
 from seaweed import S3Site, seaweedfs_bucket
+from servers import deploy_python
 
 CHUNKS = [64 * 1024, 256 * 1024, 1024 * 1024, 2048 * 1024, 4096 * 1024]
 PATHS = ["local-copy", "s3-aio", "s3-boto3"]
@@ -69,7 +72,7 @@ def path_env(path: str, root: Path, s3: S3Site | None) -> dict[str, str]:
     }
 
 
-def start(settings: dict[str, str], chunk: int) -> tuple[subprocess.Popen[bytes], int]:
+def start(python: str, settings: dict[str, str], chunk: int) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = dict(
         os.environ,
@@ -79,7 +82,7 @@ def start(settings: dict[str, str], chunk: int) -> tuple[subprocess.Popen[bytes]
         PROXY_LOG_LEVEL="warning",
     )
     # The access log (stdout) stays on, as in production, but out of this table.
-    process = subprocess.Popen([sys.executable, "-m", "proxy"], env=env, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen([python, "-m", "proxy"], env=env, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -129,7 +132,9 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--slow", type=int, default=20)
+    parser.add_argument("--slow-seconds", type=float, default=5.0)
     parser.add_argument("--paths", default=",".join(PATHS), help="of " + ",".join(PATHS))
+    parser.add_argument("--proxy-python", help="an interpreter with the proxy installed")
     args = parser.parse_args()
     paths = [path for path in args.paths.split(",") if path]
     if unknown := set(paths) - set(PATHS):
@@ -144,18 +149,23 @@ def main() -> None:
         s3 = None
         if any(path.startswith("s3-") for path in paths):
             s3 = stack.enter_context(seaweedfs_bucket(Path(tmp), [root / KEY]))
+        if args.proxy_python is not None:
+            python, how = args.proxy_python, f"--proxy-python {args.proxy_python}"
+        else:
+            python, how = deploy_python(Path(tmp) / "venv")
         print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {args.size_mib} MiB, {args.runs} runs")
+        print(f"Proxy: {how}")
         print(
             f"{'path':10} {'chunk':>6} {'MB/s (median)':>14} {'idle RSS MiB':>13} "
             f"{'RSS@' + str(args.slow) + ' slow MiB':>16} {'served':>7}"
         )
         for path in paths:
             for chunk in CHUNKS:
-                process, port = start(path_env(path, root, s3), chunk)
+                process, port = start(python, path_env(path, root, s3), chunk)
                 try:
                     idle = rss_kib(process.pid)
                     speeds = [download_mbps(port, size) for _ in range(args.runs)]
-                    peak, served = slow_readers(port, args.slow, 5, process.pid)
+                    peak, served = slow_readers(port, args.slow, args.slow_seconds, process.pid)
                 finally:
                     process.send_signal(signal.SIGTERM)
                     process.wait(timeout=30)

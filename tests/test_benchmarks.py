@@ -57,6 +57,25 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
     assert "proxy-local / nginx" in (tmp_path / "latest.md").read_text()
 
 
+def test_ranges_answers_are_checked_by_the_bytes_wrk_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ranges.lua has no per-answer hook (it capped nginx at wrk's own cost), so the answers
+    are judged from wrk's totals: any that was not a 206 of 64 KiB makes the bytes not add up."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    scenarios = benchmark_module("scenarios")
+    span, head, requests = scenarios.SPAN, 380, 20_000
+    exact = requests * (span + head)
+    assert scenarios.odd_answers(requests, exact, head, in_flight=32) == 0
+    # answers cut off when wrk stopped, and Content-Range's digits, are within the slack
+    assert scenarios.odd_answers(requests, exact + 31 * (span + head), head, 32) == 0
+    assert scenarios.odd_answers(requests, exact - requests * 10, head, 32) == 0
+    # one whole 64 MiB object among 19,999 ranges
+    one_200 = exact - (span + head) + 64 * 1024 * 1024 + head
+    assert scenarios.odd_answers(requests, one_200, head, 32) >= 1
+    # 50 answers without a body (a 304, a redirect, a 200 of an empty object)
+    assert 40 <= scenarios.odd_answers(requests, exact - 50 * span, head, 32) <= 50
+    assert "function response(" not in (ROOT / "benchmarks/ranges.lua").read_text()
+
+
 def test_profiles_show_where_the_proxy_spends_its_cpu(tmp_path: Path) -> None:
     require_tool("wrk")
     profiles = tmp_path / "profiles"
@@ -468,3 +487,19 @@ def test_the_proxies_venv_is_made_from_the_fastest_build_that_can_make_one(
     site = servers.Site(tmp_path / "data", tmp_path, None, "/proxies/python")
     servers.start(servers.STARLETTE, site)
     assert started[0][0] == "/proxies/python"
+
+
+def test_the_chunk_size_table_measures_every_size_on_the_named_interpreter() -> None:
+    """benchmarks/chunk_size.py, which README's re-tuning steps name, runs end to end: a row
+    per chunk size, each with a download rate and every slow reader served."""
+    require_tool("curl")
+    command = [sys.executable, "benchmarks/chunk_size.py", "--paths", "local-copy"]
+    command += ["--size-mib", "16", "--runs", "1", "--slow", "2", "--slow-seconds", "0.5"]
+    command += ["--proxy-python", sys.executable]  # quicker than a new venv
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("CPU: ") and lines[1] == f"Proxy: --proxy-python {sys.executable}"
+    rows = [line.split() for line in lines if line.startswith("local-copy")]
+    assert [row[1] for row in rows] == ["64K", "256K", "1024K", "2048K", "4096K"]
+    assert all(float(row[2]) > 0 and row[-1] == "2/2" for row in rows), rows
