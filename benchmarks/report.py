@@ -288,7 +288,7 @@ def markdown(
     info = machine()
     lines = [
         f"Benchmark {info['date']}: {info['nproc']} x {info['cpu']}, {info['ram']} RAM, "
-        f"Linux {info['kernel']}, Python {info['python']}.",
+        f"Linux {info['kernel']}; run.py on Python {info['python']} (the servers': Settings).",
         "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".",
         "",
         *metrics_table(table, targets),
