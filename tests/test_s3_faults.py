@@ -210,12 +210,18 @@ def test_a_body_changed_between_the_cut_and_the_resume_is_cut_never_mixed(
     asked = [f"{r.method} {r.target} range={r.range} if-match={r.if_match}" for r in relay.requests]
     trace = "\n".join([*relay.trace, "requests:", *asked])
     assert relay.applied == ["fin"], trace
-    assert bytes(received) == DATA[: len(received)]  # not one byte of the new version
-    if cut:  # S3 answered the resume with 412: the overwrite was visible
+    if any(request.range is None for request in relay.requests[1:]):
+        # Seen once, on a loaded machine: the GET was asked again whole (no Range), a retry of
+        # the first one before its body was handed out, so before anything was sent. Either
+        # version, whole, is right then; no resume.
+        assert not cut and sha256(bytes(received)) in (sha256(DATA), sha256(OTHER)), trace
+        assert resumes("resumed") == resumed, trace
+    elif cut:  # S3 answered the resume with 412: the overwrite was visible
+        assert bytes(received) == DATA[: len(received)]  # not one byte of the new version
         assert 0 < len(received) < SIZE
         assert resumes("changed") == before + 1, trace
     else:  # SeaweedFS, once in a CI run, still served the old version to the resume: whole
-        assert len(received) == SIZE
+        assert sha256(bytes(received)) == sha256(DATA), trace
         assert resumes("resumed") == resumed + 1, trace
     # The new version is served whole afterwards.
     after = httpx.get(setup.url(key), timeout=30)
