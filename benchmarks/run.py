@@ -383,10 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         work_dir = Path(tmp)
         print(f"writing {args.size_mib} MiB of random data to {work_dir}", flush=True)
         files, coalesce_sha256 = write_data(work_dir / "data", size)
-        bases = interpreters() if args.baseline or args.proxy_python is None else []
+        deploys = args.proxy_python is None and any(t.role == "proxy" for t in targets)
+        bases = interpreters() if args.baseline or deploys else []  # ~0.5 s: only when used
         if args.proxy_python is not None:
             python, how = args.proxy_python, f"--proxy-python {args.proxy_python}"
-        elif any(t.role == "proxy" for t in targets):
+        elif deploys:
             print("installing the proxy into a new virtual environment (pip install .)", flush=True)
             python, how = deploy_python(work_dir / "deploy-venv", bases=bases)
         else:
