@@ -210,19 +210,20 @@ def test_a_body_changed_between_the_cut_and_the_resume_is_cut_never_mixed(
     asked = [f"{r.method} {r.target} range={r.range} if-match={r.if_match}" for r in relay.requests]
     trace = "\n".join([*relay.trace, "requests:", *asked])
     assert relay.applied == ["fin"], trace
-    if any(request.range is None for request in relay.requests[1:]):
-        # Seen once, on a loaded machine: the GET was asked again whole (no Range), a retry of
-        # the first one before its body was handed out, so before anything was sent. Either
-        # version, whole, is right then; no resume.
-        assert not cut and sha256(bytes(received)) in (sha256(DATA), sha256(OTHER)), trace
-        assert resumes("resumed") == resumed, trace
-    elif cut:  # S3 answered the resume with 412: the overwrite was visible
+    # On a loaded machine botocore may first ask again for the whole object (its read timeout
+    # passed before the head came; seen once): what follows the cut decides.
+    if cut:  # S3 answered the resume with 412: the overwrite was visible
         assert bytes(received) == DATA[: len(received)]  # not one byte of the new version
         assert 0 < len(received) < SIZE
         assert resumes("changed") == before + 1, trace
-    else:  # SeaweedFS, once in a CI run, still served the old version to the resume: whole
+    elif resumes("resumed") == resumed + 1:
+        # SeaweedFS, once in a CI run, still served the old version to the resume: whole
         assert sha256(bytes(received)) == sha256(DATA), trace
-        assert resumes("resumed") == resumed + 1, trace
+    else:
+        # Seen once, on a loaded machine: the cut came before anything was sent, and the GET
+        # was asked again whole (no Range), not resumed. Either version, whole, is right then.
+        assert relay.requests[-1].range is None, trace
+        assert sha256(bytes(received)) in (sha256(DATA), sha256(OTHER)), trace
     # The new version is served whole afterwards.
     after = httpx.get(setup.url(key), timeout=30)
     assert sha256(after.content) == sha256(OTHER)
