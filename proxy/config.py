@@ -453,8 +453,8 @@ class Settings(BaseSettings):
     )
     zero_copy: bool = Field(
         default=True,
-        description="send local files' bytes by sendfile, not through Python (the ASGI zero-copy "
-        "send; not over TLS)",
+        description="send local files' and cached slices' bytes by sendfile, not through Python "
+        "(the ASGI zero-copy send; not over TLS)",
     )
 
     @field_validator("cors_allow_origins", mode="before")

@@ -7,7 +7,9 @@ following how fast the client takes them.
 Zero-copy: when the body is an open file and the server offers the ASGI "Zero Copy Send"
 extension (``http.response.zerocopysend``: ``proxy.connection`` does, on plain TCP), the plan's
 parts go as zero-copy sends of the file (multipart framing as ordinary body messages around
-them) and no byte of the file passes through Python; otherwise the chunks are streamed.
+them) and no byte of the file passes through Python; otherwise the chunks are streamed. A
+stream that offers ``give_spans()`` (the slice cache's) is asked for them there: its slices on
+disk then come as ``FileSpan``s, sent the same way, between its ordinary chunks.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from proxy.http.plan import Plan
-from proxy.storage.base import AsyncBody, Body, ChunkSize, ReadyChunks, aiter_ready
+from proxy.storage.base import AsyncBody, Body, ChunkSize, FileSpan, ReadyChunks, aiter_ready
 from proxy.storage.errors import BackendUnavailable, BodyTruncated, StorageError
 from proxy.turns import take_turn
 
@@ -188,6 +190,27 @@ async def _zero_copy(send: Send, fd: int, offset: int, count: int, more: bool) -
         raise BackendUnavailable(f"{BackendUnavailable.message} ({exc.strerror})") from exc
 
 
+async def _send_span(
+    send: Send, file: Any, offset: int, stop: int, gone: Callable[[], bool]
+) -> bool:
+    """``[offset, stop)`` of ``file`` by zero-copy sends of ``ZERO_COPY_STEP`` bytes at most, a
+    turn after each (as ``_stream`` takes after each chunk). A step the page cache does not
+    hold is first read into it in a worker thread, as a chunk read would be: sendfile on the
+    event loop never waits for the disk. False: the client left (the response stays
+    incomplete)."""
+    fd = file.fileno()
+    while offset < stop:
+        count = min(ZERO_COPY_STEP, stop - offset)
+        if not file.cached(offset, count):  # sendfile would wait for the disk
+            await anyio.to_thread.run_sync(file.load, offset, count)
+        await _zero_copy(send, fd, offset, count, True)
+        offset += count
+        await take_turn()
+        if gone():
+            return False
+    return True
+
+
 class ObjectResponse(Response):
     """Streams a planned response; stops reading when the client goes away.
 
@@ -221,13 +244,16 @@ class ObjectResponse(Response):
         self._at_once = at_once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        chunks: AsyncIterator[bytes] | None = None
+        chunks: AsyncIterator[bytes | FileSpan] | None = None
         source = self._chunks
         file = None
+        zero_copy = ZERO_COPY in (scope.get("extensions") or ())
         if type(source) is FileChunks:
-            if ZERO_COPY in (scope.get("extensions") or ()):
+            if zero_copy:
                 file = source.file
             source = source.chunks
+        elif zero_copy and (give_spans := getattr(source, "give_spans", None)) is not None:
+            give_spans()  # files among the chunks (the cache's slices) come as FileSpans
         start: dict[str, Any] = {
             "type": "http.response.start",
             "status": self.status_code,
@@ -264,7 +290,7 @@ class ObjectResponse(Response):
             if chunks is not None or self._close is not _nothing:
                 await self._release(chunks)
 
-    async def _release(self, chunks: AsyncIterator[bytes] | None) -> None:
+    async def _release(self, chunks: AsyncIterator[bytes | FileSpan] | None) -> None:
         """Close the chunk iterator and the body, shielded from a cancellation (a shutdown)
         that would otherwise leave them open. Skipped when there is neither: its cancel
         scope was a few percent of a small range's CPU."""
@@ -286,10 +312,17 @@ class ObjectResponse(Response):
         return self._content
 
     async def _stream(
-        self, send: Send, chunks: AsyncIterator[bytes], gone: Callable[[], bool]
+        self, send: Send, chunks: AsyncIterator[bytes | FileSpan], gone: Callable[[], bool]
     ) -> None:
         pacer = self._pacer
         async for chunk in chunks:
+            if isinstance(chunk, FileSpan):  # a file's bytes: zero-copy sends, a turn after each
+                stop = chunk.offset + chunk.count
+                if not await _send_span(send, chunk.file, chunk.offset, stop, gone):
+                    return  # the client left
+                if pacer is not None:
+                    pacer.sent(chunk.count)
+                continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if pacer is not None:
                 pacer.sent(len(chunk))
@@ -348,25 +381,13 @@ class ObjectResponse(Response):
             await self._close()
 
     async def _send_file(self, send: Send, file: Any, gone: Callable[[], bool]) -> None:
-        """The plan's parts as zero-copy sends of ``file`` (``ZERO_COPY_STEP`` bytes at most
-        each, a turn after each, as ``_stream`` takes after each chunk), multipart framing as
-        body messages around them. A step the page cache does not hold is first read into it
-        in a worker thread, as a chunk read would be: sendfile on the event loop never waits
-        for the disk."""
-        fd = file.fileno()
+        """The plan's parts as zero-copy sends of ``file`` (``_send_span``), multipart framing
+        as body messages around them."""
         for part in self.plan.parts:
             if part.head:
                 await send({"type": "http.response.body", "body": part.head, "more_body": True})
-            offset, stop = part.byte_range.start, part.byte_range.stop
-            while offset < stop:
-                count = min(ZERO_COPY_STEP, stop - offset)
-                if not file.cached(offset, count):  # sendfile would wait for the disk
-                    await anyio.to_thread.run_sync(file.load, offset, count)
-                await _zero_copy(send, fd, offset, count, True)
-                offset += count
-                await take_turn()
-                if gone():
-                    return  # the client left: stop (the response stays incomplete)
+            if not await _send_span(send, file, part.byte_range.start, part.byte_range.stop, gone):
+                return  # the client left: stop (the response stays incomplete)
         await send({"type": "http.response.body", "body": self.plan.tail, "more_body": False})
 
     async def _until_disconnect(

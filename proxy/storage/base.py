@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import anyio.to_thread
 
@@ -259,6 +259,21 @@ class ReadyChunks(Protocol):
     def __next__(self) -> bytes: ...
 
     def ready(self) -> bytes | None: ...
+
+
+class FileSpan:
+    """``count`` bytes of an open file from ``offset``, not read: what a chunk stream that
+    offers ``give_spans()`` yields in place of a chunk once asked, so that a zero-copy response
+    sends them from the page cache to the socket (``proxy.responses``). ``file`` has
+    ``fileno()``, ``cached(offset, count)`` and ``load(offset, count)`` (the local backend's
+    file body); it stays open until the stream is asked for its next item."""
+
+    __slots__ = ("count", "file", "offset")
+
+    def __init__(self, file: Any, offset: int, count: int) -> None:
+        self.file = file
+        self.offset = offset
+        self.count = count
 
 
 async def aiter_ready(chunks: ReadyChunks) -> AsyncIterator[bytes]:

@@ -8,7 +8,9 @@ a HeadObject with If-None-Match revalidates it. Bytes: the object is cut into sl
 ``slice_size`` aligned bytes, kept under (location, ETag, slice size, index): two versions never
 mix. A response reads each slice it covers from disk, or from the fill bringing it
 (``proxy.storage.cachefill``: one S3 read per run of missing slices, shared by every request
-that needs them), or, when the cache cannot help (a fault), straight from S3.
+that needs them), or, when the cache cannot help (a fault), straight from S3. Where the
+response sends files itself (zero-copy), a slice on disk is not read at all: it goes as a
+``FileSpan`` of its file (``give_spans``).
 
 Every reply says what the cache did in ``Cache-Status`` (RFC 9211), judged at open from the
 metadata and the first and last slices the likely response covers.
@@ -20,8 +22,8 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator
+from typing import Any, cast
 
 import anyio.to_thread
 
@@ -33,6 +35,7 @@ from proxy.storage.base import (
     AsyncVersionedStorage,
     Body,
     ChunkSize,
+    FileSpan,
     Listed,
     LoopRead,
     ObjectMeta,
@@ -342,6 +345,8 @@ class _Reading:
         self.direct: Any = None
         self.started = -1  # the last slice this read started a fill for
         self.unasked = set(missing)  # slices the open found missing: no need to ask again
+        self.spans = False  # a slice's file given as a FileSpan, not read (give_spans)
+        self.lent = 0  # the bytes of the last FileSpan, taken when the next item is asked for
 
     @property
     def offset(self) -> int:
@@ -360,6 +365,21 @@ class _Reading:
         if self.pos >= self.slice_stop():
             self.next_slice()
         return chunk
+
+    def lend(self) -> FileSpan:
+        """The rest of this slice's share of the range as a span of its file, not read; the
+        file stays open until ``settle`` (the next item asked for) takes the span."""
+        start, stop = self.file_range()
+        self.lent = stop - start
+        _BYTES["cache"].inc(self.lent)
+        return FileSpan(_FileBody(self.fd), start, self.lent)
+
+    def settle(self) -> None:
+        """Take the span lent last (sent by now): on to the next slice."""
+        if self.lent:
+            self.pos += self.lent
+            self.lent = 0
+            self.next_slice()  # a span runs to the end of its slice's share
 
     def next_slice(self) -> None:
         self.source, self.direct = "", None
@@ -438,17 +458,25 @@ class _CachedChunks(_Reading):
     def __iter__(self) -> _CachedChunks:
         return self
 
-    def __next__(self) -> bytes:
+    def give_spans(self) -> None:
+        """From now on a slice on disk comes as a ``FileSpan`` of its file, not read: for a
+        response that sends files by zero-copy sends."""
+        self.spans = True
+
+    def __next__(self) -> bytes | FileSpan:
+        self.settle()
         try:
             return self._next()
         except ObjectChanged:
             self.store.forget_meta(self.version.location)  # S3 holds another version now
             raise
 
-    def _next(self) -> bytes:
+    def _next(self) -> bytes | FileSpan:
         while self.pos < self.stop:
             limit = chunk_limit(self.chunk_size)
             if self.source == "file":
+                if self.spans:
+                    return self.lend()
                 start, stop = self.file_range()
                 return self.took(_read_step(self.fd, start, stop, limit), "cache")
             if self.source == "fill":
@@ -476,10 +504,13 @@ class _CachedChunks(_Reading):
                 )
         raise StopIteration
 
-    def ready(self) -> bytes | None:
+    def ready(self) -> bytes | FileSpan | None:
+        self.settle()
         while self.pos < self.stop:
             limit = chunk_limit(self.chunk_size)
             if self.source == "file":
+                if self.spans:
+                    return self.lend()  # the response checks the page cache before it sends
                 start, stop = self.file_range()
                 chunk = _read_cached(self.fd, start, stop, limit)
                 return None if chunk is None else self.took(chunk, "cache")
@@ -520,7 +551,8 @@ class CachedBody:
             raise ValueError("read from a closed body")
         chunks = _CachedChunks(self, self.version, byte_range, chunk_size)
         self._readings.append(chunks)
-        return chunks
+        # Bytes, and FileSpans too once a zero-copy response asked for them (give_spans).
+        return cast(Iterator[bytes], chunks)
 
     def direct(self, byte_range: ByteRange, chunk_size: ChunkSize) -> Iterator[bytes]:
         """Bytes straight from S3 (pinned to this version), when the cache cannot give them."""
@@ -536,6 +568,31 @@ class CachedBody:
         if self._direct is not None:
             direct, self._direct = self._direct, None
             direct.close()
+
+
+class _AsyncCachedChunks:
+    """The chunks of one range read through ``AsyncSliceCache``: an async iterator that also
+    offers ``give_spans()`` (see ``_CachedChunks``)."""
+
+    __slots__ = ("_chunks", "_reading")
+
+    def __init__(self, chunks: AsyncGenerator[bytes | FileSpan, None], reading: _Reading) -> None:
+        self._chunks = chunks
+        self._reading = reading
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    def __anext__(self) -> Awaitable[bytes]:
+        # The generator's own awaitable: no coroutine frame of ours per chunk. Bytes, and
+        # FileSpans too once a zero-copy response asked for them.
+        return cast(Awaitable[bytes], self._chunks.__anext__())
+
+    def aclose(self) -> Awaitable[None]:
+        return self._chunks.aclose()
+
+    def give_spans(self) -> None:
+        self._reading.spans = True
 
 
 class AsyncCachedBody:
@@ -565,12 +622,18 @@ class AsyncCachedBody:
             raise ValueError("read from a closed body")
         reading = _Reading(self.cache, self.version, byte_range, self.missing)
         self._readings.append(reading)
-        return self._chunks(reading, chunk_size)
+        return _AsyncCachedChunks(self._chunks(reading, chunk_size), reading)
 
-    async def _chunks(self, reading: _Reading, chunk_size: ChunkSize) -> AsyncIterator[bytes]:
+    async def _chunks(
+        self, reading: _Reading, chunk_size: ChunkSize
+    ) -> AsyncGenerator[bytes | FileSpan, None]:
         try:
             while reading.pos < reading.stop:
                 if reading.source == "file":
+                    if reading.spans:
+                        yield reading.lend()
+                        reading.settle()
+                        continue
                     start, stop = reading.file_range()
                     chunks = _FileChunks(_FileBody(reading.fd), ByteRange(start, stop), chunk_size)
                     async for chunk in aiter_ready(chunks):
