@@ -23,26 +23,11 @@ from prometheus_client import REGISTRY
 
 from proxy.connection import SendfileTally
 from tests.cache.conftest import SLICE, CachedProxy, MakeProxy
+from tests.test_zerocopy import sent_since, wait_for
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def wait_for(condition: object, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return bool(condition())  # type: ignore[operator]
-
-
-def sent_since(before: int, expected: int) -> int:
-    """The bytes sendfile sent since ``before``, once at least ``expected`` (or 5 s): the server
-    thread counts right after its sendfile, which may be after the client read the bytes."""
-    wait_for(lambda: SendfileTally.bytes - before >= expected, 5)
-    return SendfileTally.bytes - before
 
 
 def cache_bytes(source: str) -> float:
