@@ -366,6 +366,11 @@ class _Reading:
             self.next_slice()
         return chunk
 
+    def give_spans(self) -> None:
+        """From now on a slice on disk comes as a ``FileSpan`` of its file, not read: for a
+        response that sends files by zero-copy sends."""
+        self.spans = True
+
     def lend(self) -> FileSpan:
         """The rest of this slice's share of the range as a span of its file, not read; the
         file stays open until ``settle`` (the next item asked for) takes the span."""
@@ -457,11 +462,6 @@ class _CachedChunks(_Reading):
 
     def __iter__(self) -> _CachedChunks:
         return self
-
-    def give_spans(self) -> None:
-        """From now on a slice on disk comes as a ``FileSpan`` of its file, not read: for a
-        response that sends files by zero-copy sends."""
-        self.spans = True
 
     def __next__(self) -> bytes | FileSpan:
         self.settle()
@@ -592,7 +592,7 @@ class _AsyncCachedChunks:
         return self._chunks.aclose()
 
     def give_spans(self) -> None:
-        self._reading.spans = True
+        self._reading.give_spans()
 
 
 class AsyncCachedBody:
